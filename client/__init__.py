@@ -1,0 +1,1 @@
+"""Client SDK for the maira-sae service (installs without torch)."""

@@ -1,0 +1,7 @@
+"""maira-sae: MAIRA-2 with its sparse autoencoders, served over gRPC.
+
+`maira_sae.sae` holds the SAE math and file formats, `maira_sae.server` the model runtime and
+the service, `maira_sae.client` the SDK, and `maira_sae.v1` the generated protobuf contract.
+"""
+
+__version__ = "0.1.0"

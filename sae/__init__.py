@@ -1,0 +1,1 @@
+"""Matryoshka sparse autoencoders: math, file formats, feature catalogue, steering."""

@@ -1,0 +1,1 @@
+"""MAIRA-2 assembled from transformers parts: checkpoint loading, processor, output parsing."""
