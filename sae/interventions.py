@@ -17,10 +17,10 @@ import torch
 
 
 class SteeringMode(enum.Enum):
-    ADD = "add"  # h += value * unit direction (the feature's decoder row), value in activation units
-    CLAMP = "clamp"  # set the feature's activation to value: h += (value - f_i(h)) * W_dec[i]
+    ADD = "add"  # h += value * unit direction (the decoder row), value in activation units
+    CLAMP = "clamp"  # set the activation to value: h += (value - f_i(h)) * W_dec[i]
     ABLATE = "ablate"  # CLAMP to 0; value is ignored
-    SCALE = "scale"  # multiply the feature's activation by value: h += (value - 1) * f_i(h) * W_dec[i]
+    SCALE = "scale"  # multiply the activation by value: h += (value - 1) * f_i(h) * W_dec[i]
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,6 +37,5 @@ class Intervention:
             raise ValueError(f"intervention value must be finite, got {self.value}")
         if self.feature is not None and self.feature < 0:
             raise ValueError(f"feature index must be >= 0, got {self.feature}")
-        if self.direction is not None:
-            if self.direction.ndim != 1:
-                raise ValueError("a raw direction must be a vector of length d_model")
+        if self.direction is not None and self.direction.ndim != 1:
+            raise ValueError("a raw direction must be a vector of length d_model")

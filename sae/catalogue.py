@@ -1,0 +1,217 @@
+"""Feature interpretations (LLM-written explanations and their scores) and text search over them.
+
+The release's column names are unknown, so they are settings. Search is BM25 over the
+explanations with a tokenizer that folds plurals, so "pleural effusions" finds "effusion".
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BM25_K1 = 1.5
+BM25_B = 0.75
+_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
+_STOPWORDS = frozenset(
+    {
+        *("a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "in"),
+        *("into", "is", "it", "its", "of", "on", "or", "s", "such", "that", "the", "their"),
+        *("then", "there", "these", "this", "to", "was", "were", "which", "with"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class FeatureInterpretation:
+    feature: int
+    explanation: str | None
+    score: float | None
+
+
+def tokenize(text: str) -> list[str]:
+    """Lowercased alphanumeric words without stopwords, plurals folded to the singular."""
+    words = _WORD_SPLIT.split(text.lower())
+    return [_singular(word) for word in words if word and word not in _STOPWORDS]
+
+
+def _singular(word: str) -> str:
+    """Fold common English plural endings; words ending in -ss, -us, -is stay as they are."""
+    if len(word) <= 3 or not word.endswith("s"):
+        return word
+    if word.endswith("ies"):
+        return word[:-3] + "y"  # opacities -> opacity
+    if word.endswith(("sses", "xes", "ches", "shes", "zes")):
+        return word[:-2]  # masses -> mass, boxes -> box
+    if word.endswith(("ss", "us", "is")):
+        return word  # mass, status, atelectasis
+    return word[:-1]  # effusions -> effusion, pacemakers -> pacemaker, lines -> line
+
+
+class FeatureCatalogue:
+    """Interpretations by feature index, with BM25 search over the explanations."""
+
+    def __init__(self, interpretations: Iterable[FeatureInterpretation]) -> None:
+        self._by_feature: dict[int, FeatureInterpretation] = {}
+        for interpretation in interpretations:
+            if interpretation.feature in self._by_feature:
+                raise ValueError(f"feature {interpretation.feature} is interpreted twice")
+            self._by_feature[interpretation.feature] = interpretation
+        self._index = _Bm25Index(
+            {
+                item.feature: tokenize(item.explanation)
+                for item in self._by_feature.values()
+                if item.explanation
+            }
+        )
+
+    @classmethod
+    def empty(cls) -> FeatureCatalogue:
+        return cls(())
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        feature_column: str = "feature",
+        explanation_column: str = "explanation",
+        score_column: str | None = "score",
+    ) -> FeatureCatalogue:
+        """Read a ``.csv`` or ``.jsonl`` table; ``score_column=None`` when it has no scores.
+
+        Empty explanations and scores are allowed. Raises ``ValueError`` naming the file for a
+        missing column, a bad value or a feature listed twice.
+        """
+        path = Path(path)
+        readers = {".csv": _read_csv, ".jsonl": _read_jsonl}
+        reader = readers.get(path.suffix.lower())
+        if reader is None:
+            raise ValueError(f"{path}: unsupported interpretation file type; use .csv or .jsonl")
+        try:
+            rows, columns = reader(path)
+            columns_used = {"feature": feature_column, "explanation": explanation_column}
+            if score_column is not None:
+                columns_used["score"] = score_column
+            missing = [name for name in columns_used.values() if name not in columns]
+            if missing:
+                raise ValueError(f"missing column(s) {missing}; the file has {sorted(columns)}")
+            return cls(
+                _interpretation(row, number, feature_column, explanation_column, score_column)
+                for number, row in enumerate(rows, start=1)
+            )
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from error
+
+    def get(self, feature: int) -> FeatureInterpretation | None:
+        return self._by_feature.get(feature)
+
+    def __len__(self) -> int:
+        return len(self._by_feature)
+
+    def search(self, query: str, limit: int = 10) -> list[tuple[FeatureInterpretation, float]]:
+        """Best-matching interpretations with their BM25 scores, best first.
+
+        Ties are broken by feature index; an empty or stopword-only query finds nothing.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        ranked = self._index.rank(tokenize(query))[:limit]
+        return [(self._by_feature[feature], score) for feature, score in ranked]
+
+
+class _Bm25Index:
+    """Okapi BM25 over small documents, with the always-positive idf of Lucene."""
+
+    def __init__(self, documents: dict[int, list[str]]) -> None:
+        self._postings: dict[str, dict[int, int]] = {}
+        self._lengths = {doc: len(terms) for doc, terms in documents.items()}
+        for doc, terms in documents.items():
+            for term, count in Counter(terms).items():
+                self._postings.setdefault(term, {})[doc] = count
+        total = sum(self._lengths.values())
+        self._average_length = total / len(documents) if documents else 0.0
+
+    def rank(self, query_terms: list[str]) -> list[tuple[int, float]]:
+        scores: dict[int, float] = {}
+        for term in dict.fromkeys(query_terms):  # unique, in order
+            postings = self._postings.get(term, {})
+            idf = self._idf(len(postings))
+            for doc, count in postings.items():
+                scores[doc] = scores.get(doc, 0.0) + idf * self._saturation(count, doc)
+        return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+
+    def _idf(self, document_frequency: int) -> float:
+        documents = len(self._lengths)
+        return math.log(1 + (documents - document_frequency + 0.5) / (document_frequency + 0.5))
+
+    def _saturation(self, count: int, doc: int) -> float:
+        length_ratio = self._lengths[doc] / self._average_length
+        return count * (BM25_K1 + 1) / (count + BM25_K1 * (1 - BM25_B + BM25_B * length_ratio))
+
+
+def _read_csv(path: Path) -> tuple[list[dict[str, Any]], set[str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        return rows, set(reader.fieldnames or ())
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], set[str]]:
+    """Rows of a JSON Lines file; a column exists if any row has it (rows may omit nulls)."""
+    rows: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"line {number} is not JSON: {error}") from error
+            if not isinstance(row, dict):
+                raise ValueError(f"line {number} is not a JSON object")
+            rows.append(row)
+    return rows, {key for row in rows for key in row}
+
+
+def _interpretation(
+    row: dict[str, Any],
+    number: int,
+    feature_column: str,
+    explanation_column: str,
+    score_column: str | None,
+) -> FeatureInterpretation:
+    feature = _parse_feature(row.get(feature_column), number)
+    explanation = row.get(explanation_column)
+    explanation = str(explanation).strip() if explanation is not None else ""
+    score = _parse_score(row.get(score_column), number) if score_column else None
+    return FeatureInterpretation(feature=feature, explanation=explanation or None, score=score)
+
+
+def _parse_feature(value: object, number: int) -> int:
+    try:
+        feature = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        raise ValueError(f"row {number}: feature index {value!r} is not an integer") from None
+    if isinstance(value, bool) or feature < 0:
+        raise ValueError(f"row {number}: feature index {value!r} is not an integer >= 0")
+    return feature
+
+
+def _parse_score(value: object, number: int) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        score = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"row {number}: score {value!r} is not a number") from None
+    if not math.isfinite(score):
+        raise ValueError(f"row {number}: score {value!r} is not finite")
+    return score

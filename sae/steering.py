@@ -1,0 +1,158 @@
+"""Steering math: edits on the residual stream as deltas, so the SAE's reconstruction error stays.
+
+For an SAE feature i with decoder row d_i = W_dec[i] (SAE space; divided by ``input_scale`` to
+reach residual space) and activation a = f_i(h):
+
+- ADD v:    h += v · d_i / ||d_i||
+- CLAMP c:  h += (c - a) · d_i
+- ABLATE:   h += -a · d_i
+- SCALE s:  h += (s - 1) · a · d_i
+
+For a raw direction u (normalised to unit length) the activation is a = h · u and d_i becomes u.
+
+CLAMP sets the feature *exactly* to c on re-encoding only when W_enc[:, i] · d_i = 1, the
+feature is active (above its threshold before and after) and no other feature's code changes
+the picture; for a real SAE it moves the activation towards c along the decoder direction.
+
+Every delta is computed from the unedited hidden state and the deltas are summed, so the order
+of interventions does not matter. Each one applies only where its mask is True.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from maira_sae.sae.interventions import Intervention, SteeringMode
+from maira_sae.sae.model import MatryoshkaSAE
+
+
+def validate_intervention(
+    intervention: Intervention, sae: MatryoshkaSAE | None, d_model: int
+) -> None:
+    """Raise ``ValueError`` if ``intervention`` cannot apply to hidden states of ``d_model``.
+
+    Cheap, so a server can call it before it spends any compute on a request.
+    """
+    if intervention.direction is not None:
+        direction = intervention.direction
+        if direction.shape != (d_model,):
+            raise ValueError(
+                f"a raw direction must have length d_model = {d_model}, "
+                f"got shape {tuple(direction.shape)}"
+            )
+        norm = torch.linalg.vector_norm(direction.float())
+        if not (torch.isfinite(norm) and norm > 0):
+            raise ValueError("a raw direction must be finite and non-zero")
+        return
+    feature = intervention.feature
+    assert feature is not None  # Intervention guarantees exactly one of feature or direction
+    if sae is None:
+        raise ValueError(f"feature {feature} cannot be steered: no SAE is loaded")
+    if sae.d_model != d_model:
+        raise ValueError(f"the SAE reads d_model = {sae.d_model}, the hidden states have {d_model}")
+    if feature >= sae.d_sae:
+        raise ValueError(f"feature {feature} is out of range: the SAE has {sae.d_sae} features")
+    if intervention.mode is SteeringMode.ADD and not bool(sae.W_dec[feature].any()):
+        raise ValueError(f"feature {feature} has a zero decoder row: it has no direction to add")
+
+
+def apply_interventions(
+    hidden: torch.Tensor,
+    sae: MatryoshkaSAE | None,
+    interventions: Sequence[Intervention],
+    masks: torch.Tensor,
+) -> torch.Tensor:
+    """Return ``hidden`` [B, T, D] edited by ``interventions`` where ``masks`` [N, B, T] is True.
+
+    The result has ``hidden``'s dtype and device; the math runs in float32. Positions that no
+    mask selects are returned bit-for-bit unchanged.
+    """
+    if hidden.ndim != 3:
+        raise ValueError(f"hidden states must be [batch, tokens, d_model], got {hidden.shape}")
+    batch, tokens, d_model = hidden.shape
+    expected = (len(interventions), batch, tokens)
+    if masks.dtype != torch.bool or tuple(masks.shape) != expected:
+        raise ValueError(
+            f"masks must be a bool tensor of shape {expected}, "
+            f"got {masks.dtype} {tuple(masks.shape)}"
+        )
+    for intervention in interventions:
+        validate_intervention(intervention, sae, d_model)
+    if not interventions:
+        return hidden
+    masks = masks.to(hidden.device)
+    h = hidden.float()
+    directions = _directions(interventions, sae, h.device)
+    activations = _activations(interventions, sae, h, directions)
+    delta = torch.zeros_like(h)
+    for index, intervention in enumerate(interventions):
+        coefficient = _coefficient(intervention, activations.get(index), h)
+        step = coefficient.unsqueeze(-1) * directions[index]
+        delta += torch.where(masks[index].unsqueeze(-1), step, torch.zeros((), device=h.device))
+    edited = (h + delta).to(hidden.dtype)
+    return torch.where(masks.any(dim=0).unsqueeze(-1), edited, hidden)
+
+
+def _directions(
+    interventions: Sequence[Intervention], sae: MatryoshkaSAE | None, device: torch.device
+) -> list[torch.Tensor]:
+    """Residual-space direction per intervention: unit for ADD and raw directions."""
+    directions = []
+    for intervention in interventions:
+        if intervention.direction is not None:
+            direction = intervention.direction.to(device=device, dtype=torch.float32)
+            directions.append(direction / torch.linalg.vector_norm(direction))
+            continue
+        assert sae is not None and intervention.feature is not None
+        row = sae.W_dec[intervention.feature].to(device=device, dtype=torch.float32)
+        if intervention.mode is SteeringMode.ADD:
+            row = row / torch.linalg.vector_norm(row)
+        directions.append(row / sae.input_scale)
+    return directions
+
+
+def _activations(
+    interventions: Sequence[Intervention],
+    sae: MatryoshkaSAE | None,
+    h: torch.Tensor,
+    directions: list[torch.Tensor],
+) -> dict[int, torch.Tensor]:
+    """Activation [B, T] of every intervention that needs one (all but ADD), from unedited h.
+
+    SAE features are encoded together, once, for just the features in use.
+    """
+    activations: dict[int, torch.Tensor] = {}
+    feature_positions: dict[int, list[int]] = {}
+    for index, intervention in enumerate(interventions):
+        if intervention.mode is SteeringMode.ADD:
+            continue
+        if intervention.direction is not None:
+            activations[index] = h @ directions[index]
+        else:
+            assert intervention.feature is not None
+            feature_positions.setdefault(intervention.feature, []).append(index)
+    if feature_positions:
+        assert sae is not None
+        features = torch.tensor(list(feature_positions), device=sae.device)
+        encoded = sae.encode_features(h, features).to(device=h.device, dtype=torch.float32)
+        for column, indices in enumerate(feature_positions.values()):
+            for index in indices:
+                activations[index] = encoded[..., column]
+    return activations
+
+
+def _coefficient(
+    intervention: Intervention, activation: torch.Tensor | None, h: torch.Tensor
+) -> torch.Tensor:
+    """How far to move along the intervention's direction, per position: [B, T]."""
+    value = intervention.value
+    if intervention.mode is SteeringMode.ADD:
+        return h.new_full(h.shape[:-1], value)
+    assert activation is not None
+    if intervention.mode is SteeringMode.CLAMP:
+        return value - activation
+    if intervention.mode is SteeringMode.ABLATE:
+        return -activation
+    return (value - 1.0) * activation
