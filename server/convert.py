@@ -1,0 +1,584 @@
+"""Protobuf <-> domain conversions, and the request checks that need nothing but the limits.
+
+Besides the interceptors and the servicer, the only module that imports generated code. Each
+``*_from_proto`` validates as it converts and raises the domain errors of
+``maira_sae.server.errors`` with the field path, the limit and the value (never request text):
+INVALID_ARGUMENT for malformed input (missing image, NaN, unknown enum value, NUL in text),
+OUT_OF_RANGE for a number or size past a documented range or limit. Cheap checks run before any
+image is decoded. What needs the loaded SAEs (does the sae_id exist, is a feature index below
+d_sae, is a direction d_model long) is the engine's to check.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, TypeVar
+
+import numpy as np
+import torch
+from google.protobuf.message import Message
+
+from maira_sae.client.images import DecodeLimits, ImageDecodeError, MediaType, decode_image
+from maira_sae.sae.catalogue import FeatureInterpretation
+from maira_sae.sae.interventions import Intervention, SteeringMode
+from maira_sae.server.config import LimitsConfig, ServerConfig
+from maira_sae.server.engine.types import (
+    DEFAULT_TOKEN_KINDS,
+    Aggregation,
+    EncodeRequest,
+    EncodeResult,
+    FeatureScore,
+    FinishReason,
+    GeneratedToken,
+    GenerateRequest,
+    GenerationEvent,
+    GenerationSettings,
+    GroundedBox,
+    GroundedPhrase,
+    PositionScope,
+    ScopedIntervention,
+    TokenFeatures,
+    TokenFilter,
+    TokenRange,
+    TopFeaturesRequest,
+    TopFeaturesResult,
+    Variant,
+    VariantFinished,
+)
+from maira_sae.server.errors import InvalidArgument, OutOfRange
+from maira_sae.server.maira2.study import ImageRole, Study, Task, TaskKind
+from maira_sae.server.maira2.tokens import TokenInfo, TokenKind
+from maira_sae.v1 import maira_sae_pb2 as pb
+
+DecodeImage = Callable[[bytes, MediaType | None, str], np.ndarray]
+"""``decode(data, media_type, name) -> pixels``; media type None means sniff the bytes. Raises
+ImageDecodeError for an unusable image. ``image_decoder(limits)`` builds the server's."""
+
+DEFAULT_TOP_K = 20  # TopFeaturesRequest.k and SearchFeaturesRequest.limit when 0
+
+T = TypeVar("T")
+
+# Proto enum value -> domain value. UNSPECIFIED (0) is handled by the caller of _enum.
+_MEDIA_TYPES = {
+    pb.MEDIA_TYPE_PNG: MediaType.PNG,
+    pb.MEDIA_TYPE_JPEG: MediaType.JPEG,
+    pb.MEDIA_TYPE_DICOM: MediaType.DICOM,
+}
+_TASK_KINDS = {
+    pb.TASK_KIND_FINDINGS: TaskKind.FINDINGS,
+    pb.TASK_KIND_GROUNDED_FINDINGS: TaskKind.GROUNDED_FINDINGS,
+    pb.TASK_KIND_PHRASE_GROUNDING: TaskKind.PHRASE_GROUNDING,
+}
+_TOKEN_KINDS = {
+    pb.TOKEN_KIND_IMAGE_PATCH: TokenKind.IMAGE_PATCH,
+    pb.TOKEN_KIND_PROMPT_TEXT: TokenKind.PROMPT_TEXT,
+    pb.TOKEN_KIND_SPECIAL: TokenKind.SPECIAL,
+    pb.TOKEN_KIND_RESPONSE: TokenKind.RESPONSE,
+}
+_STEERING_MODES = {
+    pb.STEERING_MODE_ADD: SteeringMode.ADD,
+    pb.STEERING_MODE_CLAMP: SteeringMode.CLAMP,
+    pb.STEERING_MODE_ABLATE: SteeringMode.ABLATE,
+    pb.STEERING_MODE_SCALE: SteeringMode.SCALE,
+}
+_POSITION_SCOPES = {
+    pb.POSITION_SCOPE_ALL: PositionScope.ALL,
+    pb.POSITION_SCOPE_PROMPT: PositionScope.PROMPT,
+    pb.POSITION_SCOPE_GENERATED: PositionScope.GENERATED,
+    pb.POSITION_SCOPE_IMAGE: PositionScope.IMAGE,
+    pb.POSITION_SCOPE_TEXT: PositionScope.TEXT,
+    pb.POSITION_SCOPE_RANGES: PositionScope.RANGES,
+}
+_AGGREGATIONS = {
+    pb.AGGREGATION_MAX: Aggregation.MAX,
+    pb.AGGREGATION_MEAN: Aggregation.MEAN,
+    pb.AGGREGATION_SUM: Aggregation.SUM,
+    pb.AGGREGATION_COUNT: Aggregation.COUNT,
+}
+# Domain value -> proto enum value, for responses.
+_TOKEN_KIND_TO_PROTO = {kind: value for value, kind in _TOKEN_KINDS.items()}
+_IMAGE_ROLE_TO_PROTO = {
+    ImageRole.FRONTAL: pb.IMAGE_ROLE_FRONTAL,
+    ImageRole.LATERAL: pb.IMAGE_ROLE_LATERAL,
+    ImageRole.PRIOR: pb.IMAGE_ROLE_PRIOR,
+}
+_FINISH_REASON_TO_PROTO = {
+    FinishReason.EOS: pb.FINISH_REASON_EOS,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+}
+
+
+# -------------------------------------------------------------------------------------------
+# Checks
+
+
+def _enum(value: int, table: Mapping[int, T], where: str, unspecified: T | None) -> T:
+    """A domain enum member; ``unspecified`` is what 0 means (None: 0 is rejected)."""
+    if value == 0 and unspecified is not None:
+        return unspecified
+    if value not in table:
+        known = ", ".join(str(v) for v in table)
+        problem = "must be set" if value == 0 else f"has unknown value {value}"
+        raise InvalidArgument(f"{where} {problem}; known values: {known}")
+    return table[value]
+
+
+def _limit(value: float, limit: float, where: str, limit_name: str) -> None:
+    if value > limit:
+        raise OutOfRange(f"{where} is {value}, over limits.{limit_name} = {limit}")
+
+
+def _finite(value: float, where: str) -> float:
+    if not math.isfinite(value):
+        raise InvalidArgument(f"{where} must be a finite number, got {value}")
+    return value
+
+
+def _text(value: str, limits: LimitsConfig, where: str) -> str:
+    """Text within max_text_chars and without NUL (never valid in a report, and a classic way
+    to cut strings short further down)."""
+    if len(value) > limits.max_text_chars:
+        raise OutOfRange(
+            f"{where} has {len(value)} characters, over limits.max_text_chars = "
+            f"{limits.max_text_chars}"
+        )
+    if "\x00" in value:
+        raise InvalidArgument(f"{where} contains a NUL character")
+    return value
+
+
+def _optional_text(msg: Message, name: str, limits: LimitsConfig, prefix: str = "") -> str | None:
+    """An ``optional string`` field: None when absent (the prompt then reads "N/A")."""
+    if not msg.HasField(name):
+        return None
+    return _text(getattr(msg, name), limits, f"{prefix}{name}")
+
+
+def _ranges(msgs: Sequence[pb.TokenRange], where: str) -> tuple[TokenRange, ...]:
+    for i, r in enumerate(msgs):
+        if r.start >= r.end:
+            raise InvalidArgument(
+                f"{where}[{i}] is empty: start {r.start} must be below end {r.end} (half-open)"
+            )
+    return tuple(TokenRange(r.start, r.end) for r in msgs)
+
+
+# -------------------------------------------------------------------------------------------
+# Requests
+
+
+def study_from_proto(msg: pb.Study, limits: LimitsConfig, decode: DecodeImage) -> Study:
+    """Checks every field, then decodes the images (the expensive part) in prompt order."""
+    texts = {
+        name: _optional_text(msg, name, limits, prefix="study.")
+        for name in ("indication", "technique", "comparison", "prior_report")
+    }
+    if not msg.HasField("frontal"):
+        raise InvalidArgument("study.frontal is required: the current frontal image")
+    present = [name for name in ("frontal", "lateral", "prior") if msg.HasField(name)]
+    _limit(len(present), limits.max_images, "the number of images", "max_images")
+    media_types = {name: _checked_image(getattr(msg, name), limits, name) for name in present}
+    pixels = {}
+    for name, media_type in media_types.items():
+        try:
+            pixels[name] = decode(getattr(msg, name).data, media_type, f"study.{name}")
+        except ImageDecodeError as err:
+            raise InvalidArgument(str(err)) from err
+    return Study(
+        frontal=pixels["frontal"], lateral=pixels.get("lateral"), prior=pixels.get("prior"), **texts
+    )
+
+
+def _checked_image(image: pb.Image, limits: LimitsConfig, name: str) -> MediaType | None:
+    """Checks the bytes' size and returns the declared media type (None: sniff)."""
+    if not image.data:
+        raise InvalidArgument(f"study.{name}.data is empty; leave study.{name} unset instead")
+    if len(image.data) > limits.max_image_bytes:
+        raise OutOfRange(
+            f"study.{name}.data is {len(image.data)} bytes, over limits.max_image_bytes = "
+            f"{limits.max_image_bytes}"
+        )
+    if image.media_type == pb.MEDIA_TYPE_UNSPECIFIED:
+        return None
+    return _enum(image.media_type, _MEDIA_TYPES, f"study.{name}.media_type", unspecified=None)
+
+
+def image_decoder(limits: LimitsConfig) -> DecodeImage:
+    """The server's decoder: ``maira_sae.client.images.decode_image`` under these limits."""
+    decode_limits = DecodeLimits(
+        max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels
+    )
+
+    def decode(data: bytes, media_type: MediaType | None, name: str) -> np.ndarray:
+        return decode_image(data, media_type, name=name, limits=decode_limits)
+
+    return decode
+
+
+def task_from_proto(msg: pb.Task, limits: LimitsConfig) -> Task:
+    kind = _enum(msg.kind, _TASK_KINDS, "task.kind", unspecified=TaskKind.FINDINGS)
+    phrase = _text(msg.phrase, limits, "task.phrase")
+    if kind is TaskKind.PHRASE_GROUNDING and not phrase.strip():
+        raise InvalidArgument("task.phrase is required for TASK_KIND_PHRASE_GROUNDING")
+    if kind is not TaskKind.PHRASE_GROUNDING and phrase:
+        raise InvalidArgument(
+            "task.phrase is only used by TASK_KIND_PHRASE_GROUNDING; leave it empty"
+        )
+    return Task(kind=kind, phrase=phrase or None)
+
+
+def token_filter_from_proto(msg: pb.TokenFilter, limits: LimitsConfig) -> TokenFilter:
+    kinds = frozenset(
+        _enum(kind, _TOKEN_KINDS, f"token_filter.kinds[{i}]", unspecified=None)
+        for i, kind in enumerate(msg.kinds)
+    )
+    for i, index in enumerate(msg.image_indices):
+        if index >= limits.max_images:
+            raise OutOfRange(
+                f"token_filter.image_indices[{i}] is {index}; images are numbered 0.."
+                f"{limits.max_images - 1}"
+            )
+    return TokenFilter(
+        kinds=kinds or DEFAULT_TOKEN_KINDS,
+        image_indices=frozenset(msg.image_indices) or None,
+        ranges=_ranges(msg.ranges, "token_filter.ranges"),
+    )
+
+
+def encode_request_from_proto(
+    msg: pb.EncodeRequest, limits: LimitsConfig, decode: DecodeImage
+) -> EncodeRequest:
+    _limit(msg.top_k_per_token, limits.max_top_k, "top_k_per_token", "max_top_k")
+    return EncodeRequest(
+        task=task_from_proto(msg.task, limits),
+        response=_optional_text(msg, "response", limits),
+        sae_id=msg.sae_id,
+        token_filter=token_filter_from_proto(msg.token_filter, limits),
+        top_k_per_token=msg.top_k_per_token,
+        matryoshka_level=msg.matryoshka_level or None,
+        study=study_from_proto(msg.study, limits, decode),
+    )
+
+
+def top_features_request_from_proto(
+    msg: pb.TopFeaturesRequest, limits: LimitsConfig, decode: DecodeImage
+) -> TopFeaturesRequest:
+    _limit(msg.k, limits.max_top_k, "k", "max_top_k")
+    return TopFeaturesRequest(
+        task=task_from_proto(msg.task, limits),
+        response=_optional_text(msg, "response", limits),
+        sae_id=msg.sae_id,
+        aggregation=_enum(msg.aggregation, _AGGREGATIONS, "aggregation", Aggregation.MAX),
+        token_filter=token_filter_from_proto(msg.token_filter, limits),
+        k=msg.k or DEFAULT_TOP_K,
+        study=study_from_proto(msg.study, limits, decode),
+    )
+
+
+def settings_from_proto(msg: pb.GenerationSettings, limits: LimitsConfig) -> GenerationSettings:
+    """0 means the default for max_new_tokens (limits.default_max_new_tokens) and top_p (1.0);
+    temperature 0 is greedy."""
+    _limit(msg.max_new_tokens, limits.max_new_tokens, "settings.max_new_tokens", "max_new_tokens")
+    temperature = _finite(msg.temperature, "settings.temperature")
+    if temperature < 0:
+        raise OutOfRange(f"settings.temperature must be >= 0 (0 is greedy), got {temperature}")
+    top_p = _finite(msg.top_p, "settings.top_p") or 1.0
+    if not 0 < top_p <= 1:
+        raise OutOfRange(f"settings.top_p must be in (0, 1] (0 means 1.0), got {top_p}")
+    return GenerationSettings(
+        max_new_tokens=msg.max_new_tokens or limits.default_max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=msg.seed,
+    )
+
+
+def intervention_from_proto(
+    msg: pb.Intervention, limits: LimitsConfig, where: str
+) -> ScopedIntervention:
+    mode = _enum(msg.mode, _STEERING_MODES, f"{where}.mode", unspecified=None)
+    value = _finite(msg.value, f"{where}.value")
+    if abs(value) > limits.max_abs_strength:
+        raise OutOfRange(
+            f"{where}.value is {value}, over limits.max_abs_strength = {limits.max_abs_strength} "
+            "in absolute value"
+        )
+    scope = _enum(msg.scope, _POSITION_SCOPES, f"{where}.scope", unspecified=PositionScope.ALL)
+    ranges = _ranges(msg.ranges, f"{where}.ranges")
+    if (scope is PositionScope.RANGES) != bool(ranges):
+        raise InvalidArgument(
+            f"{where}.ranges must be set exactly when scope is POSITION_SCOPE_RANGES"
+        )
+    target = msg.WhichOneof("target")
+    if target is None:
+        raise InvalidArgument(f"{where} needs a target: set feature or direction")
+    if target == "feature":
+        intervention = Intervention(mode=mode, value=value, feature=msg.feature)
+    else:
+        intervention = Intervention(
+            mode=mode, value=value, direction=_direction(msg.direction, f"{where}.direction")
+        )
+    return ScopedIntervention(intervention=intervention, scope=scope, ranges=ranges)
+
+
+def _direction(msg: pb.Direction, where: str) -> torch.Tensor:
+    vector = torch.tensor(msg.values, dtype=torch.float32)
+    if vector.numel() == 0:
+        raise InvalidArgument(f"{where}.values is empty; it needs d_model values")
+    if not torch.isfinite(vector).all():
+        raise InvalidArgument(f"{where}.values must all be finite numbers")
+    if not vector.any():
+        raise InvalidArgument(f"{where}.values is all zeros: a direction needs a length")
+    return vector
+
+
+def variant_from_proto(msg: pb.Variant, limits: LimitsConfig, where: str) -> Variant:
+    _limit(
+        len(msg.interventions),
+        limits.max_interventions_per_variant,
+        f"the number of {where}.interventions",
+        "max_interventions_per_variant",
+    )
+    return Variant(
+        interventions=tuple(
+            intervention_from_proto(item, limits, f"{where}.interventions[{i}]")
+            for i, item in enumerate(msg.interventions)
+        ),
+        name=_text(msg.name, limits, f"{where}.name"),
+    )
+
+
+def generate_request_from_proto(
+    msg: pb.GenerateRequest, limits: LimitsConfig, decode: DecodeImage
+) -> GenerateRequest:
+    """No variants means one baseline variant."""
+    _limit(len(msg.variants), limits.max_variants, "the number of variants", "max_variants")
+    variants = tuple(
+        variant_from_proto(v, limits, f"variants[{i}]") for i, v in enumerate(msg.variants)
+    )
+    return GenerateRequest(
+        task=task_from_proto(msg.task, limits),
+        settings=settings_from_proto(msg.settings, limits),
+        variants=variants or (Variant(),),
+        sae_id=msg.sae_id,
+        study=study_from_proto(msg.study, limits, decode),
+    )
+
+
+class SearchQuery(NamedTuple):
+    sae_id: str
+    query: str
+    limit: int
+
+
+def search_query_from_proto(msg: pb.SearchFeaturesRequest, limits: LimitsConfig) -> SearchQuery:
+    query = _text(msg.query, limits, "query")
+    if not query.strip():
+        raise InvalidArgument("query is required: words to look for in feature labels")
+    _limit(msg.limit, limits.max_top_k, "limit", "max_top_k")
+    return SearchQuery(msg.sae_id, query, msg.limit or DEFAULT_TOP_K)
+
+
+# -------------------------------------------------------------------------------------------
+# Responses
+
+
+def token_to_proto(token: TokenInfo) -> pb.Token:
+    msg = pb.Token(
+        position=token.position,
+        token_id=token.token_id,
+        text=token.text,
+        kind=_TOKEN_KIND_TO_PROTO[token.kind],
+    )
+    if token.image_index is not None:
+        msg.image_index = token.image_index
+    if token.image_role is not None:
+        msg.image_role = _IMAGE_ROLE_TO_PROTO[token.image_role]
+    if token.grid_row is not None:
+        msg.grid_row = token.grid_row
+    if token.grid_col is not None:
+        msg.grid_col = token.grid_col
+    return msg
+
+
+def _token_activations(item: TokenFeatures) -> pb.TokenActivations:
+    return pb.TokenActivations(
+        token=token_to_proto(item.token), feature_ids=item.feature_ids, values=item.values
+    )
+
+
+def encode_result_to_proto(result: EncodeResult) -> pb.EncodeResponse:
+    q = result.quality
+    return pb.EncodeResponse(
+        sae_id=result.sae_id,
+        layer=result.layer,
+        tokens=[_token_activations(item) for item in result.tokens],
+        total_tokens=result.total_tokens,
+        quality=pb.ReconstructionQuality(
+            mse=q.mse, explained_variance=q.explained_variance, cosine=q.cosine
+        ),
+    )
+
+
+def _feature_score(score: FeatureScore) -> pb.FeatureScore:
+    msg = pb.FeatureScore(
+        feature=score.feature,
+        score=score.score,
+        token_positions=score.token_positions,
+        image_grids=[
+            pb.ImageGrid(image_index=g.image_index, rows=g.rows, cols=g.cols, values=g.values)
+            for g in score.image_grids
+        ],
+    )
+    if score.label is not None:
+        msg.label = score.label
+    if score.interpretation_score is not None:
+        msg.interpretation_score = score.interpretation_score
+    return msg
+
+
+def top_features_result_to_proto(result: TopFeaturesResult) -> pb.TopFeaturesResponse:
+    return pb.TopFeaturesResponse(
+        sae_id=result.sae_id,
+        layer=result.layer,
+        features=[_feature_score(score) for score in result.features],
+        total_tokens=result.total_tokens,
+    )
+
+
+def _box(box: GroundedBox) -> pb.Box:
+    return pb.Box(
+        cropped=pb.BoxCoordinates(
+            x_min=box.x_min, y_min=box.y_min, x_max=box.x_max, y_max=box.y_max
+        ),
+        original=pb.BoxCoordinates(
+            x_min=box.original_x_min,
+            y_min=box.original_y_min,
+            x_max=box.original_x_max,
+            y_max=box.original_y_max,
+        ),
+    )
+
+
+def _phrase(phrase: GroundedPhrase) -> pb.GroundedPhrase:
+    return pb.GroundedPhrase(text=phrase.text, boxes=[_box(box) for box in phrase.boxes])
+
+
+def generation_event_to_proto(event: GenerationEvent) -> pb.GenerateEvent:
+    if isinstance(event, GeneratedToken):
+        return pb.GenerateEvent(
+            variant_index=event.variant_index,
+            token=pb.TokenChunk(position=event.position, token_id=event.token_id, text=event.text),
+        )
+    return pb.GenerateEvent(
+        variant_index=event.variant_index,
+        finished=_variant_result(event),
+    )
+
+
+def _variant_result(event: VariantFinished) -> pb.VariantResult:
+    return pb.VariantResult(
+        text=event.text,
+        finish_reason=_FINISH_REASON_TO_PROTO[event.finish_reason],
+        num_tokens=event.num_tokens,
+        phrases=[_phrase(phrase) for phrase in event.phrases],
+        parse_ok=event.parse_ok,
+    )
+
+
+def feature_to_proto(
+    feature: int, interpretation: FeatureInterpretation | None, decoder_norm: float
+) -> pb.Feature:
+    msg = pb.Feature(feature=feature, decoder_norm=decoder_norm)
+    if interpretation is not None and interpretation.explanation is not None:
+        msg.label = interpretation.explanation
+    if interpretation is not None and interpretation.score is not None:
+        msg.interpretation_score = interpretation.score
+    return msg
+
+
+def search_response_to_proto(
+    sae_id: str,
+    matches: Sequence[tuple[FeatureInterpretation, float]],
+    decoder_norms: Sequence[float],
+) -> pb.SearchFeaturesResponse:
+    """``matches`` as FeatureCatalogue.search returns them; ``decoder_norms[i]`` is feature i's."""
+    return pb.SearchFeaturesResponse(
+        sae_id=sae_id,
+        matches=[
+            pb.FeatureMatch(
+                feature=feature_to_proto(item.feature, item, float(decoder_norms[item.feature])),
+                score=score,
+            )
+            for item, score in matches
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What GetInfo says about the loaded model."""
+
+    name: str
+    path: str
+    dtype: str
+    device: str
+    num_layers: int
+    hidden_size: int
+    image_tokens_per_image: int
+    patch_grid_rows: int
+    patch_grid_cols: int
+    demo: bool
+
+
+@dataclass(frozen=True)
+class SaeDescription:
+    """What GetInfo says about one loaded SAE."""
+
+    id: str
+    layer: int
+    hook_point: str
+    d_model: int
+    d_sae: int
+    group_sizes: tuple[int, ...]
+    num_interpretations: int
+    source_format: str
+
+
+def info_to_proto(
+    model: ModelDescription,
+    saes: Sequence[SaeDescription],
+    config: ServerConfig,
+    versions: Mapping[str, str],
+) -> pb.InfoResponse:
+    """``versions`` maps maira_sae, torch and transformers to their version strings."""
+    limits, batching = config.limits, config.batching
+    return pb.InfoResponse(
+        model=pb.ModelInfo(**vars(model)),
+        saes=[
+            pb.SaeInfo(
+                **vars(sae),
+                has_interpretations=sae.num_interpretations > 0,
+            )
+            for sae in saes
+        ],
+        default_sae_id=config.resolved_default_sae_id,
+        limits=pb.Limits(
+            max_image_bytes=limits.max_image_bytes,
+            max_image_pixels=limits.max_image_pixels,
+            max_images=limits.max_images,
+            max_text_chars=limits.max_text_chars,
+            max_new_tokens=limits.max_new_tokens,
+            default_max_new_tokens=limits.default_max_new_tokens,
+            max_variants=limits.max_variants,
+            max_interventions_per_variant=limits.max_interventions_per_variant,
+            max_top_k=limits.max_top_k,
+            max_abs_strength=limits.max_abs_strength,
+            max_batch_size=batching.max_batch_size,
+            queue_size=batching.queue_size,
+        ),
+        versions=pb.Versions(**versions),
+    )

@@ -1,0 +1,120 @@
+"""Prometheus metrics of one server, in a registry of its own.
+
+A private ``CollectorRegistry`` (not the process-global one) lets tests build several servers in
+one process. The interceptors record calls; the scheduler reports through the methods of its
+``SchedulerObserver`` (same names), start-up through ``model_loaded`` and ``sae_loaded``.
+Labels are low-cardinality only: method names, status codes, SAE ids.
+"""
+
+from __future__ import annotations
+
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+PREFIX = "maira_sae"
+
+# Seconds, from a cached unary call (ms) to a long steered generation (minutes).
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self._requests = Counter(
+            f"{PREFIX}_requests", "Finished RPCs.", ["method", "code"], registry=r
+        )
+        self._request_duration = Histogram(
+            f"{PREFIX}_request_duration_seconds",
+            "RPC duration, from the call's arrival to its last message.",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._inflight = Gauge(
+            f"{PREFIX}_inflight_requests", "RPCs being handled now.", ["method"], registry=r
+        )
+        self._queue_depth = Gauge(
+            f"{PREFIX}_queue_depth", "Requests waiting for the engine.", registry=r
+        )
+        self._queue_wait = Histogram(
+            f"{PREFIX}_queue_wait_seconds",
+            "Time a request waited in the queue before its batch started.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._batch_size = Histogram(
+            f"{PREFIX}_batch_size", "Rows per engine batch.", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self._time_to_first_token = Histogram(
+            f"{PREFIX}_time_to_first_token_seconds",
+            "From a GenerateSteered call's arrival to its first streamed token.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._generated_tokens = Counter(
+            f"{PREFIX}_generated_tokens", "Tokens generated, over all variants.", registry=r
+        )
+        self._engine_busy = Counter(
+            f"{PREFIX}_engine_busy_seconds",
+            "Seconds the engine thread spent running batches; rate() of it is the busy ratio.",
+            registry=r,
+        )
+        self._model_load = Gauge(
+            f"{PREFIX}_model_load_seconds", "Time the model took to load.", registry=r
+        )
+        self._sae_load = Gauge(
+            f"{PREFIX}_sae_load_seconds", "Time each SAE took to load.", ["sae_id"], registry=r
+        )
+        self._http_server: WSGIServer | None = None
+
+    # Calls (interceptors)
+
+    def request_started(self, method: str) -> None:
+        self._inflight.labels(method=method).inc()
+
+    def request_finished(self, method: str, code: str, duration_s: float) -> None:
+        self._inflight.labels(method=method).dec()
+        self._requests.labels(method=method, code=code).inc()
+        self._request_duration.labels(method=method).observe(duration_s)
+
+    # Scheduler and engine: the scheduler's SchedulerObserver methods, by name.
+
+    def queue_depth(self, depth: int) -> None:
+        self._queue_depth.set(depth)
+
+    def batch_started(self, size: int, waits_s: list[float]) -> None:
+        """One engine batch of ``size`` rows; ``waits_s``: how long each of its requests queued."""
+        self._batch_size.observe(size)
+        for wait in waits_s:
+            self._queue_wait.observe(wait)
+
+    def busy(self, seconds: float) -> None:
+        self._engine_busy.inc(seconds)
+
+    def first_token(self, seconds: float) -> None:
+        self._time_to_first_token.observe(seconds)
+
+    def tokens_generated(self, count: int) -> None:
+        self._generated_tokens.inc(count)
+
+    # Start-up
+
+    def model_loaded(self, seconds: float) -> None:
+        self._model_load.set(seconds)
+
+    def sae_loaded(self, sae_id: str, seconds: float) -> None:
+        self._sae_load.labels(sae_id=sae_id).set(seconds)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+        """Serves /metrics over HTTP in a daemon thread; returns the bound port (0 picks one)."""
+        self._http_server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return self._http_server.server_port
+
+    def stop(self) -> None:
+        if self._http_server is not None:
+            self._http_server.shutdown()
+            self._http_server.server_close()
+            self._http_server = None
