@@ -75,6 +75,13 @@ class ServingConfig:
     metrics_port: int = field(
         default=9090, metadata=_help("Prometheus metrics port; 0 picks a free one")
     )
+    health_port: int = field(
+        default=50052,
+        metadata=_help(
+            "plaintext port serving only grpc.health.v1 (for kubelet probes when TLS or auth is"
+            " on); -1 disables it, 0 picks a free one"
+        ),
+    )
     drain_grace_s: float = field(
         default=30.0, metadata=_help("on SIGTERM, seconds in-flight calls get to finish")
     )
@@ -87,6 +94,10 @@ class ServingConfig:
         for name in ("grpc_port", "metrics_port"):
             port = getattr(self, name)
             _require(0 <= port <= 65535, f"serving.{name} must be in 0..65535, got {port}")
+        _require(
+            -1 <= self.health_port <= 65535,
+            f"serving.health_port must be -1 (off) or in 0..65535, got {self.health_port}",
+        )
         _require_non_negative("serving", drain_grace_s=self.drain_grace_s)
         _require_positive("serving", max_message_bytes=self.max_message_bytes)
         _require(
@@ -134,6 +145,13 @@ class ModelConfig:
     )
     demo: bool = field(
         default=False, metadata=_help("serve the tiny demo checkpoint instead of the real model")
+    )
+    demo_dir: str = field(
+        default="",
+        metadata=_help(
+            "writable folder for the demo checkpoint (built there once); default"
+            " $XDG_CACHE_HOME/maira-sae/demo-checkpoint"
+        ),
     )
 
     def __post_init__(self) -> None:

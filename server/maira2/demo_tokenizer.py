@@ -83,6 +83,9 @@ ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghijklmnopqrstuvwxyz 0123456789 ! " # $ % & ' (
 """
 
 
+FILLER_PREFIX = "<unused"
+
+
 def write_demo_tokenizer(folder: Path) -> None:
     """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and
     added_tokens.json into ``folder``; the same bytes on every call."""
@@ -155,6 +158,12 @@ def _build_tokenizer() -> Tokenizer:
     return tokenizer
 
 
+def filler_token_ids() -> tuple[int, ...]:
+    """Ids of the filler pieces that pad the demo vocabulary to 32000 (no text maps to them)."""
+    vocab, _ = _base_vocab_and_merges()
+    return tuple(index for piece, index in vocab.items() if piece.startswith(FILLER_PREFIX))
+
+
 def _base_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """The 32000 base pieces: specials, bytes, pieces learnt from the corpus, fillers."""
     pieces = [UNK, BOS, EOS, *(f"<0x{byte:02X}>" for byte in range(256))]
@@ -162,7 +171,7 @@ def _base_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     pieces += [piece for piece in learnt if piece not in pieces]
     # Fillers pad the vocabulary to Llama's size; no merge produces them, so text never maps
     # to them and only a (random demo) model can emit them.
-    pieces += [f"<unused{i}>" for i in range(BASE_VOCAB_SIZE - len(pieces))]
+    pieces += [f"{FILLER_PREFIX}{i}>" for i in range(BASE_VOCAB_SIZE - len(pieces))]
     return {piece: i for i, piece in enumerate(pieces)}, merges
 
 

@@ -106,7 +106,9 @@ class Maira2Processor:
         patch_grid: tuple[int, int],
     ) -> Maira2Processor:
         """Load the tokenizer, chat_template.json and preprocessor_config.json of a snapshot."""
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=False
+        )
         if not isinstance(tokenizer, TokenizersBackend):
             raise ValueError(
                 f"{folder}: expected a tokenizer.json tokenizer, got {type(tokenizer)}"

@@ -1,0 +1,213 @@
+"""The engine: owns the model, the processor and the SAEs, and runs batches for the scheduler.
+
+It is called from one thread only (the scheduler's), never from the event loop. Each request of
+a batch is prepared on its own, so a bad study fails alone; the model then runs once for the
+batch. Errors a caller caused are raised or returned as the domain errors of server/errors.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from maira_sae.sae.catalogue import FeatureCatalogue
+from maira_sae.sae.model import MatryoshkaSAE
+from maira_sae.sae.steering import validate_intervention
+from maira_sae.server.engine.capture import capture_batch
+from maira_sae.server.engine.features import (
+    accepted_positions,
+    reconstruction_quality,
+    sparse_codes,
+    top_feature_scores,
+)
+from maira_sae.server.engine.generation import generate_rows
+from maira_sae.server.engine.types import (
+    EncodeRequest,
+    EncodeResult,
+    GenerateRequest,
+    GenerationEvent,
+    TopFeaturesRequest,
+    TopFeaturesResult,
+    VariantFinished,
+)
+from maira_sae.server.errors import InvalidArgument, NotFound, OutOfRange, ServiceError
+from maira_sae.server.maira2.grounding import parse_grounded_output
+from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
+from maira_sae.server.maira2.processor import Maira2Processor, ModelInputs
+from maira_sae.server.maira2.study import TaskKind
+
+AnalysisRequest = EncodeRequest | TopFeaturesRequest
+AnalysisResult = EncodeResult | TopFeaturesResult
+
+
+@dataclass(frozen=True)
+class SaeEntry:
+    """One served SAE: its id, the layer it reads and its feature interpretations."""
+
+    sae_id: str
+    sae: MatryoshkaSAE
+    catalogue: FeatureCatalogue
+    layer: int
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    index: int
+    request: AnalysisRequest
+    entry: SaeEntry
+    inputs: ModelInputs
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Maira2ForConditionalGeneration,
+        processor: Maira2Processor,
+        saes: Sequence[SaeEntry],
+        *,
+        default_sae_id: str | None = None,
+    ) -> None:
+        if not saes:
+            raise ValueError("the engine needs at least one SAE")
+        self.model = model
+        self.processor = processor
+        self._saes = {entry.sae_id: entry for entry in saes}
+        self.default_sae_id = default_sae_id or saes[0].sae_id
+        if self.default_sae_id not in self._saes:
+            raise ValueError(f"default SAE {self.default_sae_id!r} is not among the SAEs")
+        self._eos_token_ids = frozenset({processor.eos_token_id})
+
+    @property
+    def saes(self) -> tuple[SaeEntry, ...]:
+        return tuple(self._saes.values())
+
+    def sae(self, sae_id: str) -> SaeEntry:
+        """The SAE with this id ("" is the default one); NotFound names the known ids."""
+        entry = self._saes.get(sae_id or self.default_sae_id)
+        if entry is None:
+            known = ", ".join(sorted(self._saes))
+            raise NotFound(f"unknown sae_id {sae_id!r}; this server has: {known}")
+        return entry
+
+    def check_analysis(self, request: AnalysisRequest) -> SaeEntry:
+        """Validate what only the engine knows (SAE id, Matryoshka level) before queueing."""
+        entry = self.sae(request.sae_id)
+        if isinstance(request, EncodeRequest) and request.matryoshka_level is not None:
+            levels = entry.sae.num_levels
+            if not 1 <= request.matryoshka_level <= levels:
+                raise OutOfRange(
+                    f"matryoshka_level {request.matryoshka_level} is out of range: "
+                    f"SAE {entry.sae_id!r} has levels 1..{levels} (0 means all)"
+                )
+        return entry
+
+    def check_generate(self, request: GenerateRequest) -> SaeEntry:
+        """Validate every intervention against the SAE before the request is queued."""
+        entry = self.sae(request.sae_id)
+        for variant_index, variant in enumerate(request.variants):
+            for index, scoped in enumerate(variant.interventions):
+                intervention = scoped.intervention
+                if intervention.feature is not None and intervention.feature >= entry.sae.d_sae:
+                    raise OutOfRange(
+                        f"variants[{variant_index}].interventions[{index}].feature "
+                        f"{intervention.feature} is out of range: SAE {entry.sae_id!r} has "
+                        f"features 0..{entry.sae.d_sae - 1}"
+                    )
+                try:
+                    validate_intervention(intervention, entry.sae, entry.sae.d_model)
+                except ValueError as error:
+                    raise InvalidArgument(
+                        f"variants[{variant_index}].interventions[{index}]: {error}"
+                    ) from error
+        return entry
+
+    def analyse(self, requests: Sequence[AnalysisRequest]) -> list[AnalysisResult | ServiceError]:
+        """Encode and TopFeatures requests as one batch; one result or error per request."""
+        outcomes: list[AnalysisResult | ServiceError | None] = [None] * len(requests)
+        prepared: list[_Prepared] = []
+        for index, request in enumerate(requests):
+            try:
+                entry = self.check_analysis(request)
+                inputs = self.processor.process(request.study, request.task, request.response)
+            except ServiceError as error:
+                outcomes[index] = error
+                continue
+            prepared.append(_Prepared(index, request, entry, inputs))
+        if prepared:
+            residuals = capture_batch(
+                self.model,
+                [item.inputs for item in prepared],
+                {item.entry.layer for item in prepared},
+                pad_token_id=self.processor.pad_token_id,
+            )
+            for item, by_layer in zip(prepared, residuals, strict=True):
+                outcomes[item.index] = self._analysis_result(item, by_layer[item.entry.layer])
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _analysis_result(self, item: _Prepared, residual: torch.Tensor) -> AnalysisResult:
+        request, entry, tokens = item.request, item.entry, item.inputs.tokens
+        positions = accepted_positions(tokens, request.token_filter)
+        if isinstance(request, EncodeRequest):
+            features = entry.sae.encode(residual, level=request.matryoshka_level)
+            return EncodeResult(
+                sae_id=entry.sae_id,
+                layer=entry.layer,
+                tokens=sparse_codes(features, tokens, positions, request.top_k_per_token),
+                total_tokens=len(tokens),
+                quality=reconstruction_quality(entry.sae, residual[positions], features[positions]),
+            )
+        features = entry.sae.encode(residual)
+        return TopFeaturesResult(
+            sae_id=entry.sae_id,
+            layer=entry.layer,
+            features=top_feature_scores(
+                features,
+                tokens,
+                positions,
+                aggregation=request.aggregation,
+                k=request.k,
+                catalogue=entry.catalogue,
+                patch_grid=self.processor.patch_grid,
+            ),
+            total_tokens=len(tokens),
+        )
+
+    def generate(
+        self,
+        request: GenerateRequest,
+        emit: Callable[[GenerationEvent], None],
+        should_stop: Callable[[], bool],
+    ) -> None:
+        """Generate every variant in one batch; emits tokens as they come, then one
+        VariantFinished per variant."""
+        entry = self.check_generate(request)
+        inputs = self.processor.process(request.study, request.task)
+        rows = generate_rows(
+            self.model,
+            inputs,
+            request.variants,
+            request.settings,
+            sae=entry.sae,
+            steer_layer=entry.layer,
+            eos_token_ids=self._eos_token_ids,
+            decode=self.processor.decode_generated,
+            emit=emit,
+            should_stop=should_stop,
+        )
+        grounded = request.task.kind is not TaskKind.FINDINGS
+        for row in rows:
+            phrases, parse_ok = (
+                parse_grounded_output(row.text, inputs.images[0]) if grounded else ((), True)
+            )
+            emit(
+                VariantFinished(
+                    variant_index=row.variant_index,
+                    text=row.text,
+                    finish_reason=row.finish_reason,
+                    num_tokens=row.num_tokens,
+                    phrases=phrases,
+                    parse_ok=parse_ok,
+                )
+            )

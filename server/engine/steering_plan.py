@@ -1,0 +1,96 @@
+"""Where each variant's interventions apply: position scopes turned into boolean masks.
+
+A generation runs every variant as one row of a batch. The plan flattens all interventions of
+all rows into one list; each gets a mask ``[batch, tokens]`` that is true only on its own row and
+on the positions its scope selects, for whichever chunk of positions the forward pass covers
+(the whole prompt at prefill, one position per decode step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from maira_sae.sae.interventions import Intervention
+from maira_sae.sae.model import MatryoshkaSAE
+from maira_sae.sae.steering import apply_interventions
+from maira_sae.server.engine.types import PositionScope, ScopedIntervention, Variant
+from maira_sae.server.maira2.tokens import TokenInfo, TokenKind
+
+
+@dataclass(frozen=True)
+class _RowIntervention:
+    row: int
+    scoped: ScopedIntervention
+
+
+class SteeringPlan:
+    """The interventions of every row and the prompt facts their scopes need."""
+
+    def __init__(self, variants: Sequence[Variant], prompt_tokens: Sequence[TokenInfo]) -> None:
+        self._batch = len(variants)
+        self._prompt_length = len(prompt_tokens)
+        self._prompt_is_image = torch.tensor(
+            [token.kind is TokenKind.IMAGE_PATCH for token in prompt_tokens], dtype=torch.bool
+        )
+        self._items = tuple(
+            _RowIntervention(row, scoped)
+            for row, variant in enumerate(variants)
+            for scoped in variant.interventions
+        )
+
+    @property
+    def is_empty(self) -> bool:
+        return not self._items
+
+    @property
+    def interventions(self) -> tuple[Intervention, ...]:
+        return tuple(item.scoped.intervention for item in self._items)
+
+    def masks(self, start: int, length: int, device: torch.device) -> torch.Tensor:
+        """Masks ``[n_interventions, batch, length]`` for absolute positions start..start+length."""
+        positions = torch.arange(start, start + length)
+        masks = torch.zeros(len(self._items), self._batch, length, dtype=torch.bool)
+        for index, item in enumerate(self._items):
+            masks[index, item.row] = self._positions_in_scope(item.scoped, positions)
+        return masks.to(device)
+
+    def _positions_in_scope(
+        self, scoped: ScopedIntervention, positions: torch.Tensor
+    ) -> torch.Tensor:
+        in_prompt = positions < self._prompt_length
+        scope = scoped.scope
+        if scope is PositionScope.ALL:
+            return torch.ones_like(positions, dtype=torch.bool)
+        if scope is PositionScope.PROMPT:
+            return in_prompt
+        if scope is PositionScope.GENERATED:
+            return ~in_prompt
+        is_image = torch.zeros_like(positions, dtype=torch.bool)
+        is_image[in_prompt] = self._prompt_is_image[positions[in_prompt]]
+        if scope is PositionScope.IMAGE:
+            return is_image
+        if scope is PositionScope.TEXT:
+            return ~is_image
+        selected = torch.zeros_like(positions, dtype=torch.bool)
+        for token_range in scoped.ranges:
+            selected |= (positions >= token_range.start) & (positions < token_range.end)
+        return selected
+
+
+class ChunkSteerer:
+    """The residual edit for one forward chunk: call ``set_chunk`` before each forward."""
+
+    def __init__(self, plan: SteeringPlan, sae: MatryoshkaSAE | None) -> None:
+        self._plan = plan
+        self._sae = sae
+        self._start = 0
+
+    def set_chunk(self, start: int) -> None:
+        self._start = start
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        masks = self._plan.masks(self._start, hidden.shape[1], hidden.device)
+        return apply_interventions(hidden, self._sae, self._plan.interventions, masks)

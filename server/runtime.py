@@ -1,0 +1,206 @@
+"""Load what the server serves, as the config says: MAIRA-2, its processor and the SAEs.
+
+Every file problem surfaces as one ``StartupError`` whose message names the file and the
+problem, so ``serve`` can exit with one clear line. ``--demo`` builds the demo checkpoint once
+into a cache folder (atomically, so concurrent or interrupted starts never see half a build).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+
+from maira_sae.sae.catalogue import FeatureCatalogue
+from maira_sae.sae.formats import SaeFormatError, load_sae
+from maira_sae.server.config import ModelConfig, SaeSpec, ServerConfig
+from maira_sae.server.convert import ModelDescription, SaeDescription
+from maira_sae.server.demo_checkpoint import (
+    INTERPRETATIONS_FILE,
+    MODEL_FOLDER,
+    SAE_FOLDER,
+    write_demo_checkpoint,
+)
+from maira_sae.server.engine.engine import Engine, SaeEntry
+from maira_sae.server.maira2.checkpoint import load_maira2, resolve_snapshot, validate_sae_for_model
+from maira_sae.server.maira2.config import CheckpointError, Maira2Config
+from maira_sae.server.maira2.processor import Maira2Processor
+from maira_sae.server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_DEMO_COMPLETE_MARKER = ".complete"
+
+
+class StartupError(Exception):
+    """The server cannot start: a file is missing, corrupt or does not fit the model."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    engine: Engine
+    model: ModelDescription
+    saes: tuple[SaeDescription, ...]
+    versions: dict[str, str]
+
+
+def load_runtime(config: ServerConfig, metrics: Metrics) -> Runtime:
+    model_path, sae_specs = _what_to_load(config)
+    device = _device(config.model)
+    try:
+        started = time.perf_counter()
+        loaded = load_maira2(model_path, device=device, dtype=_dtype(config.model.dtype))
+        metrics.model_loaded(time.perf_counter() - started)
+        maira = loaded.config
+        processor = Maira2Processor.from_snapshot(
+            loaded.snapshot_dir,
+            image_token_index=maira.image_token_index,
+            image_seq_length=maira.image_seq_length,
+            patch_grid=maira.patch_grid,
+        )
+        entries = [_load_sae(spec, maira, device, metrics) for spec in sae_specs]
+    except (CheckpointError, SaeFormatError, OSError, ValueError) as error:
+        raise StartupError(str(error)) from error
+    engine = Engine(
+        loaded.model, processor, entries, default_sae_id=config.resolved_default_sae_id or None
+    )
+    rows, cols = maira.patch_grid
+    return Runtime(
+        engine=engine,
+        model=ModelDescription(
+            name="MAIRA-2 (demo: random tiny weights)" if config.model.demo else "MAIRA-2",
+            path=str(loaded.snapshot_dir),
+            dtype=str(loaded.model.dtype).removeprefix("torch."),
+            device=str(device),
+            num_layers=maira.num_text_layers,
+            hidden_size=maira.hidden_size,
+            image_tokens_per_image=maira.image_seq_length,
+            patch_grid_rows=rows,
+            patch_grid_cols=cols,
+            demo=config.model.demo,
+        ),
+        saes=tuple(_describe(entry) for entry in entries),
+        versions={
+            "maira_sae": importlib.metadata.version("maira-sae"),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+    )
+
+
+def _what_to_load(config: ServerConfig) -> tuple[str, tuple[SaeSpec, ...]]:
+    if config.model.demo:
+        demo = ensure_demo_checkpoint(demo_folder(config.model))
+        specs = config.saes or (
+            SaeSpec(
+                id="demo-ef4-layer15",
+                path=demo / SAE_FOLDER,
+                interpretations_path=demo / INTERPRETATIONS_FILE,
+            ),
+        )
+        return str(demo / MODEL_FOLDER), specs
+    if not config.model.path:
+        raise StartupError("no model: set model.path (a MAIRA-2 folder or hub id) or model.demo")
+    if not config.saes:
+        raise StartupError("no SAE: configure at least one [[saes]] entry (id and path)")
+    return config.model.path, config.saes
+
+
+def demo_folder(model: ModelConfig) -> Path:
+    if model.demo_dir:
+        return Path(model.demo_dir).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "maira-sae" / "demo-checkpoint"
+
+
+def ensure_demo_checkpoint(folder: Path) -> Path:
+    """Build the demo checkpoint into ``folder`` unless a complete build is already there."""
+    if (folder / _DEMO_COMPLETE_MARKER).is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.building-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    write_demo_checkpoint(staging)
+    (staging / _DEMO_COMPLETE_MARKER).write_text("demo checkpoint, seed 0\n", encoding="utf-8")
+    if folder.exists() and not (folder / _DEMO_COMPLETE_MARKER).is_file():
+        shutil.rmtree(folder)  # an incomplete build from an older layout
+    try:
+        staging.rename(folder)
+    except OSError:  # another process finished first: its build is identical
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("demo checkpoint ready in %s", folder)
+    return folder
+
+
+def _load_sae(
+    spec: SaeSpec, maira: Maira2Config, device: torch.device, metrics: Metrics
+) -> SaeEntry:
+    started = time.perf_counter()
+    sae = load_sae(
+        _sae_folder(spec.path),
+        device=device,
+        threshold=spec.threshold,
+        layer=spec.layer,
+        input_scale=spec.input_scale,
+    )
+    layer = sae.metadata.layer
+    if layer is None:
+        raise StartupError(
+            f"SAE {spec.id!r} ({spec.path}): its files name no layer; set saes.layer"
+        )
+    validate_sae_for_model(sae.d_model, layer, maira)
+    catalogue = (
+        FeatureCatalogue.from_file(
+            spec.interpretations_path,
+            feature_column=spec.feature_column,
+            explanation_column=spec.label_column,
+            score_column=spec.score_column,
+        )
+        if spec.interpretations_path is not None
+        else FeatureCatalogue.empty()
+    )
+    metrics.sae_loaded(spec.id, time.perf_counter() - started)
+    return SaeEntry(sae_id=spec.id, sae=sae, catalogue=catalogue, layer=layer)
+
+
+def _sae_folder(path: Path) -> Path:
+    """A local folder, or "owner/name[/sub/folder]" on the hub (the SAE repo holds several)."""
+    if path.exists():
+        return path
+    parts = path.as_posix().split("/")
+    if len(parts) < 2:
+        raise StartupError(f"SAE path {path} does not exist")
+    subfolder = "/".join(parts[2:])
+    patterns = [f"{subfolder}/*" if subfolder else "*", "*.csv", "*.jsonl"]
+    return resolve_snapshot("/".join(parts[:2]), allow_patterns=patterns).joinpath(*parts[2:])
+
+
+def _device(model: ModelConfig) -> torch.device:
+    if model.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(model.device)
+
+
+def _dtype(name: str) -> torch.dtype | None:
+    return None if name == "auto" else getattr(torch, name)
+
+
+def _describe(entry: SaeEntry) -> SaeDescription:
+    sae = entry.sae
+    return SaeDescription(
+        id=entry.sae_id,
+        layer=entry.layer,
+        hook_point=sae.metadata.hook_point or f"model.language_model.layers.{entry.layer}",
+        d_model=sae.d_model,
+        d_sae=sae.d_sae,
+        group_sizes=sae.group_sizes,
+        num_interpretations=len(entry.catalogue),
+        source_format=sae.metadata.source_format,
+    )

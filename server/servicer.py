@@ -1,0 +1,108 @@
+"""The gRPC servicer: protobuf in, domain objects to the engine and scheduler, protobuf out.
+
+Thin on purpose (the only logic is which converter and which queue): conversion, which decodes
+images, runs in a worker thread so the event loop stays free; errors are domain errors that the
+error-mapping interceptor turns into status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TypeVar
+
+import grpc
+
+from maira_sae.server import convert
+from maira_sae.server.config import ServerConfig
+from maira_sae.server.engine.engine import Engine, SaeEntry
+from maira_sae.server.errors import OutOfRange
+from maira_sae.server.scheduler import Scheduler, deadline_from_timeout
+from maira_sae.v1 import maira_sae_pb2 as pb
+from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+
+class MairaSaeServicer(pb_grpc.MairaSaeServicer):
+    def __init__(
+        self,
+        engine: Engine,
+        scheduler: Scheduler,
+        config: ServerConfig,
+        info: pb.InfoResponse,
+    ) -> None:
+        self._engine = engine
+        self._scheduler = scheduler
+        self._limits = config.limits
+        self._decode = convert.image_decoder(config.limits)
+        self._info = info
+        self._decoder_norms: Mapping[str, list[float]] = {
+            entry.sae_id: entry.sae.W_dec.float().norm(dim=1).tolist() for entry in engine.saes
+        }
+
+    async def _from_proto(self, converter: Callable[..., T], message: object) -> T:
+        return await asyncio.to_thread(converter, message, self._limits, self._decode)
+
+    async def Encode(  # noqa: N802
+        self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EncodeResponse:
+        domain = await self._from_proto(convert.encode_request_from_proto, request)
+        self._engine.check_analysis(domain)
+        result = await self._scheduler.analyse(
+            domain, deadline_from_timeout(context.time_remaining)
+        )
+        return await asyncio.to_thread(convert.encode_result_to_proto, result)
+
+    async def TopFeatures(  # noqa: N802
+        self, request: pb.TopFeaturesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TopFeaturesResponse:
+        domain = await self._from_proto(convert.top_features_request_from_proto, request)
+        self._engine.check_analysis(domain)
+        result = await self._scheduler.analyse(
+            domain, deadline_from_timeout(context.time_remaining)
+        )
+        return convert.top_features_result_to_proto(result)
+
+    async def GenerateSteered(  # noqa: N802
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateEvent]:
+        domain = await self._from_proto(convert.generate_request_from_proto, request)
+        self._engine.check_generate(domain)
+        events = self._scheduler.generate(domain, deadline_from_timeout(context.time_remaining))
+        async for event in events:
+            yield convert.generation_event_to_proto(event)
+
+    async def GetInfo(  # noqa: N802
+        self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.InfoResponse:
+        return self._info
+
+    async def GetFeature(  # noqa: N802
+        self, request: pb.GetFeatureRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Feature:
+        entry = self._engine.sae(request.sae_id)
+        self._check_feature(entry, request.feature)
+        return convert.feature_to_proto(
+            request.feature,
+            entry.catalogue.get(request.feature),
+            self._decoder_norms[entry.sae_id][request.feature],
+        )
+
+    async def SearchFeatures(  # noqa: N802
+        self, request: pb.SearchFeaturesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SearchFeaturesResponse:
+        query = convert.search_query_from_proto(request, self._limits)
+        entry = self._engine.sae(query.sae_id)
+        matches = entry.catalogue.search(query.query, query.limit)
+        return convert.search_response_to_proto(
+            entry.sae_id, matches, self._decoder_norms[entry.sae_id]
+        )
+
+    @staticmethod
+    def _check_feature(entry: SaeEntry, feature: int) -> None:
+        if feature >= entry.sae.d_sae:
+            raise OutOfRange(
+                f"feature {feature} is out of range: SAE {entry.sae_id!r} has features "
+                f"0..{entry.sae.d_sae - 1}"
+            )
