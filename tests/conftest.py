@@ -22,3 +22,16 @@ def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> DemoCheckpoint:
     from maira_sae.server.demo_checkpoint import write_demo_checkpoint
 
     return write_demo_checkpoint(tmp_path_factory.mktemp("demo-checkpoint"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_server(demo_checkpoint: DemoCheckpoint):
+    """One real server on 127.0.0.1 serving the demo checkpoint, shared by the session.
+
+    Tests that need other settings (auth, a tiny queue, TLS) start their own with
+    ``tests.support.servers.running_server(demo_config(...))``.
+    """
+    from tests.support.servers import demo_config, running_server
+
+    with running_server(demo_config(demo_checkpoint)) as server:
+        yield server

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import AddedToken, Tokenizer
-from transformers import AutoTokenizer, TokenizersBackend
+from transformers import LlamaTokenizer, TokenizersBackend
 
 from maira_sae.server.errors import InvalidArgument
 from maira_sae.server.maira2.image_preprocessing import (
@@ -106,13 +106,9 @@ class Maira2Processor:
         patch_grid: tuple[int, int],
     ) -> Maira2Processor:
         """Load the tokenizer, chat_template.json and preprocessor_config.json of a snapshot."""
-        tokenizer = AutoTokenizer.from_pretrained(
-            folder, local_files_only=True, trust_remote_code=False
-        )
-        if not isinstance(tokenizer, TokenizersBackend):
-            raise ValueError(
-                f"{folder}: expected a tokenizer.json tokenizer, got {type(tokenizer)}"
-            )
+        # The Llama class directly, not AutoTokenizer: that would read config.json, meet
+        # MAIRA-2's remote-code auto_map and ask whether to run code from the snapshot.
+        tokenizer = LlamaTokenizer.from_pretrained(folder, local_files_only=True)
         template = json.loads((folder / "chat_template.json").read_text(encoding="utf-8"))
         return cls(
             tokenizer,

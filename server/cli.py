@@ -1,0 +1,62 @@
+"""``maira-sae-server``: serve MAIRA-2 with its SAEs, or write the demo checkpoint.
+
+    maira-sae-server serve --config server.toml
+    maira-sae-server serve --demo                  # the tiny random demo checkpoint
+    maira-sae-server make-demo DIR
+
+Settings come from defaults < config file < MAIRA_SAE_* environment variables < flags
+(``maira-sae-server serve --help`` lists them all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from maira_sae.server.config import ConfigError, ServerConfig, add_arguments
+from maira_sae.server.logs import configure_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maira-sae-server", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    serve.add_argument(
+        "--demo",
+        dest="model.demo",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="serve the tiny demo checkpoint (random weights), built once into a cache folder",
+    )
+    add_arguments(serve)
+    make_demo = commands.add_parser("make-demo", help="write the demo checkpoint into DIR")
+    make_demo.add_argument("directory", type=Path)
+    make_demo.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "make-demo":
+        from maira_sae.server.demo_checkpoint import write_demo_checkpoint
+
+        demo = write_demo_checkpoint(args.directory, seed=args.seed)
+        print(f"demo checkpoint written: model {demo.model_dir}, SAE {demo.sae_dir}")
+        return 0
+    try:
+        config = ServerConfig.from_sources(args, os.environ)
+    except ConfigError as error:
+        print(f"maira-sae-server: configuration error: {error}", file=sys.stderr)
+        return 2
+    configure_logging(config.serving.log_level)
+    from maira_sae.server.app import serve
+
+    return asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
