@@ -62,6 +62,7 @@ class MairaSaeServer:
         self._health_server: grpc.aio.Server | None = None
         self._server: grpc.aio.Server | None = None
         self.ports: BoundPorts | None = None
+        self.health_port: int | None = None  # bound before the model loads
 
     async def start(self) -> BoundPorts:
         serving = self.config.serving
@@ -113,6 +114,7 @@ class MairaSaeServer:
         bound = server.add_insecure_port(f"{self.config.serving.host}:{port}")
         await server.start()
         self._health_server = server
+        self.health_port = bound
         return bound
 
     async def _warm_up(self) -> None:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("maira_sae.access")
 
 REQUEST_ID_KEY = "x-request-id"
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -283,6 +284,9 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: st
             )
         )
     metadata = (*status.trailing_metadata, (REQUEST_ID_KEY, current_request_id()))
+    if isinstance(error, errors.ResourceExhausted):
+        # gRPC core's own retries read this trailer, not RetryInfo: send both.
+        metadata = (*metadata, (RETRY_PUSHBACK_KEY, str(round(error.retry_after_s * 1000))))
     await context.abort(status.code, status.details, metadata)
 
 

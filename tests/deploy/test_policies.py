@@ -9,20 +9,17 @@ import typing
 from importlib.metadata import entry_points
 from pathlib import Path, PurePosixPath
 
-from prometheus_client import Gauge
-
 from maira_sae.server.config import ENV_PREFIX, ServerConfig
 from maira_sae.server.metrics import Metrics
 from maira_sae.v1 import maira_sae_pb2
-from tests.deploy.conftest import Rendered
+from tests.deploy.manifests import Rendered
 
 API_SERVICE = maira_sae_pb2.DESCRIPTOR.services_by_name["MairaSae"].full_name
 # Worst case for loading MAIRA-2: 14 GB of bf16 weights (28 GB stored as fp32) from a network
 # volume at ~50 MB/s, then warm-up. The startup probe must allow at least this long.
 MODEL_LOAD_BUDGET_S = 600
-# MAIRA_SAE_* variables that are not ServerConfig settings: the config file's path, and the
-# folder `serve` writes the demo checkpoint to (read by the CLI).
-NON_SETTING_VARIABLES = {f"{ENV_PREFIX}CONFIG", f"{ENV_PREFIX}CACHE_DIR"}
+# The one MAIRA_SAE_* variable that is not a ServerConfig setting: the config file's path.
+NON_SETTING_VARIABLES = {f"{ENV_PREFIX}CONFIG"}
 
 
 def _setting_variables() -> set[str]:
@@ -154,9 +151,8 @@ def test_home_and_caches_are_writable(rendered: Rendered):
     """With a read-only root filesystem, every path the server may write must be an emptyDir."""
     writable = _writable_mounts(rendered.pod_spec, rendered.server)
     env = rendered.server_env
-    for variable in ("HOME", "XDG_CACHE_HOME", f"{ENV_PREFIX}CACHE_DIR"):
-        if variable in env:
-            assert any(_under(env[variable], mount) for mount in writable), variable
+    for variable in ("HOME", "XDG_CACHE_HOME"):
+        assert any(_under(env[variable], mount) for mount in writable), variable
     for mount in rendered.server["volumeMounts"]:
         if mount["mountPath"] not in writable:
             assert mount["readOnly"] is True, mount
@@ -193,8 +189,7 @@ def test_demo_overlay_needs_no_gpu_and_no_weights(demo: Rendered, tmp_path: Path
     model = demo.server_config(tmp_path).model
     assert (model.demo, model.device) == (True, "cpu")
     # `serve` writes the demo checkpoint at start: that folder must be a writable emptyDir.
-    cache_dir = demo.server_env[f"{ENV_PREFIX}CACHE_DIR"]
-    assert any(_under(cache_dir, m) for m in _writable_mounts(demo.pod_spec, demo.server))
+    assert any(_under(model.demo_dir, m) for m in _writable_mounts(demo.pod_spec, demo.server))
 
 
 # Model weights
@@ -236,14 +231,11 @@ def test_weights_job_fills_the_folders_the_server_reads(gpu: Rendered, tmp_path:
     assert local_dirs["microsoft/maira-2"] == config.model.path
     for sae in config.saes:
         assert _under(str(sae.path), local_dirs["microsoft/maira-2-sae"])
-    (mount,) = container["volumeMounts"][:1]
-    assert all(_under(d, mount["mountPath"]) for d in local_dirs.values())
+    claim = gpu.one("PersistentVolumeClaim")["metadata"]["name"]
     (claim_volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
-    assert claim_volume["name"] == mount["name"]
-    assert (
-        claim_volume["persistentVolumeClaim"]["claimName"]
-        == (gpu.one("PersistentVolumeClaim")["metadata"]["name"])
-    )
+    assert claim_volume["persistentVolumeClaim"]["claimName"] == claim
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == claim_volume["name"]]
+    assert all(_under(d, mount["mountPath"]) for d in local_dirs.values())
     # The gated model's token comes from a Secret the operator creates: never rendered here.
     (token,) = [e for e in container["env"] if e["name"] == "HF_TOKEN"]
     assert set(token["valueFrom"]) == {"secretKeyRef"}
@@ -264,7 +256,7 @@ def test_hpa_scales_on_a_gauge_the_server_exports(rendered: Rendered):
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods"
     name = metric["pods"]["metric"]["name"]
-    assert exported.get(name) == Gauge._type
+    assert exported.get(name) == "gauge"
     # The HPA owns the replica count: the Deployment must not fight it on every apply.
     assert "replicas" not in rendered.deployment["spec"]
 

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 from kubernetes_validate import utils as kubernetes_validate
 
-from tests.deploy.conftest import Rendered
+from tests.deploy.manifests import Rendered
 
 KUBERNETES_VERSIONS = ("1.29", kubernetes_validate.latest_version())
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}

@@ -1,0 +1,173 @@
+"""A chest X-ray study as the SDK sends it: encoded image bytes and the report sections.
+
+Files are sent as they are (PNG, JPEG or DICOM bytes): the server decodes them with the same
+code as ``pixels()`` here, so what a caller sees locally is what the model sees. PIL images and
+numpy arrays are encoded as lossless PNG first (16-bit arrays as 16-bit PNG).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+from PIL import Image
+
+from maira_sae.client.images import (
+    DecodeLimits,
+    MediaType,
+    decode_image,
+    load_image_file,
+    sniff_media_type,
+    to_greyscale,
+)
+
+PathLike = Union[str, "os.PathLike[str]"]
+ImageLike = Union[PathLike, bytes, Image.Image, np.ndarray, "StudyImage"]
+"""What ``Study.of`` takes for an image: a file path, encoded bytes, a PIL image, pixels."""
+
+IMAGE_ROLES = ("frontal", "lateral", "prior")  # prompt order; image_index counts present ones
+
+
+@dataclass(frozen=True)
+class StudyImage:
+    """One encoded image; ``media_type`` None lets the server sniff the bytes. ``name`` says
+    where it came from (a file path) in error messages."""
+
+    data: bytes
+    media_type: MediaType | None = None
+    name: str = "image"
+
+    @classmethod
+    def from_file(cls, path: PathLike) -> StudyImage:
+        """Reads a PNG, JPEG or DICOM file. A DICOM file is decoded once here, so pixel data
+        this client cannot read (e.g. a compressed transfer syntax without its decoder) fails
+        now with the file's name rather than later on the server."""
+        data, media_type = load_image_file(path)
+        image = cls(data=data, media_type=media_type, name=os.fspath(path))
+        if media_type is MediaType.DICOM:
+            image.pixels()
+        return image
+
+    @classmethod
+    def from_pil(cls, image: Image.Image, name: str = "image") -> StudyImage:
+        if image.mode in ("1", "P", "PA"):
+            image = image.convert("RGBA")
+        return cls.from_array(np.asarray(image), name=name)
+
+    @classmethod
+    def from_array(cls, pixels: np.ndarray, name: str = "image") -> StudyImage:
+        """``[H, W]`` greyscale or ``[H, W, 3|4]`` colour pixels as lossless PNG. uint8 and
+        uint16 keep their values; bool becomes 0/255; any other dtype is min-max scaled to
+        uint16, which loses nothing the model uses (MAIRA-2 min-max normalises each image)."""
+        pixels = np.asarray(pixels)
+        colour = pixels.ndim == 3 and pixels.shape[2] in (3, 4) and pixels.dtype == np.uint8
+        if not colour:
+            pixels = to_greyscale(pixels)
+            if pixels.dtype == np.bool_:
+                pixels = pixels.astype(np.uint8) * 255
+            elif pixels.dtype not in (np.uint8, np.uint16):
+                pixels = _scaled_to_uint16(pixels)
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG")
+        return cls(data=buffer.getvalue(), media_type=MediaType.PNG, name=name)
+
+    @classmethod
+    def of(cls, image: ImageLike, name: str = "image") -> StudyImage:
+        """Any ``ImageLike``; bytes must be PNG, JPEG or DICOM (sniffed)."""
+        if isinstance(image, StudyImage):
+            return image
+        if isinstance(image, bytes):
+            return cls(data=image, media_type=sniff_media_type(image), name=name)
+        if isinstance(image, Image.Image):
+            return cls.from_pil(image, name=name)
+        if isinstance(image, np.ndarray):
+            return cls.from_array(image, name=name)
+        return cls.from_file(image)
+
+    def pixels(self, limits: DecodeLimits | None = None) -> np.ndarray:
+        """The greyscale pixels at full depth, decoded exactly as the server decodes them
+        (DICOM: rescale, window, MONOCHROME1 inverted)."""
+        return decode_image(self.data, self.media_type, name=self.name, limits=limits or _LIMITS)
+
+
+_LIMITS = DecodeLimits()
+
+
+def _scaled_to_uint16(pixels: np.ndarray) -> np.ndarray:
+    values = pixels.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("image pixels must be finite")
+    low, high = values.min(), values.max()
+    span = high - low if high > low else 1.0
+    return np.round((values - low) / span * 65535).astype(np.uint16)
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study. A text section left None reads "N/A" in the prompt, as MAIRA-2 was trained;
+    an empty string is sent as empty text."""
+
+    frontal: StudyImage
+    lateral: StudyImage | None = None
+    prior: StudyImage | None = None
+    indication: str | None = None
+    technique: str | None = None
+    comparison: str | None = None
+    prior_report: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        frontal: ImageLike,
+        lateral: ImageLike | None = None,
+        prior: ImageLike | None = None,
+        *,
+        indication: str | None = None,
+        technique: str | None = None,
+        comparison: str | None = None,
+        prior_report: str | None = None,
+    ) -> Study:
+        """A study from file paths, bytes, PIL images, arrays or ``StudyImage``s."""
+        return cls(
+            frontal=StudyImage.of(frontal, name="frontal"),
+            lateral=StudyImage.of(lateral, name="lateral") if lateral is not None else None,
+            prior=StudyImage.of(prior, name="prior") if prior is not None else None,
+            indication=indication,
+            technique=technique,
+            comparison=comparison,
+            prior_report=prior_report,
+        )
+
+    @classmethod
+    def from_files(
+        cls,
+        frontal: PathLike,
+        lateral: PathLike | None = None,
+        prior: PathLike | None = None,
+        *,
+        indication: str | None = None,
+        technique: str | None = None,
+        comparison: str | None = None,
+        prior_report: str | None = None,
+    ) -> Study:
+        """A study from PNG, JPEG or DICOM files (see ``StudyImage.from_file``)."""
+        return cls(
+            frontal=StudyImage.from_file(frontal),
+            lateral=StudyImage.from_file(lateral) if lateral is not None else None,
+            prior=StudyImage.from_file(prior) if prior is not None else None,
+            indication=indication,
+            technique=technique,
+            comparison=comparison,
+            prior_report=prior_report,
+        )
+
+    def images(self) -> list[tuple[str, StudyImage]]:
+        """The present images with their roles, in prompt order: list index = image_index."""
+        return [
+            (role, image)
+            for role in IMAGE_ROLES
+            if (image := getattr(self, role)) is not None
+        ]
