@@ -130,4 +130,3 @@ class GenerationSettings:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 0.0  # 0: 1.0 (no nucleus cut)
     seed: int = 0  # shared by every variant of the call
-

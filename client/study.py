@@ -166,8 +166,4 @@ class Study:
 
     def images(self) -> list[tuple[str, StudyImage]]:
         """The present images with their roles, in prompt order: list index = image_index."""
-        return [
-            (role, image)
-            for role in IMAGE_ROLES
-            if (image := getattr(self, role)) is not None
-        ]
+        return [(role, image) for role in IMAGE_ROLES if (image := getattr(self, role)) is not None]

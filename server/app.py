@@ -119,11 +119,14 @@ class MairaSaeServer:
 
     async def _warm_up(self) -> None:
         """One Encode and a two-token generation through the scheduler, before SERVING."""
-        assert self._scheduler is not None
+        assert self._scheduler is not None and self.runtime is not None
+        engine = self.runtime.engine
         study = Study(frontal=demo_chest_image())
-        await self._scheduler.analyse(EncodeRequest(study=study), deadline=None)
+        analysis = await asyncio.to_thread(engine.prepare_analysis, EncodeRequest(study=study))
+        await self._scheduler.analyse(analysis, deadline=None)
         request = GenerateRequest(study=study, settings=GenerationSettings(max_new_tokens=2))
-        async for _ in self._scheduler.generate(request, deadline=None):
+        generation = await asyncio.to_thread(engine.prepare_generation, request)
+        async for _ in self._scheduler.generate(generation, deadline=None):
             pass
 
     async def _start_main_server(self) -> int:

@@ -19,8 +19,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from maira_sae.server.engine.engine import AnalysisRequest, AnalysisResult, Engine
-from maira_sae.server.engine.types import GeneratedToken, GenerateRequest, GenerationEvent
+from maira_sae.server.engine.engine import (
+    AnalysisResult,
+    Engine,
+    PreparedAnalysis,
+    PreparedGeneration,
+)
+from maira_sae.server.engine.types import GeneratedToken, GenerationEvent
 from maira_sae.server.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -54,7 +59,7 @@ class _Job:
 
 @dataclass(eq=False)
 class _AnalysisJob(_Job):
-    request: AnalysisRequest | None = None
+    prepared: PreparedAnalysis | None = None
     future: asyncio.Future | None = None
 
     def resolve(self, outcome: AnalysisResult | BaseException) -> None:
@@ -64,7 +69,7 @@ class _AnalysisJob(_Job):
 
 @dataclass(eq=False)
 class _GenerateJob(_Job):
-    request: GenerateRequest | None = None
+    prepared: PreparedGeneration | None = None
     events: asyncio.Queue | None = None
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -128,10 +133,10 @@ class Scheduler:
             self._condition.notify_all()
         self._thread.join(timeout_s)
 
-    async def analyse(self, request: AnalysisRequest, deadline: float | None) -> AnalysisResult:
+    async def analyse(self, prepared: PreparedAnalysis, deadline: float | None) -> AnalysisResult:
         loop = asyncio.get_running_loop()
         job = _AnalysisJob(
-            loop=loop, deadline=deadline, request=request, future=loop.create_future()
+            loop=loop, deadline=deadline, prepared=prepared, future=loop.create_future()
         )
         self._admit(job)
         try:
@@ -141,11 +146,11 @@ class Scheduler:
             self._release()
 
     async def generate(
-        self, request: GenerateRequest, deadline: float | None
+        self, prepared: PreparedGeneration, deadline: float | None
     ) -> AsyncIterator[GenerationEvent]:
         """Stream the events of one generation; closing the iterator stops the generation."""
         loop = asyncio.get_running_loop()
-        job = _GenerateJob(loop=loop, deadline=deadline, request=request, events=asyncio.Queue())
+        job = _GenerateJob(loop=loop, deadline=deadline, prepared=prepared, events=asyncio.Queue())
         self._admit(job)
         try:
             while True:
@@ -223,7 +228,7 @@ class Scheduler:
         now = time.monotonic()
         self._observer.batch_started(len(runnable), [now - job.enqueued_at for job in runnable])
         try:
-            outcomes = self._engine.analyse([job.request for job in runnable])  # type: ignore[misc]
+            outcomes = self._engine.analyse([job.prepared for job in runnable])  # type: ignore[misc]
         except Exception as error:  # one batch fails, the server keeps serving
             log.exception("analysis batch of %d failed", len(runnable))
             for job in runnable:
@@ -264,9 +269,9 @@ class Scheduler:
         def should_stop() -> bool:
             return job.stop.is_set() or job.expired()
 
-        assert job.request is not None
+        assert job.prepared is not None
         try:
-            self._engine.generate(job.request, emit, should_stop)
+            self._engine.generate(job.prepared, emit, should_stop)
         except Exception as error:
             if not isinstance(error, ServiceError):
                 log.exception("generation failed")

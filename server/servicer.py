@@ -21,6 +21,7 @@ from maira_sae.server.scheduler import Scheduler, deadline_from_timeout
 from maira_sae.v1 import maira_sae_pb2 as pb
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
 
+R = TypeVar("R")
 T = TypeVar("T")
 
 
@@ -41,35 +42,43 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
             entry.sae_id: entry.sae.W_dec.float().norm(dim=1).tolist() for entry in engine.saes
         }
 
-    async def _from_proto(self, converter: Callable[..., T], message: object) -> T:
-        return await asyncio.to_thread(converter, message, self._limits, self._decode)
+    async def _prepare(
+        self, converter: Callable[..., R], message: object, prepare: Callable[[R], T]
+    ) -> T:
+        """Convert (decoding images) and prepare model inputs in a worker thread."""
+
+        def work() -> T:
+            return prepare(converter(message, self._limits, self._decode))
+
+        return await asyncio.to_thread(work)
 
     async def Encode(  # noqa: N802
         self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> pb.EncodeResponse:
-        domain = await self._from_proto(convert.encode_request_from_proto, request)
-        self._engine.check_analysis(domain)
-        result = await self._scheduler.analyse(
-            domain, deadline_from_timeout(context.time_remaining)
+        prepared = await self._prepare(
+            convert.encode_request_from_proto, request, self._engine.prepare_analysis
         )
+        deadline = deadline_from_timeout(context.time_remaining)
+        result = await self._scheduler.analyse(prepared, deadline)
         return await asyncio.to_thread(convert.encode_result_to_proto, result)
 
     async def TopFeatures(  # noqa: N802
         self, request: pb.TopFeaturesRequest, context: grpc.aio.ServicerContext
     ) -> pb.TopFeaturesResponse:
-        domain = await self._from_proto(convert.top_features_request_from_proto, request)
-        self._engine.check_analysis(domain)
-        result = await self._scheduler.analyse(
-            domain, deadline_from_timeout(context.time_remaining)
+        prepared = await self._prepare(
+            convert.top_features_request_from_proto, request, self._engine.prepare_analysis
         )
+        deadline = deadline_from_timeout(context.time_remaining)
+        result = await self._scheduler.analyse(prepared, deadline)
         return convert.top_features_result_to_proto(result)
 
     async def GenerateSteered(  # noqa: N802
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateEvent]:
-        domain = await self._from_proto(convert.generate_request_from_proto, request)
-        self._engine.check_generate(domain)
-        events = self._scheduler.generate(domain, deadline_from_timeout(context.time_remaining))
+        prepared = await self._prepare(
+            convert.generate_request_from_proto, request, self._engine.prepare_generation
+        )
+        events = self._scheduler.generate(prepared, deadline_from_timeout(context.time_remaining))
         async for event in events:
             yield convert.generation_event_to_proto(event)
 

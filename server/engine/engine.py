@@ -1,8 +1,10 @@
 """The engine: owns the model, the processor and the SAEs, and runs batches for the scheduler.
 
-It is called from one thread only (the scheduler's), never from the event loop. Each request of
-a batch is prepared on its own, so a bad study fails alone; the model then runs once for the
-batch. Errors a caller caused are raised or returned as the domain errors of server/errors.py.
+``prepare_*`` checks a request and builds its model inputs (tokenising, image preprocessing):
+CPU work done in worker threads before the request is queued, so a bad study fails alone and at
+once. ``analyse`` and ``generate`` run the model and are called from the scheduler's one engine
+thread only, never from the event loop. Errors a caller caused are the domain errors of
+server/errors.py.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from maira_sae.server.engine.types import (
     TopFeaturesResult,
     VariantFinished,
 )
-from maira_sae.server.errors import InvalidArgument, NotFound, OutOfRange, ServiceError
+from maira_sae.server.errors import InvalidArgument, NotFound, OutOfRange
 from maira_sae.server.maira2.grounding import parse_grounded_output
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 from maira_sae.server.maira2.processor import Maira2Processor, ModelInputs
@@ -53,9 +55,17 @@ class SaeEntry:
 
 
 @dataclass(frozen=True)
-class _Prepared:
-    index: int
+class PreparedAnalysis:
+    """An Encode or TopFeatures request checked and turned into model inputs, ready to batch."""
+
     request: AnalysisRequest
+    entry: SaeEntry
+    inputs: ModelInputs
+
+
+@dataclass(frozen=True)
+class PreparedGeneration:
+    request: GenerateRequest
     entry: SaeEntry
     inputs: ModelInputs
 
@@ -123,30 +133,33 @@ class Engine:
                     ) from error
         return entry
 
-    def analyse(self, requests: Sequence[AnalysisRequest]) -> list[AnalysisResult | ServiceError]:
-        """Encode and TopFeatures requests as one batch; one result or error per request."""
-        outcomes: list[AnalysisResult | ServiceError | None] = [None] * len(requests)
-        prepared: list[_Prepared] = []
-        for index, request in enumerate(requests):
-            try:
-                entry = self.check_analysis(request)
-                inputs = self.processor.process(request.study, request.task, request.response)
-            except ServiceError as error:
-                outcomes[index] = error
-                continue
-            prepared.append(_Prepared(index, request, entry, inputs))
-        if prepared:
-            residuals = capture_batch(
-                self.model,
-                [item.inputs for item in prepared],
-                {item.entry.layer for item in prepared},
-                pad_token_id=self.processor.pad_token_id,
-            )
-            for item, by_layer in zip(prepared, residuals, strict=True):
-                outcomes[item.index] = self._analysis_result(item, by_layer[item.entry.layer])
-        return [outcome for outcome in outcomes if outcome is not None]
+    def prepare_analysis(self, request: AnalysisRequest) -> PreparedAnalysis:
+        """Check the request and build its model inputs (tokens, pixels). CPU work that any
+        thread may do, so the engine thread only runs the model."""
+        entry = self.check_analysis(request)
+        inputs = self.processor.process(request.study, request.task, request.response)
+        return PreparedAnalysis(request, entry, inputs)
 
-    def _analysis_result(self, item: _Prepared, residual: torch.Tensor) -> AnalysisResult:
+    def prepare_generation(self, request: GenerateRequest) -> PreparedGeneration:
+        entry = self.check_generate(request)
+        return PreparedGeneration(
+            request, entry, self.processor.process(request.study, request.task)
+        )
+
+    def analyse(self, batch: Sequence[PreparedAnalysis]) -> list[AnalysisResult]:
+        """Encode and TopFeatures requests as one forward pass; one result per request."""
+        residuals = capture_batch(
+            self.model,
+            [item.inputs for item in batch],
+            {item.entry.layer for item in batch},
+            pad_token_id=self.processor.pad_token_id,
+        )
+        return [
+            self._analysis_result(item, by_layer[item.entry.layer])
+            for item, by_layer in zip(batch, residuals, strict=True)
+        ]
+
+    def _analysis_result(self, item: PreparedAnalysis, residual: torch.Tensor) -> AnalysisResult:
         request, entry, tokens = item.request, item.entry, item.inputs.tokens
         positions = accepted_positions(tokens, request.token_filter)
         if isinstance(request, EncodeRequest):
@@ -176,14 +189,13 @@ class Engine:
 
     def generate(
         self,
-        request: GenerateRequest,
+        prepared: PreparedGeneration,
         emit: Callable[[GenerationEvent], None],
         should_stop: Callable[[], bool],
     ) -> None:
         """Generate every variant in one batch; emits tokens as they come, then one
         VariantFinished per variant."""
-        entry = self.check_generate(request)
-        inputs = self.processor.process(request.study, request.task)
+        request, entry, inputs = prepared.request, prepared.entry, prepared.inputs
         rows = generate_rows(
             self.model,
             inputs,
