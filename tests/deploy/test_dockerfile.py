@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 import pytest
-import tomllib
 
 from maira_sae.server.config import ServingConfig
 from tests.deploy.manifests import REPO, Rendered
