@@ -251,9 +251,9 @@ def _demo_sae(
 
     Decoder rows are (noisy, unit-norm) offsets of block 15 outputs from ``b_dec``, half from
     image tokens and half from text tokens, so both kinds find features that point their way;
-    ``W_enc`` is their transpose. ``b_dec`` and the threshold weigh image and text tokens
-    equally; the threshold is the pre-activation quantile that leaves SAE_TARGET_L0 active
-    features per token on average over the two kinds.
+    ``W_enc`` is their transpose, scaled by least squares. ``b_dec`` and the threshold weigh
+    image and text tokens equally; the threshold is the pre-activation quantile that leaves
+    SAE_TARGET_L0 active features per token on average over the two kinds.
     """
     d_sae = SAE_EXPANSION * config.hidden_size
     image, text = _calibration_activations(model, config, generator)
@@ -269,15 +269,20 @@ def _demo_sae(
     w_dec = (directions / directions.norm(dim=1, keepdim=True))[
         torch.randperm(d_sae, generator=generator)
     ]
-    pre = torch.relu((torch.cat([image, text]) - b_dec) @ w_dec.T)
+    centred = torch.cat([image, text]) - b_dec
+    pre = torch.relu(centred @ w_dec.T)
     threshold = torch.quantile(pre.flatten(), 1 - SAE_TARGET_L0 / d_sae).item()
+    # One least-squares scale for the encoder (and threshold, so L0 stays put) makes the codes
+    # reconstruct the calibration activations as well as these fixed directions can.
+    reconstruction = (pre * (pre > threshold)) @ w_dec
+    scale = ((centred * reconstruction).sum() / reconstruction.pow(2).sum()).item()
     return MatryoshkaSAE(
-        W_enc=w_dec.T.clone(),
+        W_enc=scale * w_dec.T,
         b_enc=torch.zeros(d_sae),
         W_dec=w_dec,
         b_dec=b_dec,
         group_sizes=SAE_GROUP_SIZES,
-        threshold=threshold,
+        threshold=scale * threshold,
         metadata=SaeMetadata(
             layer=SAE_LAYER,
             hook_point=None,
