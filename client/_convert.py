@@ -3,6 +3,7 @@ response messages to typed results. Shared by ``Client`` and ``AsyncClient``."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -367,7 +368,7 @@ def info_result(message: pb.InfoResponse) -> ServerInfo:
             for s in message.saes
         ),
         default_sae_id=message.default_sae_id,
-        limits=Limits(**{f.name: getattr(limits, f.name) for f in limits.DESCRIPTOR.fields}),
+        limits=Limits(**{f.name: getattr(limits, f.name) for f in dataclasses.fields(Limits)}),
         versions=Versions(
             maira_sae=versions.maira_sae, torch=versions.torch, transformers=versions.transformers
         ),

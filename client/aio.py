@@ -40,17 +40,22 @@ class AsyncGenerationStream:
     def __init__(self, call: grpc.aio.UnaryStreamCall) -> None:
         self._call = call
         self._messages = call.__aiter__()
+        self._closed = False
 
     def __aiter__(self) -> AsyncIterator[GenerateEvent]:
         return self
 
     async def __anext__(self) -> GenerateEvent:
+        if self._closed:
+            raise StopAsyncIteration
         try:
             return _convert.generate_event(await self._messages.__anext__())
         except grpc.RpcError as error:
             raise error_from_rpc(error) from None
 
     def close(self) -> None:
+        """Cancels the call if it is still running; iteration then ends."""
+        self._closed = True
         self._call.cancel()
 
     async def __aenter__(self) -> AsyncGenerationStream:

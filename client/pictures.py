@@ -27,30 +27,31 @@ from maira_sae.client.results import (
     TopFeaturesResult,
 )
 
-# Inferno (matplotlib's, by Smith and van der Walt) sampled at nine points, interpolated.
-_INFERNO_POINTS = np.array(
+# The saturated middle of matplotlib's inferno (purple, red, orange, gold), sampled at seven
+# points and interpolated. Its near-black and pale-yellow ends are left out: they vanish on
+# dark lung fields and on bright bone respectively.
+_COLOUR_POINTS = np.array(
     [
-        (0, 0, 4),
-        (31, 12, 72),
         (85, 15, 109),
         (136, 34, 106),
         (186, 54, 85),
         (227, 89, 51),
         (249, 140, 10),
+        (250, 175, 25),
         (249, 201, 50),
-        (252, 255, 164),
     ],
     dtype=np.float64,
 )
-_STOPS = np.linspace(0.0, 1.0, len(_INFERNO_POINTS))
-INFERNO = (
+_STOPS = np.linspace(0.0, 1.0, len(_COLOUR_POINTS))
+HEAT_COLOURS = (
     np.stack(
-        [np.interp(np.linspace(0, 1, 256), _STOPS, _INFERNO_POINTS[:, c]) for c in range(3)], axis=1
+        [np.interp(np.linspace(0, 1, 256), _STOPS, _COLOUR_POINTS[:, c]) for c in range(3)],
+        axis=1,
     )
     .round()
     .astype(np.uint8)
 )
-"""A 256 x 3 uint8 lookup table from dark (0) to bright (255)."""
+"""A 256 x 3 uint8 lookup table from the weakest (0) to the strongest (255) activation."""
 
 OUTSIDE_CROP_DIM = 0.45  # brightness kept outside the square the model saw
 
@@ -75,7 +76,7 @@ def overlay_heatmap(
     grid: np.ndarray,
     *,
     vmax: float | None = None,
-    opacity: float = 0.75,
+    opacity: float = 0.8,
 ) -> Image.Image:
     """An RGB picture of the image's size with ``grid`` (rows x cols, e.g. 37 x 37) over its
     centre crop. Activations are scaled by ``vmax`` (default: the grid's maximum), so pass
@@ -90,7 +91,7 @@ def overlay_heatmap(
     heat = np.asarray(Image.fromarray(grid).resize((side, side), Image.Resampling.BILINEAR))
     level = np.clip(heat / scale, 0.0, 1.0) if scale > 0 else np.zeros_like(heat)
     alpha = (opacity * level)[:, :, None]
-    colour = INFERNO[np.round(level * 255).astype(np.intp)].astype(np.float64)
+    colour = HEAT_COLOURS[np.round(level * 255).astype(np.intp)].astype(np.float64)
 
     rgb = np.repeat(film[:, :, None] * OUTSIDE_CROP_DIM, 3, axis=2)
     square = np.repeat(film[top : top + side, left : left + side, None], 3, axis=2)

@@ -12,27 +12,27 @@ from dataclasses import dataclass
 from maira_sae.client.results import TokenKind
 
 
-class TaskKind(str, enum.Enum):
+class TaskKind(enum.StrEnum):
     FINDINGS = "findings"
     GROUNDED_FINDINGS = "grounded_findings"
     PHRASE_GROUNDING = "phrase_grounding"
 
 
-class Aggregation(str, enum.Enum):
+class Aggregation(enum.StrEnum):
     MAX = "max"
     MEAN = "mean"
     SUM = "sum"
     COUNT = "count"
 
 
-class SteeringMode(str, enum.Enum):
+class SteeringMode(enum.StrEnum):
     ADD = "add"  # h += value * unit direction
     CLAMP = "clamp"  # set the activation to value
     ABLATE = "ablate"  # set the activation to 0; value is ignored
     SCALE = "scale"  # multiply the activation by value
 
 
-class PositionScope(str, enum.Enum):
+class PositionScope(enum.StrEnum):
     ALL = "all"
     PROMPT = "prompt"
     GENERATED = "generated"

@@ -30,20 +30,20 @@ class _Result:
         return _plain(self)
 
 
-class TokenKind(str, enum.Enum):
+class TokenKind(enum.StrEnum):
     IMAGE_PATCH = "image_patch"
     PROMPT_TEXT = "prompt_text"
     SPECIAL = "special"
     RESPONSE = "response"
 
 
-class ImageRole(str, enum.Enum):
+class ImageRole(enum.StrEnum):
     FRONTAL = "frontal"
     LATERAL = "lateral"
     PRIOR = "prior"
 
 
-class FinishReason(str, enum.Enum):
+class FinishReason(enum.StrEnum):
     EOS = "eos"
     LENGTH = "length"
     CANCELLED = "cancelled"

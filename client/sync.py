@@ -40,17 +40,22 @@ class GenerationStream:
 
     def __init__(self, call: Any) -> None:
         self._call = call  # a grpc call that is also an iterator of GenerateEvent messages
+        self._closed = False
 
     def __iter__(self) -> Iterator[GenerateEvent]:
         return self
 
     def __next__(self) -> GenerateEvent:
+        if self._closed:
+            raise StopIteration
         try:
             return _convert.generate_event(next(self._call))
         except grpc.RpcError as error:
             raise error_from_rpc(error) from None
 
     def close(self) -> None:
+        """Cancels the call if it is still running; iteration then ends."""
+        self._closed = True
         self._call.cancel()
 
     def __enter__(self) -> GenerationStream:

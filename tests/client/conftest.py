@@ -1,0 +1,35 @@
+"""Fixtures for the SDK tests: the demo study as a file, and clients of the shared server.
+
+The server side (demo checkpoint, server start) is imported lazily inside fixtures so the
+pure tests of this folder (pictures, studies, DICOM) run without torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from maira_sae.client import Client, Study
+
+
+@pytest.fixture(scope="session")
+def frontal_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo chest picture (560 x 600, not square) as a PNG file."""
+    from maira_sae.server.demo_checkpoint import demo_chest_image
+
+    path = tmp_path_factory.mktemp("study") / "frontal.png"
+    Image.fromarray(demo_chest_image()).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def study(frontal_png: Path) -> Study:
+    return Study.from_files(frontal_png, indication="Cough.")
+
+
+@pytest.fixture(scope="module")
+def client(demo_server):
+    with Client(demo_server.target, timeout_s=60) as client:
+        yield client
