@@ -3,6 +3,7 @@
     maira-sae-server serve --config server.toml
     maira-sae-server serve --demo                  # the tiny random demo checkpoint
     maira-sae-server make-demo DIR
+    maira-sae-server train-sae --model PATH --studies FOLDER --out DIR
 
 Settings come from defaults < config file < MAIRA_SAE_* environment variables < flags
 (``maira-sae-server serve --help`` lists them all).
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from maira_sae.server.config import ConfigError, ServerConfig, add_arguments
 from maira_sae.server.logs import configure_logging
+from maira_sae.server.sae_cli import add_train_sae_command, run_train_sae
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,11 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     make_demo = commands.add_parser("make-demo", help="write the demo checkpoint into DIR")
     make_demo.add_argument("directory", type=Path)
     make_demo.add_argument("--seed", type=int, default=0)
+    add_train_sae_command(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "train-sae":
+        return run_train_sae(args)
     if args.command == "make-demo":
         from maira_sae.server.demo_checkpoint import write_demo_checkpoint
 

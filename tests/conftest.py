@@ -35,3 +35,15 @@ def demo_server(demo_checkpoint: DemoCheckpoint):
 
     with running_server(demo_config(demo_checkpoint)) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's torch work on one thread: its small matrices gain nothing from more, and on
+    a shared machine a busy-waiting thread pool can slow them tenfold. Restored afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
