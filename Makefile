@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= .cache/demo-checkpoint
 
-.PHONY: install demo test lint proto clean
+.PHONY: install demo test lint proto clean bench bench-quick soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+bench: install
+	$(PY) -m bench.run_cpu --out .cache/bench/cpu.json
+
+bench-quick: install
+	$(PY) -m bench.run_cpu --quick
 
 proto: install
 	$(PY) -m maira_sae.server.protogen

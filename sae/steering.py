@@ -67,7 +67,8 @@ def apply_interventions(
     """Return ``hidden`` [B, T, D] edited by ``interventions`` where ``masks`` [N, B, T] is True.
 
     The result has ``hidden``'s dtype and device; the math runs in float32. Positions that no
-    mask selects are returned bit-for-bit unchanged.
+    mask selects are returned bit-for-bit unchanged. To apply the same interventions to many
+    chunks (a decode loop), build a ``SteeringEdit`` once instead.
     """
     if hidden.ndim != 3:
         raise ValueError(f"hidden states must be [batch, tokens, d_model], got {hidden.shape}")
@@ -78,21 +79,83 @@ def apply_interventions(
             f"masks must be a bool tensor of shape {expected}, "
             f"got {masks.dtype} {tuple(masks.shape)}"
         )
-    for intervention in interventions:
-        validate_intervention(intervention, sae, d_model)
-    if not interventions:
-        return hidden
-    masks = masks.to(hidden.device)
-    h = hidden.float()
-    directions = _directions(interventions, sae, h.device)
-    activations = _activations(interventions, sae, h, directions)
-    delta = torch.zeros_like(h)
-    for index, intervention in enumerate(interventions):
-        coefficient = _coefficient(intervention, activations.get(index), h)
-        step = coefficient.unsqueeze(-1) * directions[index]
-        delta += torch.where(masks[index].unsqueeze(-1), step, torch.zeros((), device=h.device))
-    edited = (h + delta).to(hidden.dtype)
-    return torch.where(masks.any(dim=0).unsqueeze(-1), edited, hidden)
+    return SteeringEdit(interventions, sae, d_model, hidden.device).apply(hidden, masks)
+
+
+class SteeringEdit:
+    """Interventions validated once, with their directions and the SAE features they read
+    already on the device: applying it runs only tensor math, with no host-device copies or
+    syncs, so a decode loop can apply it at every step cheaply."""
+
+    def __init__(
+        self,
+        interventions: Sequence[Intervention],
+        sae: MatryoshkaSAE | None,
+        d_model: int,
+        device: torch.device,
+    ) -> None:
+        for intervention in interventions:
+            validate_intervention(intervention, sae, d_model)
+        self._interventions = tuple(interventions)
+        self._sae = sae
+        self._directions = _directions(self._interventions, sae, device)
+        # An ADD moves every selected position by the same vector: computed once here.
+        self._add_steps = {
+            index: intervention.value * self._directions[index]
+            for index, intervention in enumerate(self._interventions)
+            if intervention.mode is SteeringMode.ADD
+        }
+        self._zero = torch.zeros((), device=device)
+        # Every SAE feature a CLAMP, ABLATE or SCALE reads, each encoded once per chunk.
+        feature_slots: dict[int, list[int]] = {}
+        for index, intervention in enumerate(self._interventions):
+            if intervention.mode is not SteeringMode.ADD and intervention.feature is not None:
+                feature_slots.setdefault(intervention.feature, []).append(index)
+        self._feature_slots = tuple(feature_slots.values())
+        self._features = (
+            torch.tensor(list(feature_slots), device=sae.device)
+            if feature_slots and sae is not None
+            else None
+        )
+
+    def apply(self, hidden: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """``hidden`` [B, T, D] edited where ``masks`` [N, B, T] (one per intervention) is True."""
+        if not self._interventions:
+            return hidden
+        masks = masks.to(hidden.device)
+        h = hidden.float()
+        activations = self._activations(h)
+        deltas = [
+            torch.where(masks[index].unsqueeze(-1), self._step(index, activations), self._zero)
+            for index in range(len(self._interventions))
+        ]
+        edited = (h + sum(deltas[1:], deltas[0])).to(hidden.dtype)
+        return torch.where(masks.any(dim=0).unsqueeze(-1), edited, hidden)
+
+    def _step(self, index: int, activations: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Intervention ``index``'s move: [B, T, D], or for an ADD one [D] vector for all."""
+        add_step = self._add_steps.get(index)
+        if add_step is not None:
+            return add_step
+        coefficient = _coefficient(self._interventions[index], activations[index])
+        return coefficient.unsqueeze(-1) * self._directions[index]
+
+    def _activations(self, h: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Activation [B, T] of every intervention that needs one (all but ADD), from the
+        unedited ``h``."""
+        activations = {
+            index: h @ self._directions[index]
+            for index, intervention in enumerate(self._interventions)
+            if intervention.mode is not SteeringMode.ADD and intervention.direction is not None
+        }
+        if self._features is not None:
+            assert self._sae is not None
+            encoded = self._sae.encode_features(h, self._features)
+            encoded = encoded.to(device=h.device, dtype=torch.float32)
+            for column, indices in enumerate(self._feature_slots):
+                for index in indices:
+                    activations[index] = encoded[..., column]
+        return activations
 
 
 def _directions(
@@ -113,46 +176,10 @@ def _directions(
     return directions
 
 
-def _activations(
-    interventions: Sequence[Intervention],
-    sae: MatryoshkaSAE | None,
-    h: torch.Tensor,
-    directions: list[torch.Tensor],
-) -> dict[int, torch.Tensor]:
-    """Activation [B, T] of every intervention that needs one (all but ADD), from unedited h.
-
-    SAE features are encoded together, once, for just the features in use.
-    """
-    activations: dict[int, torch.Tensor] = {}
-    feature_positions: dict[int, list[int]] = {}
-    for index, intervention in enumerate(interventions):
-        if intervention.mode is SteeringMode.ADD:
-            continue
-        if intervention.direction is not None:
-            activations[index] = h @ directions[index]
-        else:
-            assert intervention.feature is not None
-            feature_positions.setdefault(intervention.feature, []).append(index)
-    if feature_positions:
-        assert sae is not None
-        features = torch.tensor(list(feature_positions), device=sae.device)
-        encoded = sae.encode_features(h, features).to(device=h.device, dtype=torch.float32)
-        for column, indices in enumerate(feature_positions.values()):
-            for index in indices:
-                activations[index] = encoded[..., column]
-    return activations
-
-
-def _coefficient(
-    intervention: Intervention, activation: torch.Tensor | None, h: torch.Tensor
-) -> torch.Tensor:
-    """How far to move along the intervention's direction, per position: [B, T]."""
-    value = intervention.value
-    if intervention.mode is SteeringMode.ADD:
-        return h.new_full(h.shape[:-1], value)
-    assert activation is not None
+def _coefficient(intervention: Intervention, activation: torch.Tensor) -> torch.Tensor:
+    """How far a CLAMP, ABLATE or SCALE moves along its direction, per position: [B, T]."""
     if intervention.mode is SteeringMode.CLAMP:
-        return value - activation
+        return intervention.value - activation
     if intervention.mode is SteeringMode.ABLATE:
         return -activation
-    return (value - 1.0) * activation
+    return (intervention.value - 1.0) * activation

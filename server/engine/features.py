@@ -27,24 +27,34 @@ def accepted_positions(tokens: Sequence[TokenInfo], token_filter: TokenFilter) -
 def sparse_codes(
     features: torch.Tensor, tokens: Sequence[TokenInfo], positions: Sequence[int], top_k: int
 ) -> tuple[TokenFeatures, ...]:
-    """The active features of each accepted token, strongest first; ``top_k`` 0 keeps all."""
+    """The active features of each accepted token, strongest first; ``top_k`` 0 keeps all.
+
+    The top-k runs on the SAE's device; the results cross to Python in one ``tolist`` each,
+    not as a few small tensor ops (and, on a GPU, a sync) per token.
+    """
     if not positions:
         return ()
     selected = features[list(positions)]
     width = selected.shape[-1]
     keep = width if top_k <= 0 else min(top_k, width)
-    values, indices = selected.topk(keep, dim=-1)
-    result = []
-    for row, position in enumerate(positions):
-        active = values[row] > 0
-        result.append(
-            TokenFeatures(
-                token=tokens[position],
-                feature_ids=tuple(indices[row][active].tolist()),
-                values=tuple(values[row][active].tolist()),
-            )
+    values, indices = selected.topk(keep, dim=-1)  # sorted: each row's active features lead
+    counts = (values > 0).sum(dim=-1)
+    widest = int(counts.max())  # trim the columns no token uses before leaving the device
+    rows = zip(
+        positions,
+        counts.tolist(),
+        values[:, :widest].tolist(),
+        indices[:, :widest].tolist(),
+        strict=True,
+    )
+    return tuple(
+        TokenFeatures(
+            token=tokens[position],
+            feature_ids=tuple(row_indices[:count]),
+            values=tuple(row_values[:count]),
         )
-    return tuple(result)
+        for position, count, row_values, row_indices in rows
+    )
 
 
 def reconstruction_quality(

@@ -15,7 +15,7 @@ import torch
 
 from maira_sae.sae.interventions import Intervention
 from maira_sae.sae.model import MatryoshkaSAE
-from maira_sae.sae.steering import apply_interventions
+from maira_sae.sae.steering import SteeringEdit
 from maira_sae.server.engine.types import PositionScope, ScopedIntervention, Variant
 from maira_sae.server.maira2.tokens import TokenInfo, TokenKind
 
@@ -49,6 +49,16 @@ class SteeringPlan:
     def interventions(self) -> tuple[Intervention, ...]:
         return tuple(item.scoped.intervention for item in self._items)
 
+    @property
+    def prompt_length(self) -> int:
+        return self._prompt_length
+
+    @property
+    def same_on_every_generated_position(self) -> bool:
+        """True when every scope selects all generated positions or none (no explicit ranges):
+        one mask then serves every decode step."""
+        return all(item.scoped.scope is not PositionScope.RANGES for item in self._items)
+
     def masks(self, start: int, length: int, device: torch.device) -> torch.Tensor:
         """Masks ``[n_interventions, batch, length]`` for absolute positions start..start+length."""
         positions = torch.arange(start, start + length)
@@ -81,16 +91,35 @@ class SteeringPlan:
 
 
 class ChunkSteerer:
-    """The residual edit for one forward chunk: call ``set_chunk`` before each forward."""
+    """The residual edit for one forward chunk: call ``set_chunk`` before each forward.
+
+    The interventions are validated and their directions built once, on the first chunk; a
+    decode step (one generated position) reuses one mask on the device when the plan allows,
+    so the steady decode loop builds nothing and copies nothing to the device.
+    """
 
     def __init__(self, plan: SteeringPlan, sae: MatryoshkaSAE | None) -> None:
         self._plan = plan
         self._sae = sae
         self._start = 0
+        self._edit: SteeringEdit | None = None
+        self._decode_masks: torch.Tensor | None = None
 
     def set_chunk(self, start: int) -> None:
         self._start = start
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        masks = self._plan.masks(self._start, hidden.shape[1], hidden.device)
-        return apply_interventions(hidden, self._sae, self._plan.interventions, masks)
+        if self._edit is None:
+            self._edit = SteeringEdit(
+                self._plan.interventions, self._sae, hidden.shape[-1], hidden.device
+            )
+        return self._edit.apply(hidden, self._masks(hidden.shape[1], hidden.device))
+
+    def _masks(self, length: int, device: torch.device) -> torch.Tensor:
+        plan = self._plan
+        decode_step = length == 1 and self._start >= plan.prompt_length
+        if not (decode_step and plan.same_on_every_generated_position):
+            return plan.masks(self._start, length, device)
+        if self._decode_masks is None:
+            self._decode_masks = plan.masks(self._start, 1, device)
+        return self._decode_masks
