@@ -34,6 +34,9 @@ bench: install
 bench-quick: install
 	$(PY) -m bench.run_cpu --quick
 
+soak: install
+	$(PY) bench/soak.py --duration $${SOAK_SECONDS:-600} --report .cache/soak-report.json
+
 proto: install
 	$(PY) -m maira_sae.server.protogen
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -301,11 +302,12 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        parse = _request_parser(handler.request_deserializer)
 
         def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
             async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
-                    return await behaviour(request, context)
+                    return await behaviour(parse(request), context)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as err:
@@ -316,7 +318,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
             async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 try:
-                    async for response in behaviour(request, context):
+                    async for response in behaviour(parse(request), context):
                         yield response
                 except grpc.aio.AbortError:
                     raise
@@ -325,7 +327,24 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
             return run
 
-        return _wrap(handler, unary, stream)
+        # Raw bytes in, parsed inside the behaviour: a message grpc cannot parse (e.g. invalid
+        # UTF-8 in a string field) becomes INVALID_ARGUMENT here instead of grpc's UNKNOWN.
+        return _wrap(handler, unary, stream, request_deserializer=bytes)
+
+
+def _request_parser(deserializer: Callable[[bytes], Any] | None) -> Callable[[Any], Any]:
+    def parse(request: Any) -> Any:
+        if deserializer is None or not isinstance(request, bytes):
+            return request
+        try:
+            return deserializer(request)
+        except DecodeError as err:
+            raise errors.InvalidArgument(
+                "the request message cannot be parsed (malformed protobuf, or invalid UTF-8 "
+                "in a string field)"
+            ) from err
+
+    return parse
 
 
 def build_interceptors(config: ServerConfig, metrics: Metrics) -> list[grpc.aio.ServerInterceptor]:

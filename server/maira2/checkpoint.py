@@ -15,11 +15,12 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers import GenerationConfig
 from transformers.initialization import no_init_weights
 
@@ -144,12 +145,23 @@ def load_maira2(
     state = model.state_dict()
     with torch.no_grad():
         for shard, names in shards.items():
-            with safe_open(shard, framework="pt", device=str(device)) as f:
+            with _open_safetensors(shard, device=str(device)) as f:
                 for name in names:
                     state[to_memory_name(name)].copy_(f.get_tensor(name))
     if (snapshot / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(snapshot)
     return LoadedMaira2(model=model.eval(), config=config, snapshot_dir=snapshot)
+
+
+@contextlib.contextmanager
+def _open_safetensors(path: Path, device: str = "cpu") -> Iterator[Any]:
+    """``safe_open``, with a damaged file (bad header, truncated data) reported as a
+    CheckpointError that names it."""
+    try:
+        with safe_open(path, framework="pt", device=device) as f:
+            yield f
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
 
 
 def _tensor_shards(snapshot: Path) -> dict[Path, list[str]]:
@@ -162,7 +174,7 @@ def _tensor_shards(snapshot: Path) -> dict[Path, list[str]]:
                 f"{snapshot}: neither {INDEX_FILE} nor {SINGLE_FILE} (only safetensors weights "
                 f"are loaded; pickled .bin files never are)"
             )
-        with safe_open(single, framework="pt") as f:
+        with _open_safetensors(single) as f:
             return {single: list(f.keys())}
     try:
         weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
@@ -185,7 +197,7 @@ def _check_tensors(
     """Refuse a checkpoint whose tensors (read from the shard headers) differ from the model."""
     found: dict[str, tuple[int, ...]] = {}
     for shard, names in shards.items():
-        with safe_open(shard, framework="pt") as f:
+        with _open_safetensors(shard) as f:
             in_shard = set(f.keys())
             absent = [name for name in names if name not in in_shard]
             if absent:

@@ -103,7 +103,7 @@ def read_maira2_config(path: Path) -> Maira2Config:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise CheckpointError(f"{path}: no config.json; is this a MAIRA-2 snapshot?") from e
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
         raise CheckpointError(f"{path}: cannot read it as JSON: {e}") from e
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a JSON object at the top level")

@@ -33,6 +33,7 @@ from PIL import Image, PngImagePlugin
 from prometheus_client.parser import text_string_to_metric_families
 
 from maira_sae.v1 import maira_sae_pb2 as pb
+from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from maira_sae.server.demo_checkpoint import DemoCheckpoint
@@ -71,11 +72,7 @@ def png_bytes(pixels: np.ndarray, text: dict[str, str] | None = None) -> bytes:
     info = PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():
         info.add_text(key, value)
-    image = (
-        Image.fromarray(pixels.astype(np.uint16), mode="I;16")
-        if pixels.dtype == np.uint16
-        else Image.fromarray(pixels)
-    )
+    image = Image.fromarray(pixels)  # uint16 greyscale becomes mode I;16, a 16-bit PNG
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
@@ -119,9 +116,9 @@ def dicom_bytes(
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.uid import (
+        ExplicitVRLittleEndian,
         JPEG2000Lossless,
         SecondaryCaptureImageStorage,
-        ExplicitVRLittleEndian,
         generate_uid,
     )
 
@@ -195,6 +192,49 @@ def outcome_of(call: Callable[[], T]) -> Outcome:
         return Outcome(grpc.StatusCode.OK, response=response)
     except grpc.RpcError as error:
         return Outcome(error.code(), error.details() or "", error=error)  # type: ignore[attr-defined]
+
+
+def canary_calls(stub: pb_grpc.MairaSaeStub) -> list[grpc.StatusCode]:
+    """Calls that carry CANARY in text, in image metadata and in DICOM tags, valid ones and
+    ones refused at every stage; returns their codes."""
+    png_with_text = png_bytes(noise(), text={"Comment": CANARY, "Author": CANARY})
+    dicom = dicom_bytes(pixels=noise().astype(np.uint16) * 16, patient_name=CANARY)
+    generate = pb.GenerateRequest(
+        study=study(SMALL_PNG, indication=CANARY),
+        settings=pb.GenerationSettings(max_new_tokens=2),
+        variants=[pb.Variant(name=CANARY)],
+    )
+    grounding = pb.GenerateRequest(
+        study=study(SMALL_PNG),
+        task=pb.Task(kind=pb.TASK_KIND_PHRASE_GROUNDING, phrase=CANARY),
+        settings=pb.GenerationSettings(max_new_tokens=2),
+    )
+    requests = [
+        lambda: stub.Encode(pb.EncodeRequest(study=study(SMALL_PNG, indication=CANARY))),
+        lambda: stub.Encode(pb.EncodeRequest(study=study(png_with_text))),
+        lambda: stub.Encode(pb.EncodeRequest(study=study(dicom), response=CANARY)),
+        lambda: stub.TopFeatures(pb.TopFeaturesRequest(study=study(SMALL_PNG, comparison=CANARY))),
+        lambda: stub.GenerateSteered(generate),
+        lambda: stub.GenerateSteered(grounding),
+        lambda: stub.SearchFeatures(pb.SearchFeaturesRequest(query=CANARY)),
+        # refused: over the limit, NUL, bad image with canary text, DICOM without pixels,
+        # a PNG with canary metadata but broken pixels, an unknown SAE, an enum out of range
+        lambda: stub.Encode(pb.EncodeRequest(study=study(SMALL_PNG, indication=CANARY * 500))),
+        lambda: stub.Encode(pb.EncodeRequest(study=study(SMALL_PNG, technique=CANARY + "\0"))),
+        lambda: stub.Encode(pb.EncodeRequest(study=study(b"junk", indication=CANARY))),
+        lambda: stub.Encode(pb.EncodeRequest(study=study(dicom_bytes(patient_name=CANARY)))),
+        lambda: stub.Encode(pb.EncodeRequest(study=study(png_with_text[:-60]))),
+        lambda: stub.Encode(
+            pb.EncodeRequest(study=study(SMALL_PNG, indication=CANARY), sae_id="missing")
+        ),
+        lambda: stub.Encode(
+            pb.EncodeRequest(study=study(SMALL_PNG, prior_report=CANARY), task=pb.Task(kind=9))
+        ),
+    ]
+    outcomes = [outcome_of(request) for request in requests]
+    for outcome in outcomes:
+        assert CANARY not in outcome.details, "an error message echoes request content"
+    return [outcome.code for outcome in outcomes]
 
 
 def health_status(target: str, service: str = "", timeout_s: float = 5.0) -> int:
@@ -374,3 +414,18 @@ def server_process(config: dict[str, Any], workdir: Path) -> Iterator[ServerProc
         yield server
     finally:
         server.stop()
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def length_delimited(field_number: int, payload: bytes) -> bytes:
+    """One wire-format length-delimited field: how a string, bytes or message field travels.
+    Lets a test send bytes that no protobuf library would serialize, such as invalid UTF-8."""
+    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
