@@ -72,6 +72,14 @@ class ImageDecodeError(ValueError):
         self.problem = problem
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """A well-formed image past a size limit; ``limit`` names the DecodeLimits field."""
+
+    def __init__(self, name: str, problem: str, limit: str) -> None:
+        super().__init__(name, problem)
+        self.limit = limit
+
+
 @dataclass(frozen=True)
 class DecodeLimits:
     """Bounds checked before any pixel is decoded.
@@ -108,8 +116,10 @@ def decode_image(
     if not data:
         raise ImageDecodeError(name, "empty image (0 bytes)")
     if len(data) > limits.max_bytes:
-        raise ImageDecodeError(
-            name, f"image is {len(data)} bytes, over the limit of {limits.max_bytes} bytes"
+        raise ImageTooLargeError(
+            name,
+            f"image is {len(data)} bytes, over the limit of {limits.max_bytes} bytes",
+            "max_bytes",
         )
     resolved = _resolve_media_type(data, media_type, name)
     if resolved is MediaType.DICOM:
@@ -187,14 +197,17 @@ def _check_dimensions(width: int, height: int, name: str, limits: DecodeLimits) 
             name, f"image is {width}x{height}, a side is under the minimum of {limits.min_side}"
         )
     if max(width, height) > limits.max_side:
-        raise ImageDecodeError(
-            name, f"image is {width}x{height}, a side is over the maximum of {limits.max_side}"
+        raise ImageTooLargeError(
+            name,
+            f"image is {width}x{height}, a side is over the maximum of {limits.max_side}",
+            "max_side",
         )
     if width * height > limits.max_pixels:
-        raise ImageDecodeError(
+        raise ImageTooLargeError(
             name,
             f"image is {width}x{height} = {width * height} pixels, "
             f"over the limit of {limits.max_pixels}",
+            "max_pixels",
         )
 
 
@@ -225,8 +238,10 @@ def _decode_raster(
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(
-            name, f"image dimensions are over the limit of {limits.max_pixels} pixels"
+        raise ImageTooLargeError(
+            name,
+            f"image dimensions are over the limit of {limits.max_pixels} pixels",
+            "max_pixels",
         ) from exc
     except _PILLOW_DECODE_ERRORS as exc:
         raise ImageDecodeError(

@@ -20,7 +20,13 @@ import numpy as np
 import torch
 from google.protobuf.message import Message
 
-from maira_sae.client.images import DecodeLimits, ImageDecodeError, MediaType, decode_image
+from maira_sae.client.images import (
+    DecodeLimits,
+    ImageDecodeError,
+    ImageTooLargeError,
+    MediaType,
+    decode_image,
+)
 from maira_sae.sae.catalogue import FeatureInterpretation
 from maira_sae.sae.interventions import Intervention, SteeringMode
 from maira_sae.server.config import LimitsConfig, ServerConfig
@@ -56,7 +62,14 @@ DecodeImage = Callable[[bytes, MediaType | None, str], np.ndarray]
 """``decode(data, media_type, name) -> pixels``; media type None means sniff the bytes. Raises
 ImageDecodeError for an unusable image. ``image_decoder(limits)`` builds the server's."""
 
-DEFAULT_TOP_K = 20  # TopFeaturesRequest.k and SearchFeaturesRequest.limit when 0
+DEFAULT_TOP_K = 20
+
+# Which server setting each image decoding limit comes from (max_side is fixed).
+_IMAGE_LIMIT_SETTINGS = {
+    "max_bytes": "limits.max_image_bytes",
+    "max_pixels": "limits.max_image_pixels",
+    "max_side": f"max side {DecodeLimits.max_side} px",
+}  # TopFeaturesRequest.k and SearchFeaturesRequest.limit when 0
 
 T = TypeVar("T")
 
@@ -185,6 +198,9 @@ def study_from_proto(msg: pb.Study, limits: LimitsConfig, decode: DecodeImage) -
     for name, media_type in media_types.items():
         try:
             pixels[name] = decode(getattr(msg, name).data, media_type, f"study.{name}")
+        except ImageTooLargeError as err:
+            setting = _IMAGE_LIMIT_SETTINGS.get(err.limit, err.limit)
+            raise OutOfRange(f"{err} (server limit {setting})") from err
         except ImageDecodeError as err:
             raise InvalidArgument(str(err)) from err
     return Study(

@@ -6,8 +6,11 @@ Only ids, sizes, timings and statuses are ever logged; request text and image by
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import time
 
 from maira_sae.server.interceptors import current_request_id
@@ -45,9 +48,26 @@ def _json_object(message: str) -> dict[str, object] | None:
     return value if isinstance(value, dict) else None
 
 
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
+# Libraries whose DEBUG output is noise at best and, from grpc's finalizers, a lock fight with
+# the serving threads at worst: they log at INFO and above whatever the server's level.
+_QUIET_LIBRARIES = ("grpc", "PIL", "urllib3", "filelock", "huggingface_hub")
+
+
+def configure_logging(level: str) -> logging.handlers.QueueListener:
+    """JSON lines on stderr. Records are formatted in the thread that logs them (so they keep
+    its request id) and written by one listener thread, so no serving thread ever blocks on
+    stderr or on another thread's handler lock. Returns the started listener."""
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    enqueue = logging.handlers.QueueHandler(records)
+    enqueue.setFormatter(JsonFormatter())
+    write = logging.StreamHandler()
+    write.setFormatter(logging.Formatter("%(message)s"))
+    listener = logging.handlers.QueueListener(records, write)
+    listener.start()
+    atexit.register(listener.stop)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [enqueue]
     root.setLevel(level)
+    for name in _QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
+    return listener

@@ -112,13 +112,6 @@ def test_unusable_images_are_refused(tight_stub, make, code):
     assert "study." in outcome.details  # names the field
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (contract): an image past limits.max_image_pixels is refused with "
-    "INVALID_ARGUMENT; maira_sae.proto says a size past a Limits entry is OUT_OF_RANGE naming "
-    "the field. client/images.py raises one ImageDecodeError for every problem, so "
-    "server/convert.py cannot tell a limit from a malformed file.",
-)
 def test_png_header_claiming_100000_squared_pixels_is_out_of_range(tight_stub):
     outcome = encode(tight_stub, study(png_claiming_size(100_000, 100_000)))
     assert outcome.code == Code.OUT_OF_RANGE, (outcome.code, outcome.details)

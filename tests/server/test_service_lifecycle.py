@@ -262,7 +262,7 @@ LIMIT_CASES = {
     "image pixels": (
         "Encode",
         pb.EncodeRequest(study=pb.Study(frontal=image(1100))),
-        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.OUT_OF_RANGE,
     ),
     "number of images": (
         "Encode",
