@@ -13,8 +13,8 @@ import asyncio
 import time
 from typing import Any
 
-from bench.fixtures import DemoService, demo_service
-from bench.harness import at_least, bench_arguments, check, emit, interleaved, median, timed
+from bench.fixtures import DemoService, run_against_demo_service
+from bench.harness import at_least, check, interleaved, median, timed
 from maira_sae.client import AsyncClient
 from maira_sae.server.engine.types import EncodeRequest
 
@@ -97,9 +97,7 @@ async def _requests_per_second(service: DemoService, clients: int, requests: int
 
 
 def main() -> None:
-    arguments = bench_arguments(__doc__ or "")
-    with demo_service() as service:
-        emit(run(service, quick=arguments.quick), arguments.out)
+    run_against_demo_service(run, __doc__ or "")
 
 
 if __name__ == "__main__":

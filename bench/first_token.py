@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.fixtures import DemoService, demo_service
+from bench.fixtures import DemoService, run_against_demo_service
 from bench.generation_runs import BASELINE, generation_request, timed_generation
-from bench.harness import bench_arguments, check, emit, interleaved, median
+from bench.harness import check, interleaved, median
 from maira_sae.client import Client, GenerationSettings, TokenEvent
 
 
@@ -68,9 +68,7 @@ def run(service: DemoService, *, quick: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    arguments = bench_arguments(__doc__ or "")
-    with demo_service() as service:
-        emit(run(service, quick=arguments.quick), arguments.out)
+    run_against_demo_service(run, __doc__ or "")
 
 
 if __name__ == "__main__":

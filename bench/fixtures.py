@@ -4,7 +4,7 @@ in-process comparisons and the demo study in both the server's and the SDK's for
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.harness import bench_arguments, emit
 from maira_sae.client import Study as ClientStudy
 from maira_sae.server.demo_checkpoint import (
     INTERPRETATIONS_FILE,
@@ -65,3 +66,10 @@ def demo_service(**config_sections: Any) -> Iterator[DemoService]:
             study=Study(frontal=pixels),
             client_study=ClientStudy.of(pixels),
         )
+
+
+def run_against_demo_service(run: Callable[..., Mapping[str, Any]], description: str) -> None:
+    """A benchmark module's ``main``: parse the flags, serve the demo, run, print the JSON."""
+    arguments = bench_arguments(description)
+    with demo_service() as service:
+        emit(run(service, quick=arguments.quick), arguments.out)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.fixtures import DemoService, demo_service
-from bench.harness import at_most, bench_arguments, check, emit, interleaved, median, timed
+from bench.fixtures import DemoService, run_against_demo_service
+from bench.harness import at_most, check, interleaved, median, timed
 from maira_sae.client import Client
 from maira_sae.client import _convert as client_convert
 from maira_sae.server import convert
@@ -90,9 +90,7 @@ def _encode_overhead_parts(
 
 
 def main() -> None:
-    arguments = bench_arguments(__doc__ or "")
-    with demo_service() as service:
-        emit(run(service, quick=arguments.quick), arguments.out)
+    run_against_demo_service(run, __doc__ or "")
 
 
 if __name__ == "__main__":

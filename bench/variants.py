@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.fixtures import DemoService, demo_service
+from bench.fixtures import DemoService, run_against_demo_service
 from bench.generation_runs import ADD_VALUE, CLAMP_VALUE, STEERED_FEATURE
-from bench.harness import at_most, bench_arguments, check, emit, interleaved, median, timed
+from bench.harness import at_most, check, interleaved, median, timed
 from maira_sae.client import Client, GenerationSettings, Intervention, SteeringMode, Variant
 
 TARGET = at_most(0.5)
@@ -61,9 +61,7 @@ def run(service: DemoService, *, quick: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    arguments = bench_arguments(__doc__ or "")
-    with demo_service() as service:
-        emit(run(service, quick=arguments.quick), arguments.out)
+    run_against_demo_service(run, __doc__ or "")
 
 
 if __name__ == "__main__":

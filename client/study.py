@@ -154,10 +154,10 @@ class Study:
         prior_report: str | None = None,
     ) -> Study:
         """A study from PNG, JPEG or DICOM files (see ``StudyImage.from_file``)."""
-        return cls(
-            frontal=StudyImage.from_file(frontal),
-            lateral=StudyImage.from_file(lateral) if lateral is not None else None,
-            prior=StudyImage.from_file(prior) if prior is not None else None,
+        return cls.of(
+            frontal,
+            lateral,
+            prior,
             indication=indication,
             technique=technique,
             comparison=comparison,
