@@ -159,14 +159,8 @@ def write_demo_checkpoint(root: Path, *, seed: int = 0) -> DemoCheckpoint:
     model = _random_model(config, generator)
 
     model_dir = root / MODEL_FOLDER
-    model_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(model_dir / "config.json", DEMO_CONFIG)
-    _write_weights(model, model_dir)
-    _write_json(model_dir / "generation_config.json", GENERATION_CONFIG)
-    _write_json(model_dir / "preprocessor_config.json", ImagePreprocessingSettings().to_json_dict())
-    _write_json(model_dir / "processor_config.json", PROCESSOR_CONFIG)
-    write_demo_tokenizer(model_dir)
-    write_chat_template(model_dir)
+    write_snapshot_files(model_dir, DEMO_CONFIG, ImagePreprocessingSettings())
+    write_weights(model, model_dir)
 
     sae_dir = root / SAE_FOLDER
     sae = _demo_sae(model, config, generator)
@@ -224,9 +218,29 @@ def _random_tensor(name: str, shape: torch.Size, generator: torch.Generator) -> 
     return torch.randn(shape, generator=generator) * 0.02
 
 
-def _write_weights(model: Maira2ForConditionalGeneration, folder: Path) -> None:
-    """On-disk names, split in order into NUM_SHARDS files of about equal size, plus the index."""
-    tensors = {to_disk_name(name): t.contiguous() for name, t in model.state_dict().items()}
+def write_snapshot_files(
+    folder: Path, config: dict[str, Any], preprocessing: ImagePreprocessingSettings
+) -> None:
+    """Everything of a MAIRA-2 snapshot but the weights: config, generation and processor
+    configs, the demo tokenizer and the chat template."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "config.json", config)
+    _write_json(folder / "generation_config.json", GENERATION_CONFIG)
+    _write_json(folder / "preprocessor_config.json", preprocessing.to_json_dict())
+    _write_json(folder / "processor_config.json", PROCESSOR_CONFIG)
+    write_demo_tokenizer(folder)
+    write_chat_template(folder)
+
+
+def write_weights(
+    model: Maira2ForConditionalGeneration, folder: Path, *, dtype: torch.dtype | None = None
+) -> None:
+    """On-disk names, split in order into NUM_SHARDS files of about equal size, plus the index;
+    ``dtype`` converts the tensors (default: as they are)."""
+    tensors = {
+        to_disk_name(name): t.to(dtype or t.dtype).contiguous()
+        for name, t in model.state_dict().items()
+    }
     names = sorted(tensors)
     total_size = sum(t.numel() * t.element_size() for t in tensors.values())
     file_names = [f"model-{i + 1:05d}-of-{NUM_SHARDS:05d}.safetensors" for i in range(NUM_SHARDS)]
