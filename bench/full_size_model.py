@@ -3,8 +3,8 @@ config parser, ``build_empty_model`` (weights allocated on the device, never ini
 the CPU), the real processor (with the demo tokenizer, which has MAIRA-2's vocabulary size and
 added tokens) and the real ``Engine``, plus a random ef4 SAE at layer 15.
 
-``FULL_SIZE_CONFIG`` holds the real model's config values (shared/maira2-facts.md); ``SMOKE``
-shrinks only the widths and depths so that the same code runs end to end on a CPU.
+``FULL_SIZES`` holds the real model's sizes (shared/maira2-facts.md); ``--smoke`` keeps the
+demo checkpoint's small widths and depths so that the same code runs end to end on a CPU.
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ import torch
 
 from bench.random_sae import EF4_GROUP_SIZES, random_sae
 from maira_sae.sae.catalogue import FeatureCatalogue
-from maira_sae.server.demo_checkpoint import demo_chest_image
+from maira_sae.server.demo_checkpoint import (
+    DEMO_CONFIG,
+    NEVER_GENERATED,
+    RESIDUAL_WRITERS,
+    demo_chest_image,
+)
 from maira_sae.server.engine.capture import capture_batch
 from maira_sae.server.engine.engine import Engine, SaeEntry
 from maira_sae.server.maira2.checkpoint import build_empty_model
@@ -33,89 +38,32 @@ from maira_sae.server.maira2.study import Study, Task
 SAE_LAYER = 15
 SAE_ID = "random-ef4-layer15"
 EXPANSION = 4
-IMAGE_TOKEN_INDEX = 32204
-# <unk>, <s>, </s>, <image>, <prev_im>, <lat_image>: their lm_head rows are zeroed so that
-# random weights never end a generation early (every row then makes max_new_tokens tokens).
-NEVER_GENERATED = (0, 1, 2, 32204, 32205, 32206)
-RESIDUAL_WRITERS = ("o_proj.weight", "down_proj.weight")
-
-FULL_SIZE_CONFIG: dict[str, Any] = {
-    "model_type": "maira2",
-    "architectures": ["Maira2ForConditionalGeneration"],
-    "hidden_size": 4096,
-    "ignore_index": -100,
-    "image_seq_length": 1369,
-    "image_token_index": IMAGE_TOKEN_INDEX,
-    "multimodal_projector_bias": True,
-    "pad_token_id": 0,
-    "projector_hidden_act": "gelu",
-    "projector_n_layers": 4,
-    "vision_feature_layer": -1,
-    "vision_feature_select_strategy": "default",
-    "torch_dtype": "float32",
+# The real model's sizes (shared/maira2-facts.md) over the demo checkpoint's config, which has
+# every other MAIRA-2 config value; the smoke run keeps the demo's sizes (widths and depths
+# only shrink: vocabulary, 1369 image tokens per image, tokens and the SAE layer stay), so it
+# takes every code path the full-size run takes.
+FULL_SIZES: dict[str, dict[str, Any]] = {
     "text_config": {
-        "model_type": "llama",
-        "vocab_size": 32207,
         "hidden_size": 4096,
         "intermediate_size": 11008,
         "num_hidden_layers": 32,
         "num_attention_heads": 32,
         "num_key_value_heads": 32,
-        "hidden_act": "silu",
-        "rms_norm_eps": 1e-5,
-        # Vicuna's 4096 positions stretched by the linear RoPE factor 1.5: three images fit.
-        "max_position_embeddings": 6144,
-        "rope_parameters": {"rope_type": "linear", "factor": 1.5, "rope_theta": 10000.0},
-        "attention_bias": False,
-        "mlp_bias": False,
-        "tie_word_embeddings": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
     },
     "vision_config": {
-        "model_type": "dinov2",
         "hidden_size": 768,
         "num_hidden_layers": 12,
         "num_attention_heads": 12,
-        "mlp_ratio": 4,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-6,
-        "layerscale_value": 1.0,
-        "patch_size": 14,
-        "image_size": 518,
-        "num_channels": 3,
-        "qkv_bias": True,
-        "use_swiglu_ffn": False,
         "out_features": ["stage12"],
-        "apply_layernorm": True,
-        "reshape_hidden_states": False,
-    },
-}
-
-# Only widths and depths shrink; vocabulary, image size (1369 tokens per image), tokens and
-# the SAE layer stay, so the smoke run takes every code path the full-size run takes.
-SMOKE_SIZES: dict[str, dict[str, Any]] = {
-    "text_config": {
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 16,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
-    },
-    "vision_config": {
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "out_features": ["stage2"],
+        "out_indices": [12],
     },
 }
 
 
 def maira2_config(*, smoke: bool) -> Maira2Config:
-    raw = copy.deepcopy(FULL_SIZE_CONFIG)
-    if smoke:
-        for section, sizes in SMOKE_SIZES.items():
+    raw = copy.deepcopy(DEMO_CONFIG)
+    if not smoke:
+        for section, sizes in FULL_SIZES.items():
             raw[section].update(sizes)
         raw["hidden_size"] = raw["text_config"]["hidden_size"]
     return parse_maira2_config(raw, source="bench full-size config")

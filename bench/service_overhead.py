@@ -13,7 +13,7 @@ from bench.fixtures import DemoService, run_against_demo_service
 from bench.harness import at_most, check, interleaved, median, timed
 from maira_sae.client import Client
 from maira_sae.client import _convert as client_convert
-from maira_sae.server import convert
+from maira_sae.server import to_proto
 from maira_sae.server.engine.types import EncodeRequest, EncodeResult, TopFeaturesRequest
 from maira_sae.v1 import maira_sae_pb2 as pb
 
@@ -73,10 +73,10 @@ def _encode_overhead_parts(
     engine = service.engine
     result = engine.analyse([engine.prepare_analysis(request)])[0]
     assert isinstance(result, EncodeResult)
-    message = convert.encode_result_to_proto(result)
+    message = to_proto.encode_result_to_proto(result)
     wire = message.SerializeToString()
     parts = {
-        "server_result_to_protobuf": lambda: convert.encode_result_to_proto(result),
+        "server_result_to_protobuf": lambda: to_proto.encode_result_to_proto(result),
         "serialize_and_parse": lambda: pb.EncodeResponse.FromString(message.SerializeToString()),
         "sdk_protobuf_to_typed_result": lambda: client_convert.encode_result(message),
     }

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from maira_sae.server import convert
+from maira_sae.server import to_proto
 from maira_sae.server.config import ServerConfig
 from maira_sae.server.demo_checkpoint import demo_chest_image
 from maira_sae.server.engine.types import (
@@ -135,7 +135,7 @@ class MairaSaeServer:
             interceptors=build_interceptors(self.config, self.metrics),
             options=self.config.grpc_server_options(),
         )
-        info = convert.info_to_proto(
+        info = to_proto.info_to_proto(
             self.runtime.model, self.runtime.saes, self.config, self.runtime.versions
         )
         pb_grpc.add_MairaSaeServicer_to_server(

@@ -1,6 +1,7 @@
-"""Protobuf <-> domain conversions, and the request checks that need nothing but the limits.
+"""Protobuf requests -> domain requests, with the checks that need nothing but the limits.
 
-Besides the interceptors and the servicer, the only module that imports generated code. Each
+With ``to_proto`` (domain results -> protobuf responses), the interceptors and the servicer,
+the only modules that import generated code. Each
 ``*_from_proto`` validates as it converts and raises the domain errors of
 ``maira_sae.server.errors`` with the field path, the limit and the value (never request text):
 INVALID_ARGUMENT for malformed input (missing image, NaN, unknown enum value, NUL in text),
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 import numpy as np
@@ -27,49 +27,38 @@ from maira_sae.client.images import (
     MediaType,
     decode_image,
 )
-from maira_sae.sae.catalogue import FeatureInterpretation
 from maira_sae.sae.interventions import Intervention, SteeringMode
-from maira_sae.server.config import LimitsConfig, ServerConfig
+from maira_sae.server.config import LimitsConfig
 from maira_sae.server.engine.types import (
     DEFAULT_TOKEN_KINDS,
     Aggregation,
     EncodeRequest,
-    EncodeResult,
-    FeatureScore,
-    FinishReason,
-    GeneratedToken,
     GenerateRequest,
-    GenerationEvent,
     GenerationSettings,
-    GroundedBox,
-    GroundedPhrase,
     PositionScope,
     ScopedIntervention,
-    TokenFeatures,
     TokenFilter,
     TokenRange,
     TopFeaturesRequest,
-    TopFeaturesResult,
     Variant,
-    VariantFinished,
 )
 from maira_sae.server.errors import InvalidArgument, OutOfRange
-from maira_sae.server.maira2.study import ImageRole, Study, Task, TaskKind
-from maira_sae.server.maira2.tokens import TokenInfo, TokenKind
+from maira_sae.server.maira2.study import Study, Task, TaskKind
+from maira_sae.server.maira2.tokens import TokenKind
 from maira_sae.v1 import maira_sae_pb2 as pb
 
 DecodeImage = Callable[[bytes, MediaType | None, str], np.ndarray]
 """``decode(data, media_type, name) -> pixels``; media type None means sniff the bytes. Raises
 ImageDecodeError for an unusable image. ``image_decoder(limits)`` builds the server's."""
 
-DEFAULT_TOP_K = 20
+DEFAULT_TOP_K = 20  # TopFeaturesRequest.k and SearchFeaturesRequest.limit when 0
 
 # Which server setting each image decoding limit comes from (max_side is fixed).
 _IMAGE_LIMIT_SETTINGS = {
     "max_bytes": "limits.max_image_bytes",
     "max_pixels": "limits.max_image_pixels",
     "max_side": f"max side {DecodeLimits.max_side} px",
-}  # TopFeaturesRequest.k and SearchFeaturesRequest.limit when 0
+}
 
 T = TypeVar("T")
 
@@ -84,7 +73,7 @@ _TASK_KINDS = {
     pb.TASK_KIND_GROUNDED_FINDINGS: TaskKind.GROUNDED_FINDINGS,
     pb.TASK_KIND_PHRASE_GROUNDING: TaskKind.PHRASE_GROUNDING,
 }
-_TOKEN_KINDS = {
+TOKEN_KINDS_FROM_PROTO = {
     pb.TOKEN_KIND_IMAGE_PATCH: TokenKind.IMAGE_PATCH,
     pb.TOKEN_KIND_PROMPT_TEXT: TokenKind.PROMPT_TEXT,
     pb.TOKEN_KIND_SPECIAL: TokenKind.SPECIAL,
@@ -109,18 +98,6 @@ _AGGREGATIONS = {
     pb.AGGREGATION_MEAN: Aggregation.MEAN,
     pb.AGGREGATION_SUM: Aggregation.SUM,
     pb.AGGREGATION_COUNT: Aggregation.COUNT,
-}
-# Domain value -> proto enum value, for responses.
-_TOKEN_KIND_TO_PROTO = {kind: value for value, kind in _TOKEN_KINDS.items()}
-_IMAGE_ROLE_TO_PROTO = {
-    ImageRole.FRONTAL: pb.IMAGE_ROLE_FRONTAL,
-    ImageRole.LATERAL: pb.IMAGE_ROLE_LATERAL,
-    ImageRole.PRIOR: pb.IMAGE_ROLE_PRIOR,
-}
-_FINISH_REASON_TO_PROTO = {
-    FinishReason.EOS: pb.FINISH_REASON_EOS,
-    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
-    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
 }
 
 
@@ -248,7 +225,7 @@ def task_from_proto(msg: pb.Task, limits: LimitsConfig) -> Task:
 
 def token_filter_from_proto(msg: pb.TokenFilter, limits: LimitsConfig) -> TokenFilter:
     kinds = frozenset(
-        _enum(kind, _TOKEN_KINDS, f"token_filter.kinds[{i}]", unspecified=None)
+        _enum(kind, TOKEN_KINDS_FROM_PROTO, f"token_filter.kinds[{i}]", unspecified=None)
         for i, kind in enumerate(msg.kinds)
     )
     for i, index in enumerate(msg.image_indices):
@@ -396,205 +373,3 @@ def search_query_from_proto(msg: pb.SearchFeaturesRequest, limits: LimitsConfig)
         raise InvalidArgument("query is required: words to look for in feature labels")
     _limit(msg.limit, limits.max_top_k, "limit", "max_top_k")
     return SearchQuery(msg.sae_id, query, msg.limit or DEFAULT_TOP_K)
-
-
-# -------------------------------------------------------------------------------------------
-# Responses
-
-
-def token_to_proto(token: TokenInfo) -> pb.Token:
-    msg = pb.Token(
-        position=token.position,
-        token_id=token.token_id,
-        text=token.text,
-        kind=_TOKEN_KIND_TO_PROTO[token.kind],
-    )
-    if token.image_index is not None:
-        msg.image_index = token.image_index
-    if token.image_role is not None:
-        msg.image_role = _IMAGE_ROLE_TO_PROTO[token.image_role]
-    if token.grid_row is not None:
-        msg.grid_row = token.grid_row
-    if token.grid_col is not None:
-        msg.grid_col = token.grid_col
-    return msg
-
-
-def _token_activations(item: TokenFeatures) -> pb.TokenActivations:
-    return pb.TokenActivations(
-        token=token_to_proto(item.token), feature_ids=item.feature_ids, values=item.values
-    )
-
-
-def encode_result_to_proto(result: EncodeResult) -> pb.EncodeResponse:
-    q = result.quality
-    return pb.EncodeResponse(
-        sae_id=result.sae_id,
-        layer=result.layer,
-        tokens=[_token_activations(item) for item in result.tokens],
-        total_tokens=result.total_tokens,
-        quality=pb.ReconstructionQuality(
-            mse=q.mse, explained_variance=q.explained_variance, cosine=q.cosine
-        ),
-    )
-
-
-def _feature_score(score: FeatureScore) -> pb.FeatureScore:
-    msg = pb.FeatureScore(
-        feature=score.feature,
-        score=score.score,
-        token_positions=score.token_positions,
-        image_grids=[
-            pb.ImageGrid(image_index=g.image_index, rows=g.rows, cols=g.cols, values=g.values)
-            for g in score.image_grids
-        ],
-    )
-    if score.label is not None:
-        msg.label = score.label
-    if score.interpretation_score is not None:
-        msg.interpretation_score = score.interpretation_score
-    return msg
-
-
-def top_features_result_to_proto(result: TopFeaturesResult) -> pb.TopFeaturesResponse:
-    return pb.TopFeaturesResponse(
-        sae_id=result.sae_id,
-        layer=result.layer,
-        features=[_feature_score(score) for score in result.features],
-        total_tokens=result.total_tokens,
-    )
-
-
-def _box(box: GroundedBox) -> pb.Box:
-    return pb.Box(
-        cropped=pb.BoxCoordinates(
-            x_min=box.x_min, y_min=box.y_min, x_max=box.x_max, y_max=box.y_max
-        ),
-        original=pb.BoxCoordinates(
-            x_min=box.original_x_min,
-            y_min=box.original_y_min,
-            x_max=box.original_x_max,
-            y_max=box.original_y_max,
-        ),
-    )
-
-
-def _phrase(phrase: GroundedPhrase) -> pb.GroundedPhrase:
-    return pb.GroundedPhrase(text=phrase.text, boxes=[_box(box) for box in phrase.boxes])
-
-
-def generation_event_to_proto(event: GenerationEvent) -> pb.GenerateEvent:
-    if isinstance(event, GeneratedToken):
-        return pb.GenerateEvent(
-            variant_index=event.variant_index,
-            token=pb.TokenChunk(position=event.position, token_id=event.token_id, text=event.text),
-        )
-    return pb.GenerateEvent(
-        variant_index=event.variant_index,
-        finished=_variant_result(event),
-    )
-
-
-def _variant_result(event: VariantFinished) -> pb.VariantResult:
-    return pb.VariantResult(
-        text=event.text,
-        finish_reason=_FINISH_REASON_TO_PROTO[event.finish_reason],
-        num_tokens=event.num_tokens,
-        phrases=[_phrase(phrase) for phrase in event.phrases],
-        parse_ok=event.parse_ok,
-    )
-
-
-def feature_to_proto(
-    feature: int, interpretation: FeatureInterpretation | None, decoder_norm: float
-) -> pb.Feature:
-    msg = pb.Feature(feature=feature, decoder_norm=decoder_norm)
-    if interpretation is not None and interpretation.explanation is not None:
-        msg.label = interpretation.explanation
-    if interpretation is not None and interpretation.score is not None:
-        msg.interpretation_score = interpretation.score
-    return msg
-
-
-def search_response_to_proto(
-    sae_id: str,
-    matches: Sequence[tuple[FeatureInterpretation, float]],
-    decoder_norms: Sequence[float],
-) -> pb.SearchFeaturesResponse:
-    """``matches`` as FeatureCatalogue.search returns them; ``decoder_norms[i]`` is feature i's."""
-    return pb.SearchFeaturesResponse(
-        sae_id=sae_id,
-        matches=[
-            pb.FeatureMatch(
-                feature=feature_to_proto(item.feature, item, float(decoder_norms[item.feature])),
-                score=score,
-            )
-            for item, score in matches
-        ],
-    )
-
-
-@dataclass(frozen=True)
-class ModelDescription:
-    """What GetInfo says about the loaded model."""
-
-    name: str
-    path: str
-    dtype: str
-    device: str
-    num_layers: int
-    hidden_size: int
-    image_tokens_per_image: int
-    patch_grid_rows: int
-    patch_grid_cols: int
-    demo: bool
-
-
-@dataclass(frozen=True)
-class SaeDescription:
-    """What GetInfo says about one loaded SAE."""
-
-    id: str
-    layer: int
-    hook_point: str
-    d_model: int
-    d_sae: int
-    group_sizes: tuple[int, ...]
-    num_interpretations: int
-    source_format: str
-
-
-def info_to_proto(
-    model: ModelDescription,
-    saes: Sequence[SaeDescription],
-    config: ServerConfig,
-    versions: Mapping[str, str],
-) -> pb.InfoResponse:
-    """``versions`` maps maira_sae, torch and transformers to their version strings."""
-    limits, batching = config.limits, config.batching
-    return pb.InfoResponse(
-        model=pb.ModelInfo(**vars(model)),
-        saes=[
-            pb.SaeInfo(
-                **vars(sae),
-                has_interpretations=sae.num_interpretations > 0,
-            )
-            for sae in saes
-        ],
-        default_sae_id=config.resolved_default_sae_id,
-        limits=pb.Limits(
-            max_image_bytes=limits.max_image_bytes,
-            max_image_pixels=limits.max_image_pixels,
-            max_images=limits.max_images,
-            max_text_chars=limits.max_text_chars,
-            max_new_tokens=limits.max_new_tokens,
-            default_max_new_tokens=limits.default_max_new_tokens,
-            max_variants=limits.max_variants,
-            max_interventions_per_variant=limits.max_interventions_per_variant,
-            max_top_k=limits.max_top_k,
-            max_abs_strength=limits.max_abs_strength,
-            max_batch_size=batching.max_batch_size,
-            queue_size=batching.queue_size,
-        ),
-        versions=pb.Versions(**versions),
-    )

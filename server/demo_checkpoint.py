@@ -13,6 +13,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 MODEL_FOLDER = "maira-2"
 SAE_FOLDER = "sae-ef4-layer15"
 INTERPRETATIONS_FILE = "interpretations-ef4.csv"
+BUILD_MARKER = ".complete"  # written last by build_once: the version of a finished build
 
 SAE_LAYER = 15
 SAE_EXPANSION = 4
@@ -47,8 +51,8 @@ SAE_TARGET_L0 = 24  # mean active features per token (image and text weighed equ
 NUM_SHARDS = 2
 IMAGE_TOKEN_INDEX = 32204
 # Tokens a report never contains: <unk>/pad, <s>, </s>, <image>, <prev_im>, <lat_image>.
-_NEVER_GENERATED = (0, 1, 2, 32204, 32205, 32206)
-_RESIDUAL_WRITERS = ("o_proj.weight", "down_proj.weight")
+NEVER_GENERATED = (0, 1, 2, 32204, 32205, 32206)
+RESIDUAL_WRITERS = ("o_proj.weight", "down_proj.weight")
 _RESIDUAL_WRITE_SCALE = 0.2
 _CLINICAL_WORDS = (
     "pacemaker",
@@ -203,7 +207,7 @@ def _random_model(
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):
             param.copy_(_random_tensor(name, param.shape, generator))
-        model.lm_head.weight[[*_NEVER_GENERATED, *filler_token_ids()]] = 0.0
+        model.lm_head.weight[[*NEVER_GENERATED, *filler_token_ids()]] = 0.0
     return model.eval()
 
 
@@ -211,7 +215,7 @@ def _random_tensor(name: str, shape: torch.Size, generator: torch.Generator) -> 
     if name.endswith("embed_tokens.weight"):
         return torch.randn(shape, generator=generator)
     if len(shape) >= 2:
-        scale = _RESIDUAL_WRITE_SCALE if name.endswith(_RESIDUAL_WRITERS) else 1.0
+        scale = _RESIDUAL_WRITE_SCALE if name.endswith(RESIDUAL_WRITERS) else 1.0
         return torch.randn(shape, generator=generator) * scale / math.sqrt(math.prod(shape[1:]))
     if name.endswith(("weight", "lambda1")):
         return torch.ones(shape)
@@ -350,3 +354,25 @@ def _write_interpretations(path: Path, d_sae: int, generator: torch.Generator) -
 
 def _write_json(path: Path, content: dict[str, Any]) -> None:
     path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def build_once(folder: Path, version: str, write: Callable[[Path], object]) -> Path:
+    """Make ``folder`` hold what ``write`` builds, unless a build of ``version`` is there.
+
+    The build goes to a staging folder that is renamed into place, so concurrent or
+    interrupted starts never see half a build; a folder of another version is replaced.
+    """
+    marker = folder / BUILD_MARKER
+    if marker.is_file() and marker.read_text(encoding="utf-8").strip() == version:
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.building-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    write(staging)
+    (staging / BUILD_MARKER).write_text(version + "\n", encoding="utf-8")
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        staging.rename(folder)
+    except OSError:  # another process finished first: its build is identical
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +20,11 @@ import transformers
 from maira_sae.sae.catalogue import FeatureCatalogue
 from maira_sae.sae.formats import SaeFormatError, load_sae
 from maira_sae.server.config import ModelConfig, SaeSpec, ServerConfig
-from maira_sae.server.convert import ModelDescription, SaeDescription
 from maira_sae.server.demo_checkpoint import (
     INTERPRETATIONS_FILE,
     MODEL_FOLDER,
     SAE_FOLDER,
+    build_once,
     write_demo_checkpoint,
 )
 from maira_sae.server.engine.engine import Engine, SaeEntry
@@ -33,10 +32,11 @@ from maira_sae.server.maira2.checkpoint import load_maira2, resolve_snapshot, va
 from maira_sae.server.maira2.config import CheckpointError, Maira2Config
 from maira_sae.server.maira2.processor import Maira2Processor
 from maira_sae.server.metrics import Metrics
+from maira_sae.server.to_proto import ModelDescription, SaeDescription
 
 log = logging.getLogger(__name__)
 
-_DEMO_COMPLETE_MARKER = ".complete"
+DEMO_BUILD_VERSION = "random demo checkpoint, seed 0"
 
 
 class StartupError(Exception):
@@ -122,21 +122,7 @@ def demo_folder(model: ModelConfig) -> Path:
 
 def ensure_demo_checkpoint(folder: Path) -> Path:
     """Build the demo checkpoint into ``folder`` unless a complete build is already there."""
-    if (folder / _DEMO_COMPLETE_MARKER).is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.parent / f".{folder.name}.building-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    write_demo_checkpoint(staging)
-    (staging / _DEMO_COMPLETE_MARKER).write_text("demo checkpoint, seed 0\n", encoding="utf-8")
-    if folder.exists() and not (folder / _DEMO_COMPLETE_MARKER).is_file():
-        shutil.rmtree(folder)  # an incomplete build from an older layout
-    try:
-        staging.rename(folder)
-    except OSError:  # another process finished first: its build is identical
-        shutil.rmtree(staging, ignore_errors=True)
-    log.info("demo checkpoint ready in %s", folder)
-    return folder
+    return build_once(folder, DEMO_BUILD_VERSION, write_demo_checkpoint)
 
 
 def _load_sae(

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import grpc
 
-from maira_sae.server import convert
+from maira_sae.server import convert, to_proto
 from maira_sae.server.config import ServerConfig
 from maira_sae.server.engine.engine import Engine, SaeEntry
 from maira_sae.server.errors import OutOfRange
@@ -60,7 +60,7 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
         )
         deadline = deadline_from_timeout(context.time_remaining)
         result = await self._scheduler.analyse(prepared, deadline)
-        return await asyncio.to_thread(convert.encode_result_to_proto, result)
+        return await asyncio.to_thread(to_proto.encode_result_to_proto, result)
 
     async def TopFeatures(  # noqa: N802
         self, request: pb.TopFeaturesRequest, context: grpc.aio.ServicerContext
@@ -70,7 +70,7 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
         )
         deadline = deadline_from_timeout(context.time_remaining)
         result = await self._scheduler.analyse(prepared, deadline)
-        return convert.top_features_result_to_proto(result)
+        return to_proto.top_features_result_to_proto(result)
 
     async def GenerateSteered(  # noqa: N802
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -80,7 +80,7 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
         )
         events = self._scheduler.generate(prepared, deadline_from_timeout(context.time_remaining))
         async for event in events:
-            yield convert.generation_event_to_proto(event)
+            yield to_proto.generation_event_to_proto(event)
 
     async def GetInfo(  # noqa: N802
         self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext
@@ -92,7 +92,7 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
     ) -> pb.Feature:
         entry = self._engine.sae(request.sae_id)
         self._check_feature(entry, request.feature)
-        return convert.feature_to_proto(
+        return to_proto.feature_to_proto(
             request.feature,
             entry.catalogue.get(request.feature),
             self._decoder_norms[entry.sae_id][request.feature],
@@ -104,7 +104,7 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
         query = convert.search_query_from_proto(request, self._limits)
         entry = self._engine.sae(query.sae_id)
         matches = entry.catalogue.search(query.query, query.limit)
-        return convert.search_response_to_proto(
+        return to_proto.search_response_to_proto(
             entry.sae_id, matches, self._decoder_norms[entry.sae_id]
         )
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from maira_sae.server.demo_checkpoint import (
     INTERPRETATIONS_FILE,
     MODEL_FOLDER,
     SAE_FOLDER,
+    build_once,
     write_snapshot_files,
     write_weights,
 )
@@ -39,7 +39,6 @@ from maira_sae.server.world.model_spec import PREPROCESSING, world_config_dict
 ARTIFACT_DIR = Path(__file__).parent / "artifact"
 PROVENANCE_FILE = "provenance.json"
 LM_NAME = "maira-sae synthetic world demo (trained, not clinical)"
-_COMPLETE_MARKER = ".complete"
 
 
 def write_artifact(
@@ -79,25 +78,15 @@ def ensure_world_demo(folder: Path, *, artifact: Path = ARTIFACT_DIR) -> Path:
         raise FileNotFoundError(
             f"{artifact}: no world demo artifact; run python -m maira_sae.server.world.build"
         )
-    digest = artifact_digest(artifact)
-    marker = folder / _COMPLETE_MARKER
-    if marker.is_file() and marker.read_text(encoding="utf-8").strip() == digest:
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.parent / f".{folder.name}.building-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    write_snapshot_files(staging / MODEL_FOLDER, world_config_dict(), PREPROCESSING)
-    for weights in _weight_files(artifact / MODEL_FOLDER):
-        shutil.copyfile(weights, staging / MODEL_FOLDER / weights.name)
-    shutil.copytree(artifact / SAE_FOLDER, staging / SAE_FOLDER)
-    shutil.copyfile(artifact / INTERPRETATIONS_FILE, staging / INTERPRETATIONS_FILE)
-    (staging / _COMPLETE_MARKER).write_text(digest + "\n", encoding="utf-8")
-    shutil.rmtree(folder, ignore_errors=True)
-    try:
-        staging.rename(folder)
-    except OSError:  # another process finished first: its build is identical
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+
+    def write(staging: Path) -> None:
+        write_snapshot_files(staging / MODEL_FOLDER, world_config_dict(), PREPROCESSING)
+        for weights in _weight_files(artifact / MODEL_FOLDER):
+            shutil.copyfile(weights, staging / MODEL_FOLDER / weights.name)
+        shutil.copytree(artifact / SAE_FOLDER, staging / SAE_FOLDER)
+        shutil.copyfile(artifact / INTERPRETATIONS_FILE, staging / INTERPRETATIONS_FILE)
+
+    return build_once(folder, artifact_digest(artifact), write)
 
 
 def _weight_files(model_folder: Path) -> list[Path]:

@@ -11,7 +11,7 @@ import torch
 from maira_sae.client.images import ImageDecodeError, MediaType
 from maira_sae.sae.catalogue import FeatureInterpretation
 from maira_sae.sae.interventions import SteeringMode
-from maira_sae.server import convert
+from maira_sae.server import convert, to_proto
 from maira_sae.server.config import LimitsConfig, SaeSpec, ServerConfig
 from maira_sae.server.engine import types as t
 from maira_sae.server.errors import InvalidArgument, OutOfRange
@@ -432,13 +432,13 @@ def test_error_messages_never_echo_request_text():
 
 def test_every_domain_enum_member_has_a_proto_value():
     assert set(convert._TASK_KINDS.values()) == set(TaskKind)
-    assert set(convert._TOKEN_KINDS.values()) == set(TokenKind)
+    assert set(convert.TOKEN_KINDS_FROM_PROTO.values()) == set(TokenKind)
     assert set(convert._STEERING_MODES.values()) == set(SteeringMode)
     assert set(convert._POSITION_SCOPES.values()) == set(t.PositionScope)
     assert set(convert._AGGREGATIONS.values()) == set(t.Aggregation)
     assert set(convert._MEDIA_TYPES.values()) == set(MediaType)
-    assert set(convert._IMAGE_ROLE_TO_PROTO) == set(ImageRole)
-    assert set(convert._FINISH_REASON_TO_PROTO) == set(t.FinishReason)
+    assert set(to_proto._IMAGE_ROLE_TO_PROTO) == set(ImageRole)
+    assert set(to_proto._FINISH_REASON_TO_PROTO) == set(t.FinishReason)
 
 
 # -------------------------------------------------------------------------------------------
@@ -459,7 +459,7 @@ def test_encode_result_to_proto():
         total_tokens=1400,
         quality=t.ReconstructionQuality(mse=0.1, explained_variance=0.8, cosine=0.95),
     )
-    msg = convert.encode_result_to_proto(result)
+    msg = to_proto.encode_result_to_proto(result)
     patch, text = msg.tokens
     assert (msg.sae_id, msg.layer, msg.total_tokens) == ("f4", 15, 1400)
     assert patch.token.kind == pb.TOKEN_KIND_IMAGE_PATCH
@@ -484,7 +484,7 @@ def test_top_features_result_to_proto():
         ),
         total_tokens=20,
     )
-    msg = convert.top_features_result_to_proto(result)
+    msg = to_proto.top_features_result_to_proto(result)
     labelled, bare = msg.features
     assert (labelled.feature, labelled.score, labelled.label) == (12, 4.5, "pacemaker")
     assert labelled.interpretation_score == pytest.approx(0.9)
@@ -494,11 +494,11 @@ def test_top_features_result_to_proto():
 
 
 def test_generation_events_to_proto():
-    token = convert.generation_event_to_proto(t.GeneratedToken(2, 4200, 319, " The"))
+    token = to_proto.generation_event_to_proto(t.GeneratedToken(2, 4200, 319, " The"))
     assert token.variant_index == 2 and token.WhichOneof("event") == "token"
     assert (token.token.position, token.token.token_id, token.token.text) == (4200, 319, " The")
     box = t.GroundedBox(0.1, 0.2, 0.3, 0.4, 0.15, 0.2, 0.35, 0.4)
-    finished = convert.generation_event_to_proto(
+    finished = to_proto.generation_event_to_proto(
         t.VariantFinished(
             variant_index=1,
             text="<obj>Effusion</obj>",
@@ -519,11 +519,11 @@ def test_generation_events_to_proto():
 
 def test_features_to_proto():
     labelled = FeatureInterpretation(feature=4, explanation="sternal wires", score=0.7)
-    msg = convert.feature_to_proto(4, labelled, 1.0)
+    msg = to_proto.feature_to_proto(4, labelled, 1.0)
     assert (msg.feature, msg.label, msg.decoder_norm) == (4, "sternal wires", 1.0)
-    bare = convert.feature_to_proto(5, None, 0.5)
+    bare = to_proto.feature_to_proto(5, None, 0.5)
     assert not bare.HasField("label") and not bare.HasField("interpretation_score")
-    search = convert.search_response_to_proto("f4", [(labelled, 3.2)], torch.ones(8) * 2)
+    search = to_proto.search_response_to_proto("f4", [(labelled, 3.2)], torch.ones(8) * 2)
     assert search.sae_id == "f4"
     assert search.matches[0].feature.decoder_norm == 2.0
     assert search.matches[0].score == pytest.approx(3.2)
@@ -531,7 +531,7 @@ def test_features_to_proto():
 
 def test_info_to_proto():
     config = ServerConfig(saes=(SaeSpec(id="f4", path="/x"),))
-    model = convert.ModelDescription(
+    model = to_proto.ModelDescription(
         name="microsoft/maira-2",
         path="/models/maira-2",
         dtype="bfloat16",
@@ -543,7 +543,7 @@ def test_info_to_proto():
         patch_grid_cols=37,
         demo=False,
     )
-    sae = convert.SaeDescription(
+    sae = to_proto.SaeDescription(
         id="f4",
         layer=15,
         hook_point="block_output",
@@ -554,7 +554,7 @@ def test_info_to_proto():
         source_format="dictionary_learning",
     )
     versions = {"maira_sae": "0.1.0", "torch": "2.13", "transformers": "5.24"}
-    msg = convert.info_to_proto(model, [sae], config, versions)
+    msg = to_proto.info_to_proto(model, [sae], config, versions)
     assert msg.model.image_tokens_per_image == 1369
     assert msg.saes[0].has_interpretations and list(msg.saes[0].group_sizes) == [1024, 3072, 12288]
     assert msg.default_sae_id == "f4"

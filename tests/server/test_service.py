@@ -12,6 +12,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
 from maira_sae.server.demo_checkpoint import demo_chest_image
+from maira_sae.server.maira2.grounding import parse_grounded_output
+from maira_sae.server.maira2.image_preprocessing import ImageGeometry
 from maira_sae.v1 import maira_sae_pb2 as pb
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
 
@@ -175,9 +177,16 @@ def test_grounded_task_returns_parse_result(stub):
     events = list(stub.GenerateSteered(request))
     finished = [e.finished for e in events if e.WhichOneof("event") == "finished"]
     assert len(finished) == 1
-    # A random model writes no well-formed <obj> output; the parse must say so, not fail.
     assert finished[0].num_tokens == 6
-    assert isinstance(finished[0].parse_ok, bool)
+    # Whatever a random model writes, the reply carries the parse of its text on the frontal
+    # image's geometry, exactly as the parser gives it (malformed output never fails the call).
+    height, width = demo_chest_image().shape
+    phrases, parse_ok = parse_grounded_output(
+        finished[0].text, ImageGeometry.for_size(width, height)
+    )
+    assert finished[0].parse_ok == parse_ok
+    assert [p.text for p in finished[0].phrases] == [p.text for p in phrases]
+    assert [len(p.boxes) for p in finished[0].phrases] == [len(p.boxes) for p in phrases]
 
 
 def test_get_feature_and_search(stub):
