@@ -171,6 +171,7 @@ def top_features_request(
     aggregation: Aggregation,
     token_filter: TokenFilter | None,
     k: int,
+    labelled_only: bool = False,
 ) -> pb.TopFeaturesRequest:
     return pb.TopFeaturesRequest(
         study=study_to_proto(study),
@@ -180,6 +181,7 @@ def top_features_request(
         aggregation=_AGGREGATIONS[aggregation],
         token_filter=_token_filter(token_filter),
         k=k,
+        labelled_only=labelled_only,
     )
 
 

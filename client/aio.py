@@ -133,9 +133,11 @@ class AsyncClient(ClientBase):
         task: Task | None = None,
         sae_id: str = "",
         token_filter: TokenFilter | None = None,
+        labelled_only: bool = False,
         timeout: float | None = None,
     ) -> TopFeaturesResult:
-        """The k (0: 20) features scoring highest over the selected tokens, and where."""
+        """The k (0: 20) features scoring highest over the selected tokens, and where; with
+        ``labelled_only``, among the features the SAE's interpretations label."""
         request = _convert.top_features_request(
             study,
             task=task,
@@ -144,6 +146,7 @@ class AsyncClient(ClientBase):
             aggregation=aggregation,
             token_filter=token_filter,
             k=k,
+            labelled_only=labelled_only,
         )
         return await self._unary(
             self._stub.TopFeatures, request, _convert.top_features_result, timeout

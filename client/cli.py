@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         "--aggregation", type=Aggregation, default=Aggregation.MAX, choices=list(Aggregation)
     )
     top.add_argument("--kinds", type=_kinds, help="comma-separated token kinds to score")
+    top.add_argument("--labelled-only", action="store_true", help="rank only the labelled features")
     top.add_argument("--heatmap", type=Path, help="write heat maps over the image (PNG)")
     top.add_argument("--html", type=Path, help="write the tokens shaded by activation")
     top.add_argument("--image-index", type=int, default=0, help="image for --heatmap")
@@ -309,6 +310,7 @@ def _top(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         k=args.k,
         aggregation=args.aggregation,
         token_filter=TokenFilter(kinds=args.kinds or frozenset()),
+        labelled_only=args.labelled_only,
         **options,
     )
     if args.heatmap:

@@ -132,9 +132,11 @@ class Client(ClientBase):
         task: Task | None = None,
         sae_id: str = "",
         token_filter: TokenFilter | None = None,
+        labelled_only: bool = False,
         timeout: float | None = None,
     ) -> TopFeaturesResult:
-        """The k (0: 20) features scoring highest over the selected tokens, and where."""
+        """The k (0: 20) features scoring highest over the selected tokens, and where; with
+        ``labelled_only``, among the features the SAE's interpretations label."""
         request = _convert.top_features_request(
             study,
             task=task,
@@ -143,6 +145,7 @@ class Client(ClientBase):
             aggregation=aggregation,
             token_filter=token_filter,
             k=k,
+            labelled_only=labelled_only,
         )
         return self._unary(self._stub.TopFeatures, request, _convert.top_features_result, timeout)
 

@@ -116,6 +116,10 @@ class FeatureCatalogue:
     def __len__(self) -> int:
         return len(self._by_feature)
 
+    def features(self) -> list[int]:
+        """The interpreted feature indices, ascending."""
+        return sorted(self._by_feature)
+
     def search(self, query: str, limit: int = 10) -> list[tuple[FeatureInterpretation, float]]:
         """Best-matching interpretations with their BM25 scores, best first.
 

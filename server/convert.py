@@ -267,6 +267,7 @@ def top_features_request_from_proto(
         aggregation=_enum(msg.aggregation, _AGGREGATIONS, "aggregation", Aggregation.MAX),
         token_filter=token_filter_from_proto(msg.token_filter, limits),
         k=msg.k or DEFAULT_TOP_K,
+        labelled_only=msg.labelled_only,
         study=study_from_proto(msg.study, limits, decode),
     )
 

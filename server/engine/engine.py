@@ -34,7 +34,7 @@ from maira_sae.server.engine.types import (
     TopFeaturesResult,
     VariantFinished,
 )
-from maira_sae.server.errors import InvalidArgument, NotFound, OutOfRange
+from maira_sae.server.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 from maira_sae.server.maira2.grounding import parse_grounded_output
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 from maira_sae.server.maira2.processor import Maira2Processor, ModelInputs
@@ -111,6 +111,11 @@ class Engine:
                     f"matryoshka_level {request.matryoshka_level} is out of range: "
                     f"SAE {entry.sae_id!r} has levels 1..{levels} (0 means all)"
                 )
+        labelled_only = isinstance(request, TopFeaturesRequest) and request.labelled_only
+        if labelled_only and not len(entry.catalogue):
+            raise FailedPrecondition(
+                f"labelled_only needs interpretations, and SAE {entry.sae_id!r} has none"
+            )
         return entry
 
     def check_generate(self, request: GenerateRequest) -> SaeEntry:
@@ -183,6 +188,7 @@ class Engine:
                 k=request.k,
                 catalogue=entry.catalogue,
                 patch_grid=self.processor.patch_grid,
+                labelled_only=request.labelled_only,
             ),
             total_tokens=len(tokens),
         )

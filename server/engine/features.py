@@ -102,10 +102,16 @@ def top_feature_scores(
     k: int,
     catalogue: FeatureCatalogue,
     patch_grid: tuple[int, int],
+    labelled_only: bool = False,
 ) -> tuple[FeatureScore, ...]:
-    """The ``k`` features with the highest positive score, with where each fires."""
+    """The ``k`` features with the highest positive score (among the catalogue's, with
+    ``labelled_only``), with where each fires."""
     accepted = features[list(positions)]
     scores = aggregate(accepted, aggregation)
+    if labelled_only:
+        labelled = torch.zeros_like(scores, dtype=torch.bool)
+        labelled[catalogue.features()] = True
+        scores = scores.where(labelled, torch.zeros_like(scores))
     count = min(k, int((scores > 0).sum()))
     if count == 0:
         return ()

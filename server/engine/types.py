@@ -127,6 +127,7 @@ class TopFeaturesRequest:
     aggregation: Aggregation = Aggregation.MAX
     token_filter: TokenFilter = field(default_factory=TokenFilter)
     k: int = 20
+    labelled_only: bool = False  # rank only the features the catalogue interprets
 
 
 @dataclass(frozen=True)

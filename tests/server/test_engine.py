@@ -4,10 +4,13 @@ independent of their batch, CLAMP reaching the logits, Encode independent of its
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
+from maira_sae.sae.catalogue import FeatureCatalogue
 from maira_sae.sae.interventions import Intervention, SteeringMode
 from maira_sae.server.demo_checkpoint import demo_chest_image
 from maira_sae.server.engine.engine import Engine
@@ -24,6 +27,7 @@ from maira_sae.server.engine.types import (
     Variant,
     VariantFinished,
 )
+from maira_sae.server.errors import FailedPrecondition
 from maira_sae.server.maira2.study import Study
 from maira_sae.server.metrics import Metrics
 from maira_sae.server.runtime import load_runtime
@@ -144,3 +148,12 @@ def test_encode_of_a_study_is_the_same_alone_and_in_a_batch(engine, study):
         assert a.token == b.token
         assert a.feature_ids == b.feature_ids
         assert np.allclose(a.values, b.values, atol=1e-4)
+
+
+def test_labelled_only_needs_interpretations(engine, study):
+    entry = engine.sae("")
+    unlabelled = replace(entry, catalogue=FeatureCatalogue.empty())
+    bare = Engine(engine.model, engine.processor, [unlabelled])
+    with pytest.raises(FailedPrecondition, match="labelled_only needs interpretations"):
+        bare.prepare_analysis(TopFeaturesRequest(study=study, labelled_only=True))
+    assert bare.prepare_analysis(TopFeaturesRequest(study=study))  # without the flag: served

@@ -105,6 +105,16 @@ def test_top_features_with_labels_and_image_grids(stub):
     assert max(grid.values) > 0
 
 
+def test_top_features_labelled_only_ranks_the_labelled_features_alone(stub):
+    every = stub.TopFeatures(pb.TopFeaturesRequest(study=demo_study(), k=100))
+    labelled = stub.TopFeatures(pb.TopFeaturesRequest(study=demo_study(), k=8, labelled_only=True))
+    assert len(labelled.features) == 8
+    assert all(f.HasField("label") for f in labelled.features)
+    assert any(not f.HasField("label") for f in every.features), "the ranking must differ"
+    expected = [f.feature for f in every.features if f.HasField("label")][:8]
+    assert [f.feature for f in labelled.features] == expected
+
+
 def test_top_features_count_aggregation_counts_tokens(stub):
     response = stub.TopFeatures(
         pb.TopFeaturesRequest(study=demo_study(), k=5, aggregation=pb.AGGREGATION_COUNT)

@@ -274,7 +274,7 @@ class EncodeResponse(_message.Message):
     def __init__(self, sae_id: _Optional[str] = ..., layer: _Optional[int] = ..., tokens: _Optional[_Iterable[_Union[TokenActivations, _Mapping]]] = ..., total_tokens: _Optional[int] = ..., quality: _Optional[_Union[ReconstructionQuality, _Mapping]] = ...) -> None: ...
 
 class TopFeaturesRequest(_message.Message):
-    __slots__ = ("study", "task", "response", "sae_id", "aggregation", "token_filter", "k")
+    __slots__ = ("study", "task", "response", "sae_id", "aggregation", "token_filter", "k", "labelled_only")
     STUDY_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
@@ -282,6 +282,7 @@ class TopFeaturesRequest(_message.Message):
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FILTER_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    LABELLED_ONLY_FIELD_NUMBER: _ClassVar[int]
     study: Study
     task: Task
     response: str
@@ -289,7 +290,8 @@ class TopFeaturesRequest(_message.Message):
     aggregation: Aggregation
     token_filter: TokenFilter
     k: int
-    def __init__(self, study: _Optional[_Union[Study, _Mapping]] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., response: _Optional[str] = ..., sae_id: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., token_filter: _Optional[_Union[TokenFilter, _Mapping]] = ..., k: _Optional[int] = ...) -> None: ...
+    labelled_only: bool
+    def __init__(self, study: _Optional[_Union[Study, _Mapping]] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., response: _Optional[str] = ..., sae_id: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., token_filter: _Optional[_Union[TokenFilter, _Mapping]] = ..., k: _Optional[int] = ..., labelled_only: _Optional[bool] = ...) -> None: ...
 
 class ImageGrid(_message.Message):
     __slots__ = ("image_index", "rows", "cols", "values")
