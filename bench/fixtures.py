@@ -20,13 +20,13 @@ from maira_sae.server.demo_checkpoint import (
     SAE_FOLDER,
     DemoCheckpoint,
     demo_chest_image,
+    ensure_random_demo,
 )
 from maira_sae.server.engine.engine import Engine
 from maira_sae.server.maira2.study import Study
-from maira_sae.server.runtime import ensure_demo_checkpoint
 from tests.support.servers import RunningServer, demo_config, running_server
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / ".cache" / "demo-checkpoint"
+DEMO_DIR = Path(__file__).resolve().parent.parent / ".cache" / "random-demo-checkpoint"
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class DemoService:
 
 def demo_checkpoint(folder: Path = DEMO_DIR) -> DemoCheckpoint:
     """The demo checkpoint, built once into ``folder`` (the folder ``make demo`` uses)."""
-    root = ensure_demo_checkpoint(folder)
+    root = ensure_random_demo(folder)
     return DemoCheckpoint(root, root / MODEL_FOLDER, root / SAE_FOLDER, root / INTERPRETATIONS_FILE)
 
 

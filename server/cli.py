@@ -1,8 +1,8 @@
 """``maira-sae-server``: serve MAIRA-2 with its SAEs, or write the demo checkpoint.
 
     maira-sae-server serve --config server.toml
-    maira-sae-server serve --demo                  # the tiny random demo checkpoint
-    maira-sae-server make-demo DIR
+    maira-sae-server serve --demo                  # the synthetic world demo (tiny, trained)
+    maira-sae-server make-demo DIR [--random]
     maira-sae-server train-sae --model PATH --studies FOLDER --out DIR
 
 Settings come from defaults < config file < MAIRA_SAE_* environment variables < flags
@@ -32,14 +32,44 @@ def _parser() -> argparse.ArgumentParser:
         dest="model.demo",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="serve the tiny demo checkpoint (random weights), built once into a cache folder",
+        help="serve the synthetic world demo (a tiny trained MAIRA-2-shaped model and its SAE;"
+        " not clinical), materialised once into a cache folder",
     )
     add_arguments(serve)
-    make_demo = commands.add_parser("make-demo", help="write the demo checkpoint into DIR")
+    make_demo = commands.add_parser(
+        "make-demo", help="write the demo checkpoint (model, SAE, interpretations) into DIR"
+    )
     make_demo.add_argument("directory", type=Path)
-    make_demo.add_argument("--seed", type=int, default=0)
+    make_demo.add_argument(
+        "--random",
+        action="store_true",
+        help="the random-weight checkpoint at the real image size (1369 tokens per image) instead",
+    )
+    make_demo.add_argument("--seed", type=int, default=0, help="of the random checkpoint")
     add_train_sae_command(commands)
     return parser
+
+
+def _make_demo(directory: Path, *, random: bool, seed: int) -> int:
+    from maira_sae.server.demo_checkpoint import (
+        BUILD_MARKER,
+        MODEL_FOLDER,
+        SAE_FOLDER,
+        write_demo_checkpoint,
+    )
+    from maira_sae.server.world.artifact import ensure_world_demo
+
+    rebuild = not random and (directory / BUILD_MARKER).exists()  # a world demo built before
+    if directory.is_dir() and any(directory.iterdir()) and not rebuild:
+        print(f"maira-sae-server: {directory} is not empty; give a new folder", file=sys.stderr)
+        return 2
+    if random:
+        write_demo_checkpoint(directory, seed=seed)
+    else:
+        ensure_world_demo(directory)
+    model, sae = directory / MODEL_FOLDER, directory / SAE_FOLDER
+    print(f"demo checkpoint written: model {model}, SAE {sae}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,11 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train-sae":
         return run_train_sae(args)
     if args.command == "make-demo":
-        from maira_sae.server.demo_checkpoint import write_demo_checkpoint
-
-        demo = write_demo_checkpoint(args.directory, seed=args.seed)
-        print(f"demo checkpoint written: model {demo.model_dir}, SAE {demo.sae_dir}")
-        return 0
+        return _make_demo(args.directory, random=args.random, seed=args.seed)
     try:
         config = ServerConfig.from_sources(args, os.environ)
     except ConfigError as error:

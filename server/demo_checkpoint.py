@@ -43,6 +43,7 @@ MODEL_FOLDER = "maira-2"
 SAE_FOLDER = "sae-ef4-layer15"
 INTERPRETATIONS_FILE = "interpretations-ef4.csv"
 BUILD_MARKER = ".complete"  # written last by build_once: the version of a finished build
+RANDOM_DEMO_VERSION = "random demo checkpoint, seed 0"
 
 SAE_LAYER = 15
 SAE_EXPANSION = 4
@@ -354,6 +355,11 @@ def _write_interpretations(path: Path, d_sae: int, generator: torch.Generator) -
 
 def _write_json(path: Path, content: dict[str, Any]) -> None:
     path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def ensure_random_demo(folder: Path) -> Path:
+    """The random demo checkpoint (seed 0) in ``folder``, written there once."""
+    return build_once(folder, RANDOM_DEMO_VERSION, write_demo_checkpoint)
 
 
 def build_once(folder: Path, version: str, write: Callable[[Path], object]) -> Path:

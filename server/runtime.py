@@ -1,8 +1,9 @@
 """Load what the server serves, as the config says: MAIRA-2, its processor and the SAEs.
 
 Every file problem surfaces as one ``StartupError`` whose message names the file and the
-problem, so ``serve`` can exit with one clear line. ``--demo`` builds the demo checkpoint once
-into a cache folder (atomically, so concurrent or interrupted starts never see half a build).
+problem, so ``serve`` can exit with one clear line. ``--demo`` materialises the synthetic world
+demo (a tiny trained MAIRA-2-shaped model and its SAE, ``server/world``) once into a cache
+folder, atomically, so concurrent or interrupted starts never see half a build.
 """
 
 from __future__ import annotations
@@ -20,23 +21,18 @@ import transformers
 from maira_sae.sae.catalogue import FeatureCatalogue
 from maira_sae.sae.formats import SaeFormatError, load_sae
 from maira_sae.server.config import ModelConfig, SaeSpec, ServerConfig
-from maira_sae.server.demo_checkpoint import (
-    INTERPRETATIONS_FILE,
-    MODEL_FOLDER,
-    SAE_FOLDER,
-    build_once,
-    write_demo_checkpoint,
-)
+from maira_sae.server.demo_checkpoint import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
 from maira_sae.server.engine.engine import Engine, SaeEntry
 from maira_sae.server.maira2.checkpoint import load_maira2, resolve_snapshot, validate_sae_for_model
 from maira_sae.server.maira2.config import CheckpointError, Maira2Config
 from maira_sae.server.maira2.processor import Maira2Processor
 from maira_sae.server.metrics import Metrics
 from maira_sae.server.to_proto import ModelDescription, SaeDescription
+from maira_sae.server.world.artifact import ensure_world_demo
 
 log = logging.getLogger(__name__)
 
-DEMO_BUILD_VERSION = "random demo checkpoint, seed 0"
+DEMO_MODEL_NAME = "maira-sae synthetic world demo (tiny trained MAIRA-2-shaped model; not clinical)"
 
 
 class StartupError(Exception):
@@ -75,7 +71,7 @@ def load_runtime(config: ServerConfig, metrics: Metrics) -> Runtime:
     return Runtime(
         engine=engine,
         model=ModelDescription(
-            name="MAIRA-2 (demo: random tiny weights)" if config.model.demo else "MAIRA-2",
+            name=DEMO_MODEL_NAME if config.model.demo else "MAIRA-2",
             path=str(loaded.snapshot_dir),
             dtype=str(loaded.model.dtype).removeprefix("torch."),
             device=str(device),
@@ -97,7 +93,7 @@ def load_runtime(config: ServerConfig, metrics: Metrics) -> Runtime:
 
 def _what_to_load(config: ServerConfig) -> tuple[str, tuple[SaeSpec, ...]]:
     if config.model.demo:
-        demo = ensure_demo_checkpoint(demo_folder(config.model))
+        demo = ensure_world_demo(demo_folder(config.model))
         specs = config.saes or (
             SaeSpec(
                 id="demo-ef4-layer15",
@@ -118,11 +114,6 @@ def demo_folder(model: ModelConfig) -> Path:
         return Path(model.demo_dir).expanduser()
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return cache / "maira-sae" / "demo-checkpoint"
-
-
-def ensure_demo_checkpoint(folder: Path) -> Path:
-    """Build the demo checkpoint into ``folder`` unless a complete build is already there."""
-    return build_once(folder, DEMO_BUILD_VERSION, write_demo_checkpoint)
 
 
 def _load_sae(
@@ -152,6 +143,12 @@ def _load_sae(
         if spec.interpretations_path is not None
         else FeatureCatalogue.empty()
     )
+    beyond = [feature for feature in catalogue.features() if feature >= sae.d_sae]
+    if beyond:
+        raise StartupError(
+            f"{spec.interpretations_path}: features {beyond[:5]} are out of range: SAE "
+            f"{spec.id!r} has features 0..{sae.d_sae - 1}"
+        )
     metrics.sae_loaded(spec.id, time.perf_counter() - started)
     return SaeEntry(sae_id=spec.id, sae=sae, catalogue=catalogue, layer=layer)
 

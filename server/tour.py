@@ -1,9 +1,11 @@
-"""``make demo``: the whole tour on the demo checkpoint, through the real server and client.
+"""``make demo``: the whole tour on the synthetic world demo, through the real server and client.
 
-Builds the demo checkpoint (once, cached), starts ``maira-sae-server serve --demo`` on
-loopback, calls every RPC with the ``maira-sae`` command line (the client SDK underneath),
-prints what comes back, writes a heat map and a shaded-token page, and stops the server with
-SIGTERM as Kubernetes would.
+Materialises the world demo (once, cached), starts ``maira-sae-server serve --demo`` on
+loopback, calls every RPC with the ``maira-sae`` command line (the client SDK underneath) on
+two generated studies, one with a pacemaker and one without: finds the pacemaker-labelled
+feature, shows where it fires on the film (a heat map, and its hottest patch against where the
+device is drawn), clamps it while writing the report of the study without one, and stops the
+server with SIGTERM as Kubernetes would.
 """
 
 from __future__ import annotations
@@ -17,20 +19,32 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
-from maira_sae.client import Client
+from maira_sae.client import Client, TokenFilter, TokenKind
+from maira_sae.client import Study as ClientStudy
 from maira_sae.client.cli import main as client_main
-from maira_sae.server.demo_checkpoint import demo_chest_image
+from maira_sae.server.maira2.image_preprocessing import ImageGeometry
+from maira_sae.server.world.reports import PACEMAKER
+from maira_sae.server.world.studies import WorldStudy, generate_study
 
 BANNER = """\
 maira-sae demo tour
 ===================
-The demo checkpoint is a RANDOM TINY MODEL with the exact MAIRA-2 schema (config keys, tensor
-names, sharding, tokens, prompt template, SAE layout). The real loading and serving code runs
-on it, but its reports are gibberish and its features and steering mean nothing clinically.
-Serve microsoft/maira-2 and microsoft/maira-2-sae for real results (README.md).
+The demo is a SYNTHETIC WORLD, not MAIRA-2 and not radiology: cartoon chest radiographs with
+four known findings (pacemaker, line or tube, pleural effusion, cardiomegaly), a tiny model with
+MAIRA-2's exact schema (config keys, tensor names, tokens, prompt template, image preprocessing)
+trained on them, and a Matryoshka SAE trained on its layer-15 residual stream. Its features and
+steering are real measurements of that toy model and say nothing clinical. Serve
+microsoft/maira-2 and its SAEs for real results (README.md).
 """
+TOUR_SEED = 7  # the tour's two studies: one with a pacemaker, one without
+_FRONTAL_ONLY = {"with_lateral": False, "with_prior": False}
+TOP_K = 8
+# The clamp: this many times the feature's peak on the study with a pacemaker, at these positions.
+STEER_PEAKS = 1.5
+STEER_SCOPE = "all"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,9 +99,12 @@ def _wait_until_serving(target: str) -> None:
 
 
 def _tour(target: str, output: Path) -> None:
-    frontal = output / "frontal.png"
-    Image.fromarray(demo_chest_image()).save(frontal)
-    study = ["--frontal", str(frontal), "--indication", "Dyspnoea. Pacemaker check."]
+    with_device = generate_study(TOUR_SEED, concepts={PACEMAKER}, **_FRONTAL_ONLY)
+    without = generate_study(TOUR_SEED + 1, concepts=(), **_FRONTAL_ONLY)
+    paced, clear = output / "with-pacemaker.png", output / "without-pacemaker.png"
+    Image.fromarray(with_device.frontal).save(paced)
+    Image.fromarray(without.frontal).save(clear)
+    study = ["--frontal", str(paced), "--indication", with_device.indication]
 
     def client(*words: str) -> None:
         print(f"\n$ maira-sae {' '.join(words)}", flush=True)
@@ -96,25 +113,78 @@ def _tour(target: str, output: Path) -> None:
 
     _section("GetInfo: the model, the SAEs, the limits")
     client("info")
-    _section("SearchFeatures and GetFeature: the feature catalogue (demo labels)")
-    client("search", "pacemaker", "--limit", "3")
-    with Client(target) as sdk:
-        first = sdk.search_features("pacemaker", limit=1).matches[0].feature.feature
-    client("feature", str(first))
-    _section("Encode: per-token SAE features of a study with a teacher-forced report")
-    client(
-        "encode", *study, "--response", "Dual-chamber pacemaker in place.",
-        "--top-k-per-token", "5", "--kinds", "prompt_text,response",
-    )  # fmt: skip
-    _section("TopFeatures: the strongest features, with a heat map and shaded tokens")
+    _section("SearchFeatures: the features whose label says pacemaker")
+    client("search", "pacemaker", "--limit", "5")
+    _section("TopFeatures: the strongest labelled features on the film of a study with a pacemaker")
     heatmap, html = output / "top-features.png", output / "top-features.html"
-    client("top", *study, "--k", "8", "--heatmap", str(heatmap), "--html", str(html))
-    _section("GenerateSteered: baseline, ADD and CLAMP of the pacemaker-labelled feature")
     client(
-        "generate", *study, "--max-new-tokens", "12",
-        "--steer", f"{first}:add:40", "--steer", f"{first}:clamp:25",
+        "top", *study, "--kinds", "image_patch", "--labelled-only", "--k", str(TOP_K),
+        "--heatmap", str(heatmap), "--pictures", "4", "--html", str(html),
+    )  # fmt: skip
+    with Client(target) as sdk:
+        feature, peak = _top_pacemaker_feature(sdk, with_device, paced)
+    _section(f"GetFeature {feature}")
+    client("feature", str(feature))
+    _section("Encode: per-token SAE features of the study with its findings teacher-forced")
+    client(
+        "encode", *study, "--response", with_device.findings,
+        "--top-k-per-token", "5", "--kinds", "response",
+    )  # fmt: skip
+    strength = STEER_PEAKS * peak
+    _section(f"GenerateSteered on a study without a pacemaker: feature {feature} clamped at "
+             f"{strength:.0f}")  # fmt: skip
+    client(
+        "generate", "--frontal", str(clear), "--indication", without.indication,
+        "--max-new-tokens", "48", "--steer", f"{feature}:clamp:{strength:.1f}@{STEER_SCOPE}",
     )  # fmt: skip
     print(f"\npictures: {heatmap} and {html}")
+
+
+def _top_pacemaker_feature(sdk: Client, study: WorldStudy, frontal: Path) -> tuple[int, float]:
+    """The top pacemaker-labelled feature on the film and its peak; prints where it fires
+    against where the device is drawn."""
+    top = sdk.top_features(
+        ClientStudy.from_files(frontal, indication=study.indication),
+        k=TOP_K,
+        token_filter=TokenFilter(kinds=frozenset({TokenKind.IMAGE_PATCH})),
+        labelled_only=True,
+    )
+    ranked = [f for f in top.features if (f.label or "").startswith(PACEMAKER)]
+    if not ranked:
+        raise SystemExit(f"no pacemaker-labelled feature among the study's top {TOP_K}")
+    best = ranked[0]
+    grid = best.grid_for(0)
+    assert grid is not None  # the scored tokens are the film's patches
+    values = grid.to_array()
+    row, col = np.unravel_index(int(values.argmax()), values.shape)
+    rows, cols = _grid_span(study.boxes[PACEMAKER], study.frontal.shape, values.shape)
+    print(
+        f"\nfeature {best.feature} ({best.label}): rank {top.features.index(best) + 1} among the "
+        f"labelled features; fires on {int((values > 0).sum())} of {values.size} patches, peak "
+        f"{best.score:.1f} at patch row {row}, col {col}; the pacemaker's can is drawn in patch "
+        f"rows {rows[0]}-{rows[1]}, cols {cols[0]}-{cols[1]}, its lead from there into the heart"
+    )
+    return best.feature, best.score
+
+
+def _grid_span(
+    box: tuple[int, int, int, int], shape: tuple[int, ...], grid: tuple[int, ...]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A pixel box (left, top, right, bottom) of the original image as patch rows and columns
+    of the model's centred square crop."""
+    geometry = ImageGeometry.for_size(width=shape[1], height=shape[0])
+    left, top, right, bottom = box
+
+    def span(low: int, high: int, offset: int, cells: int) -> tuple[int, int]:
+        scale = cells / geometry.crop_side
+        first = int((low - offset) * scale)
+        last = int(np.ceil((high - offset) * scale)) - 1
+        return max(first, 0), min(last, cells - 1)
+
+    return (
+        span(top, bottom, geometry.crop_top, grid[0]),
+        span(left, right, geometry.crop_left, grid[1]),
+    )
 
 
 def _section(title: str) -> None:

@@ -7,7 +7,7 @@ or about the real MAIRA-2.
 
 - ``studies``: ``generate_study`` / ``world_dataset``, deterministic from a seed; drawing is in
   ``radiographs``, the findings grammar and its inverse ``concepts_in_text`` in ``reports``.
-- ``model_spec``: the small MAIRA-2 shape (real schema, 16 text layers, width 64, 8 x 8 patches).
+- ``model_spec``: the small MAIRA-2 shape (real schema, 32 text layers, width 64, 8 x 8 patches).
 - ``train_model``: teacher-forced training through the project's own model and processor.
 - ``evaluation``: greedy reports and concept-level F1.
 - ``build``: world -> model -> layer-15 activations -> SAE -> interpretations -> artifact.

@@ -4,8 +4,9 @@ world -> trained model -> layer-15 activations -> SAE -> interpretations -> arti
 
     python -m maira_sae.server.world.build [--output server/world/artifact]
 
-Every step is seeded and single-threaded (``train_model.deterministic``). It takes a few
-minutes on a laptop CPU; the measured scores are printed and recorded in provenance.json.
+Every step is seeded and single-threaded (``train_model.deterministic``). It takes about 55
+minutes on one laptop CPU core (training the 32-block model is most of it); the measured scores
+are printed and recorded in provenance.json.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from maira_sae.server.engine.harvest import HarvestedTokens, HarvestFilter, harv
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 from maira_sae.server.maira2.processor import Maira2Processor
 from maira_sae.server.world.artifact import ARTIFACT_DIR, LM_NAME, write_artifact
-from maira_sae.server.world.model_spec import SAE_LAYER
+from maira_sae.server.world.model_spec import SAE_LAYER, TEXT_LAYERS
 from maira_sae.server.world.reports import CONCEPTS
 from maira_sae.server.world.studies import WorldStudy, world_dataset
 from maira_sae.server.world.train_model import (
@@ -87,6 +88,7 @@ def build(settings: BuildSettings, output: Path, work_dir: Path) -> dict[str, An
         )
     provenance = {
         "settings": dataclasses.asdict(settings),
+        "text_layers": TEXT_LAYERS,
         "model_concept_f1": trained.scores.micro_f1 if trained.scores else None,
         "model_concept_f1_per_concept": (
             {concept: trained.scores.f1(concept) for concept in CONCEPTS}

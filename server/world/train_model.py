@@ -43,7 +43,7 @@ class TrainingSettings:
 
     train_studies: int = 1000
     eval_studies: int = 100
-    steps: int = 800
+    steps: int = 1500
     batch_size: int = 12
     learning_rate: float = 3e-3
     warmup_steps: int = 40

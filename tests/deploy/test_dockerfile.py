@@ -4,6 +4,7 @@ ports, an entrypoint that is a real console script, and a build context without 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import tomllib
@@ -13,6 +14,7 @@ from importlib.metadata import entry_points
 import pytest
 
 from maira_sae.server.config import ServingConfig
+from maira_sae.server.world.artifact import ARTIFACT_DIR
 from tests.deploy.manifests import REPO, Rendered
 
 DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
@@ -135,3 +137,28 @@ def test_images_get_the_packages_and_nothing_else(stages: dict[str, Stage]):
         assert package_roots | {"pyproject.toml", "README.md"} == copied, target
         assert not copied & ignored
     assert {".git", ".venv", "tests", "**/*.safetensors", "**/*.pt"} <= ignored
+
+
+def test_the_demo_artifact_stays_in_the_build_context_while_other_weights_do_not():
+    """Rules apply in order and the last match decides, as Docker's do (fnmatch stands in
+    for Docker's matcher: its ``*`` also crosses ``/``, which these rules rely on)."""
+    rules = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def ignored(path: str) -> bool:
+        verdict = False
+        for rule in rules:
+            negated = rule.startswith("!")
+            if fnmatch.fnmatch(path, rule.removeprefix("!")):
+                verdict = not negated
+        return verdict
+
+    artifact = sorted(ARTIFACT_DIR.rglob("*.safetensors")) + sorted(ARTIFACT_DIR.rglob("*.pt"))
+    assert artifact
+    for path in artifact:
+        assert not ignored(path.relative_to(REPO).as_posix()), path
+    assert ignored("models/maira-2/model-00001-of-00002.safetensors")
+    assert ignored("server/sae-ef4/ae.pt")
