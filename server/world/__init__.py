@@ -12,4 +12,5 @@ or about the real MAIRA-2.
 - ``evaluation``: greedy reports and concept-level F1.
 - ``build``: world -> model -> layer-15 activations -> SAE -> interpretations -> artifact.
 - ``artifact``: the committed artifact and ``ensure_world_demo``, which materialises it.
+- ``steering_eval``: steering curves; ``measure``: the shipped demo measured on held-out studies.
 """
