@@ -1,4 +1,7 @@
-"""A tiny MAIRA-2 snapshot plus SAE and interpretations, written in seconds, for demos and tests.
+"""A tiny random MAIRA-2 snapshot plus SAE and labels, written in seconds, for tests and benches.
+
+(The demo that ``serve --demo`` serves is the trained synthetic world, ``server/world``; this
+module also holds what both share: the folder layout, the snapshot files and ``build_once``.)
 
 The real checkpoints are gated and 27 GB; this writes files with their exact schema (config
 keys, tensor names and sharding, tokenizer, chat template, image processor, dictionary_learning
