@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from maira_sae.client.results import (
     EncodeResult,
@@ -102,7 +102,7 @@ def overlay_heatmap(
 def heatmap_grid(
     panels: Sequence[tuple[str, Image.Image]], *, columns: int = 3, tile: int = 384
 ) -> Image.Image:
-    """Several pictures side by side, each fitted into a ``tile`` square under its title."""
+    """Several pictures side by side, each scaled to fit a ``tile`` square under its title."""
     if not panels:
         raise ValueError("no pictures to lay out")
     title_height = 18
@@ -112,8 +112,7 @@ def heatmap_grid(
     draw = ImageDraw.Draw(sheet)
     for i, (title, picture) in enumerate(panels):
         x, y = (i % columns) * tile, (i // columns) * (tile + title_height)
-        fitted = picture.copy()
-        fitted.thumbnail((tile, tile))
+        fitted = ImageOps.contain(picture, (tile, tile))  # small films are enlarged to the tile
         sheet.paste(fitted, (x + (tile - fitted.width) // 2, y + title_height))
         draw.text((x + 4, y + 3), _fit(title, tile // 7), fill="white")
     return sheet

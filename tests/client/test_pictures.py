@@ -92,6 +92,16 @@ def test_several_features_make_a_grid_one_makes_the_overlay():
     assert heat(np.asarray(single), *cell_centre(30, 10)) > 100
 
 
+def test_grid_tiles_scale_small_and_large_pictures_to_fit():
+    panels = [("small", Image.new("RGB", (144, 160), "white")),
+              ("large", Image.new("RGB", (1000, 500), "white"))]  # fmt: skip
+    sheet = np.asarray(pictures.heatmap_grid(panels, tile=384).convert("L"))
+    lit = sheet[18:] > 128  # below the titles
+    small, large = lit[:, :384], lit[:, 384:]
+    assert small.any(axis=1).sum() == 384 and small.any(axis=0).sum() == round(144 * 384 / 160)
+    assert large.any(axis=0).sum() == 384 and large.any(axis=1).sum() == 192
+
+
 def token(position: int, kind: TokenKind, text: str = "", **grid) -> Token:
     return Token(position=position, token_id=position, text=text, kind=kind, **grid)
 
