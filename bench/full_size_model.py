@@ -98,12 +98,7 @@ def processor_for(config: Maira2Config, folder: Path) -> Maira2Processor:
     write_chat_template(folder)
     settings = ImagePreprocessingSettings().to_json_dict()
     (folder / "preprocessor_config.json").write_text(json.dumps(settings), encoding="utf-8")
-    return Maira2Processor.from_snapshot(
-        folder,
-        image_token_index=config.image_token_index,
-        image_seq_length=config.image_seq_length,
-        patch_grid=config.patch_grid,
-    )
+    return Maira2Processor.for_model(folder, config)
 
 
 def frontal_study() -> Study:

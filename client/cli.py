@@ -13,9 +13,7 @@ Exit status: 0 success, 1 the call failed, 2 bad arguments or input files.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,9 +31,10 @@ from maira_sae.client.requests import (
     TokenFilter,
     Variant,
 )
-from maira_sae.client.results import TokenEvent, TokenKind, TopFeaturesResult, VariantResult
+from maira_sae.client.results import TokenEvent, TokenKind, TopFeaturesResult
 from maira_sae.client.study import Study
 from maira_sae.client.sync import Client
+from maira_sae.client.text_output import ColumnPrinter, print_json, table, visible
 
 DEFAULT_TARGET = "localhost:50051"
 _TEXT_KINDS = frozenset({TokenKind.PROMPT_TEXT, TokenKind.RESPONSE, TokenKind.SPECIAL})
@@ -199,23 +198,6 @@ def _task(args: argparse.Namespace) -> Task:
 # Output
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO) -> None:
-    cells = [[str(cell) for cell in row] for row in rows]
-    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
-    for row in [list(headers), ["-" * w for w in widths], *cells]:
-        print(
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out
-        )
-
-
-def _print_json(data: object, out: TextIO) -> None:
-    print(json.dumps(data, ensure_ascii=False), file=out)
-
-
-def _visible(text: str) -> str:
-    return text.replace("\n", "\\n").replace("\t", "\\t")
-
-
 # -------------------------------------------------------------------------------------------
 # Commands
 
@@ -223,7 +205,7 @@ def _visible(text: str) -> str:
 def _info(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     info = client.info()
     if args.json:
-        return _print_json(info.to_dict(), out)
+        return print_json(info.to_dict(), out)
     m = info.model
     print(f"model     {m.name}{' (demo)' if m.demo else ''}  {m.dtype} on {m.device}", file=out)
     print(f"layers    {m.num_layers}, d_model {m.hidden_size}", file=out)
@@ -233,7 +215,7 @@ def _info(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     )
     print(f"versions  maira-sae {info.versions.maira_sae}, torch {info.versions.torch}", file=out)
     print(f"default   {info.default_sae_id}\n", file=out)
-    _table(
+    table(
         ("sae", "layer", "d_sae", "groups", "labels", "format"),
         [
             (s.id, s.layer, s.d_sae, len(s.group_sizes), s.num_interpretations, s.source_format)
@@ -247,7 +229,7 @@ def _info(client: Client, args: argparse.Namespace, out: TextIO) -> None:
 def _feature(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     feature = client.feature(args.feature, sae_id=args.sae)
     if args.json:
-        return _print_json(feature.to_dict(), out)
+        return print_json(feature.to_dict(), out)
     score = feature.interpretation_score
     print(f"feature   {feature.feature}", file=out)
     print(f"label     {feature.label or '(none)'}", file=out)
@@ -259,8 +241,8 @@ def _feature(client: Client, args: argparse.Namespace, out: TextIO) -> None:
 def _search(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     result = client.search_features(args.query, limit=args.limit, sae_id=args.sae)
     if args.json:
-        return _print_json(result.to_dict(), out)
-    _table(
+        return print_json(result.to_dict(), out)
+    table(
         ("score", "feature", "label"),
         [(f"{m.score:.3f}", m.feature.feature, m.feature.label or "") for m in result.matches],
         out,
@@ -279,7 +261,7 @@ def _encode(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         matryoshka_level=args.matryoshka_level,
     )
     if args.json:
-        return _print_json(result.to_dict(), out)
+        return print_json(result.to_dict(), out)
     q = result.quality
     print(
         f"{result.sae_id} (layer {result.layer}): {len(result.tokens)} of {result.total_tokens} "
@@ -293,12 +275,12 @@ def _encode(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         where = (
             f"{t.image_role.value if t.image_role else ''}[{t.grid_row},{t.grid_col}]"
             if t.kind is TokenKind.IMAGE_PATCH
-            else _visible(t.text)
+            else visible(t.text)
         )
         pairs = zip(item.feature_ids[:5], item.values[:5], strict=True)
         top = " ".join(f"{f}:{v:.2f}" for f, v in pairs)
         rows.append((t.position, t.kind.value, where, top))
-    _table(("pos", "kind", "token", "top features"), rows, out)
+    table(("pos", "kind", "token", "top features"), rows, out)
     return None
 
 
@@ -328,8 +310,8 @@ def _top(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         chosen = _picture_features(result, args.picture_features, args.pictures)
         args.html.write_text(pictures.tokens_html(encoded, chosen), encoding="utf-8")
     if args.json:
-        return _print_json(result.to_dict(), out)
-    _table(
+        return print_json(result.to_dict(), out)
+    table(
         ("rank", "feature", "score", "tokens", "images", "label"),
         [
             (
@@ -373,61 +355,11 @@ def _generate(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         if args.json:
             for event in stream:
                 kind = "token" if isinstance(event, TokenEvent) else "finished"
-                _print_json({"type": kind, **event.to_dict()}, out)
+                print_json({"type": kind, **event.to_dict()}, out)
                 out.flush()
             return None
-        _ColumnPrinter([v.name for v in variants], out).run(stream)
+        ColumnPrinter([v.name for v in variants], out).run(stream)
     return None
-
-
-class _ColumnPrinter:
-    """Streams tokens as rows of one column per variant: one row per decode step (the
-    variants of one call share positions), then each variant's full report."""
-
-    def __init__(self, names: Sequence[str], out: TextIO) -> None:
-        self.names = list(names)
-        self.out = out
-        columns = shutil.get_terminal_size((120, 24)).columns
-        self.width = max(12, (columns - 8) // len(names) - 3)
-        self.position: int | None = None
-        self.row: dict[int, str] = {}
-
-    def _line(self, first: str, cells: Sequence[str]) -> None:
-        text = " | ".join(cell[: self.width].ljust(self.width) for cell in cells)
-        print(f"{first:>6} | {text}".rstrip(), file=self.out, flush=True)
-
-    def _flush_row(self) -> None:
-        if self.position is not None:
-            self._line(str(self.position), [self.row.get(i, "") for i in range(len(self.names))])
-        self.row = {}
-
-    def run(self, events: Any) -> None:
-        self._line("pos", self.names)
-        self._line("", ["-" * self.width] * len(self.names))
-        finished: list[VariantResult] = []
-        for event in events:
-            if isinstance(event, VariantResult):
-                finished.append(event)
-                continue
-            if event.position != self.position:
-                self._flush_row()
-                self.position = event.position
-            self.row[event.variant_index] = _visible(event.text)
-        self._flush_row()
-        for result in sorted(finished, key=lambda r: r.variant_index):
-            name = self.names[result.variant_index]
-            print(
-                f"\n== {name}: {result.num_tokens} tokens, {result.finish_reason.value} ==",
-                file=self.out,
-            )
-            print(result.text, file=self.out)
-            for phrase in result.phrases:
-                boxes = "; ".join(
-                    f"({b.original.x_min:.2f},{b.original.y_min:.2f})-"
-                    f"({b.original.x_max:.2f},{b.original.y_max:.2f})"
-                    for b in phrase.boxes
-                )
-                print(f"  - {phrase.text} {boxes}".rstrip(), file=self.out)
 
 
 _COMMANDS: dict[str, Callable[[Client, argparse.Namespace, TextIO], None]] = {

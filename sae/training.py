@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from maira_sae.sae.evaluation import SaeEvaluation, evaluate_sae
-from maira_sae.sae.model import MatryoshkaSAE, SaeMetadata
+from maira_sae.sae.model import UNSET_THRESHOLD, MatryoshkaSAE, SaeMetadata
 
 CHECKPOINT_FILE = "trainer_state.pt"
 DICT_CLASS = "MatryoshkaBatchTopKSAE"
@@ -234,7 +234,7 @@ def train_matryoshka_sae(
         tokens_seen=state.step * config.batch_size,
         resumed_from_step=resumed_from,
         final_loss=sum(state.recent_losses) / max(1, len(state.recent_losses)),
-        threshold=float(sae.threshold) if sae.threshold is not None else -1.0,
+        threshold=float(sae.threshold) if sae.threshold is not None else UNSET_THRESHOLD,
         input_scale=state.input_scale,
         train_dead_fraction=float(
             (state.tokens_since_fired >= config.dead_after_tokens).float().mean()
@@ -297,7 +297,7 @@ def _initial_state(
         sae=sae,
         optimizer=torch.optim.Adam(sae.parameters(), lr=config.learning_rate, betas=(0.9, 0.999)),
         step=0,
-        threshold=-1.0,
+        threshold=UNSET_THRESHOLD,
         tokens_since_fired=torch.zeros(config.d_sae, dtype=torch.long, device=config.device),
         input_scale=input_scale,
         recent_losses=[],
@@ -417,7 +417,8 @@ def _served_sae(state: _State, config: MatryoshkaTrainingConfig) -> MatryoshkaSA
         b_dec=sae.b_dec.detach() / scale,
         group_sizes=config.group_sizes,
         threshold=torch.tensor(
-            state.threshold / scale if state.threshold >= 0 else -1.0, device=sae.W_enc.device
+            state.threshold / scale if state.threshold >= 0 else UNSET_THRESHOLD,
+            device=sae.W_enc.device,
         ),
         top_k=config.k,
         metadata=SaeMetadata(

@@ -19,7 +19,7 @@ from maira_sae.sae.training import (
     train_matryoshka_sae,
 )
 from maira_sae.server.engine.harvest import HarvestedTokens, HarvestFilter, harvest_activations
-from maira_sae.server.maira2.checkpoint import load_maira2
+from maira_sae.server.maira2.checkpoint import load_maira2, resolve_device, resolve_dtype
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 from maira_sae.server.maira2.processor import Maira2Processor
 from maira_sae.server.maira2.tokens import TokenKind
@@ -36,7 +36,7 @@ def train_sae_on_study_folder(args: argparse.Namespace) -> int:
             f"--threshold-start-step {args.threshold_start_step} is not below --steps "
             f"{args.steps}: the inference threshold would never be learned"
         )
-    device = _device(args.device)
+    device = resolve_device(args.device)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     token_filter = _token_filter(args)
@@ -90,17 +90,8 @@ def load_model_and_processor(
     path_or_hub_id: str, *, device: torch.device, dtype: str = "auto"
 ) -> tuple[Maira2ForConditionalGeneration, Maira2Processor]:
     """MAIRA-2 in eval mode and its processor, as the server loads them."""
-    loaded = load_maira2(
-        path_or_hub_id, device=device, dtype=None if dtype == "auto" else getattr(torch, dtype)
-    )
-    config = loaded.config
-    processor = Maira2Processor.from_snapshot(
-        loaded.snapshot_dir,
-        image_token_index=config.image_token_index,
-        image_seq_length=config.image_seq_length,
-        patch_grid=config.patch_grid,
-    )
-    return loaded.model, processor
+    loaded = load_maira2(path_or_hub_id, device=device, dtype=resolve_dtype(dtype))
+    return loaded.model, Maira2Processor.for_model(loaded.snapshot_dir, loaded.config)
 
 
 def _harvest_cached(
@@ -154,9 +145,3 @@ def _filter_settings(token_filter: HarvestFilter) -> dict[str, Any]:
         "image_patch_stride": token_filter.image_patch_stride,
         "drop_boilerplate": token_filter.drop_boilerplate,
     }
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)

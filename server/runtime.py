@@ -23,7 +23,13 @@ from maira_sae.sae.formats import SaeFormatError, load_sae
 from maira_sae.server.config import ModelConfig, SaeSpec, ServerConfig
 from maira_sae.server.demo_checkpoint import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
 from maira_sae.server.engine.engine import Engine, SaeEntry
-from maira_sae.server.maira2.checkpoint import load_maira2, resolve_snapshot, validate_sae_for_model
+from maira_sae.server.maira2.checkpoint import (
+    load_maira2,
+    resolve_device,
+    resolve_dtype,
+    resolve_snapshot,
+    validate_sae_for_model,
+)
 from maira_sae.server.maira2.config import CheckpointError, Maira2Config
 from maira_sae.server.maira2.processor import Maira2Processor
 from maira_sae.server.metrics import Metrics
@@ -49,18 +55,13 @@ class Runtime:
 
 def load_runtime(config: ServerConfig, metrics: Metrics) -> Runtime:
     model_path, sae_specs = _what_to_load(config)
-    device = _device(config.model)
+    device = resolve_device(config.model.device)
     try:
         started = time.perf_counter()
-        loaded = load_maira2(model_path, device=device, dtype=_dtype(config.model.dtype))
+        loaded = load_maira2(model_path, device=device, dtype=resolve_dtype(config.model.dtype))
         metrics.model_loaded(time.perf_counter() - started)
         maira = loaded.config
-        processor = Maira2Processor.from_snapshot(
-            loaded.snapshot_dir,
-            image_token_index=maira.image_token_index,
-            image_seq_length=maira.image_seq_length,
-            patch_grid=maira.patch_grid,
-        )
+        processor = Maira2Processor.for_model(loaded.snapshot_dir, maira)
         entries = [_load_sae(spec, maira, device, metrics) for spec in sae_specs]
     except (CheckpointError, SaeFormatError, OSError, ValueError) as error:
         raise StartupError(str(error)) from error
@@ -163,16 +164,6 @@ def _sae_folder(path: Path) -> Path:
     subfolder = "/".join(parts[2:])
     patterns = [f"{subfolder}/*" if subfolder else "*", "*.csv", "*.jsonl"]
     return resolve_snapshot("/".join(parts[:2]), allow_patterns=patterns).joinpath(*parts[2:])
-
-
-def _device(model: ModelConfig) -> torch.device:
-    if model.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(model.device)
-
-
-def _dtype(name: str) -> torch.dtype | None:
-    return None if name == "auto" else getattr(torch, name)
 
 
 def _describe(entry: SaeEntry) -> SaeDescription:

@@ -129,6 +129,19 @@ def resolve_snapshot(
     return Path(folder)
 
 
+def resolve_device(name: str) -> torch.device:
+    """A device setting: "auto" is CUDA when available, else the CPU; any other name as torch
+    reads it ("cpu", "cuda:1")."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str) -> torch.dtype | None:
+    """A dtype setting: "auto" is None (``load_maira2``'s default), else ``torch.<name>``."""
+    return None if name == "auto" else getattr(torch, name)
+
+
 def load_maira2(
     path_or_hub_id: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> LoadedMaira2:

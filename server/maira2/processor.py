@@ -23,6 +23,7 @@ from tokenizers import AddedToken, Tokenizer
 from transformers import LlamaTokenizer, TokenizersBackend
 
 from maira_sae.server.errors import InvalidArgument
+from maira_sae.server.maira2.config import Maira2Config
 from maira_sae.server.maira2.image_preprocessing import (
     ImageGeometry,
     ImagePreprocessingSettings,
@@ -117,6 +118,17 @@ class Maira2Processor:
             image_token_index=image_token_index,
             image_seq_length=image_seq_length,
             patch_grid=patch_grid,
+        )
+
+    @classmethod
+    def for_model(cls, folder: Path, config: Maira2Config) -> Maira2Processor:
+        """The processor of the snapshot in ``folder``, with the image token settings of the
+        model's config."""
+        return cls.from_snapshot(
+            folder,
+            image_token_index=config.image_token_index,
+            image_seq_length=config.image_seq_length,
+            patch_grid=config.patch_grid,
         )
 
     @property

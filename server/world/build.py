@@ -77,7 +77,7 @@ def build(settings: BuildSettings, output: Path, work_dir: Path) -> dict[str, An
     trained = train(settings.training, processor)
     studies = world_dataset(settings.sae.studies, settings.sae.data_seed)
     with deterministic(settings.sae.seed, settings.training.threads):
-        tokens = _harvest(trained.model, processor, studies)
+        tokens = harvest_world(trained.model, processor, studies)
         sae = _train_sae(tokens, trained.model.hidden_size, settings.sae)
         labels = label_features(
             concept_aurocs(
@@ -113,7 +113,7 @@ def build(settings: BuildSettings, output: Path, work_dir: Path) -> dict[str, An
     return provenance
 
 
-def _harvest(
+def harvest_world(
     model: Maira2ForConditionalGeneration, processor: Maira2Processor, studies: list[WorldStudy]
 ) -> HarvestedTokens:
     """Layer-15 activations of every image patch, the study's own prompt words and the

@@ -27,10 +27,11 @@ from maira_sae.sae.interpretation import (
 )
 from maira_sae.server.demo_checkpoint import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
 from maira_sae.server.engine.engine import Engine, SaeEntry
-from maira_sae.server.engine.harvest import HarvestedTokens, HarvestFilter, harvest_activations
+from maira_sae.server.engine.harvest import HarvestedTokens
 from maira_sae.server.engine.types import PositionScope
 from maira_sae.server.folder_training import load_model_and_processor
 from maira_sae.server.world.artifact import ensure_world_demo
+from maira_sae.server.world.build import harvest_world
 from maira_sae.server.world.model_spec import SAE_LAYER
 from maira_sae.server.world.reports import CONCEPTS, PACEMAKER
 from maira_sae.server.world.steering_eval import SteeringCurve, evaluate_steering, format_curve
@@ -89,15 +90,7 @@ def load_world_demo(folder: Path) -> WorldDemo:
 
 def held_out(demo: WorldDemo, count: int = HELD_OUT_STUDIES) -> HeldOut:
     studies = world_dataset(count, HELD_OUT_SEED)
-    tokens = harvest_activations(
-        demo.engine.model,
-        demo.engine.processor,
-        [study.to_study() for study in studies],
-        SAE_LAYER,
-        reports=[study.findings for study in studies],
-        token_filter=HarvestFilter(drop_boilerplate=True),
-        batch_size=8,
-    )
+    tokens = harvest_world(demo.engine.model, demo.engine.processor, studies)
     return HeldOut(studies, tokens, demo.engine.sae("").sae.encode(tokens.activations))
 
 

@@ -69,13 +69,7 @@ def make_processor(folder: Path) -> Maira2Processor:
 
 def load_processor(snapshot: Path) -> Maira2Processor:
     """The processor of a world model snapshot (a folder with its tokenizer and configs)."""
-    config = world_config()
-    return Maira2Processor.from_snapshot(
-        snapshot,
-        image_token_index=config.image_token_index,
-        image_seq_length=config.image_seq_length,
-        patch_grid=config.patch_grid,
-    )
+    return Maira2Processor.for_model(snapshot, world_config())
 
 
 def generation_aligned(processor: Maira2Processor, study: WorldStudy) -> ModelInputs:

@@ -27,8 +27,8 @@ MIN_STEERING_GAIN = 0.3
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return load_world_demo(tmp_path_factory.mktemp("world") / "demo")
+def demo(world_demo):
+    return load_world_demo(world_demo)  # already materialised: loaded as it is
 
 
 @pytest.fixture(scope="module")
