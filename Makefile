@@ -4,8 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= .cache/demo-checkpoint
+# lint-imports walks a package's folder, and maira_sae is assembled from several (package-dir):
+# it reads this tree of links instead, rebuilt at each run so it always shows the working tree.
+IMPORT_TREE := .cache/import-tree
 
-.PHONY: install demo test lint proto clean bench bench-quick soak
+.PHONY: install demo test lint lint-imports proto clean bench bench-quick soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,15 +21,21 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(PY) -m maira_sae.server.tour --checkpoint $(DEMO_DIR)
+	$(PY) -m maira_sae.server.demo.tour --checkpoint $(DEMO_DIR)
 
-test: install
+test: install lint-imports
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
-lint: install
+lint: install lint-imports
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+lint-imports: install
+	rm -rf $(IMPORT_TREE) && mkdir -p $(IMPORT_TREE)/maira_sae
+	ln -s $(CURDIR)/protos/maira_sae/__init__.py $(CURDIR)/protos/maira_sae/v1 \
+		$(CURDIR)/sae $(CURDIR)/server $(CURDIR)/client $(IMPORT_TREE)/maira_sae/
+	PYTHONPATH=$(IMPORT_TREE) $(VENV)/bin/lint-imports
 
 bench: install
 	$(PY) -m bench.run_cpu --out .cache/bench/cpu.json
@@ -38,7 +47,7 @@ soak: install
 	$(PY) bench/soak.py --duration $${SOAK_SECONDS:-600} --report .cache/soak-report.json
 
 proto: install
-	$(PY) -m maira_sae.server.protogen
+	$(PY) -m maira_sae.server.service.protogen
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache *.egg-info

@@ -14,16 +14,11 @@ import numpy as np
 
 from bench.harness import bench_arguments, emit
 from maira_sae.client import Study as ClientStudy
-from maira_sae.server.demo_checkpoint import (
-    INTERPRETATIONS_FILE,
-    MODEL_FOLDER,
-    SAE_FOLDER,
-    DemoCheckpoint,
-    demo_chest_image,
-    ensure_random_demo,
-)
+from maira_sae.server.demo.layout import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
+from maira_sae.server.demo.random_checkpoint import DemoCheckpoint, ensure_random_demo
 from maira_sae.server.engine.engine import Engine
 from maira_sae.server.maira2.study import Study
+from maira_sae.server.service.warmup import synthetic_chest_image
 from tests.support.servers import RunningServer, demo_config, running_server
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / ".cache" / "random-demo-checkpoint"
@@ -57,7 +52,7 @@ def demo_checkpoint(folder: Path = DEMO_DIR) -> DemoCheckpoint:
 @contextmanager
 def demo_service(**config_sections: Any) -> Iterator[DemoService]:
     """A started demo server; ``config_sections`` replace config sections (see demo_config)."""
-    pixels = demo_chest_image()
+    pixels = synthetic_chest_image()
     config = demo_config(demo_checkpoint(), **config_sections)
     with running_server(config) as running:
         yield DemoService(

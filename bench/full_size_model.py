@@ -19,21 +19,17 @@ import torch
 
 from bench.random_sae import EF4_GROUP_SIZES, random_sae
 from maira_sae.sae.catalogue import FeatureCatalogue
-from maira_sae.server.demo_checkpoint import (
-    DEMO_CONFIG,
-    NEVER_GENERATED,
-    RESIDUAL_WRITERS,
-    demo_chest_image,
-)
+from maira_sae.server.demo.random_checkpoint import DEMO_CONFIG, NEVER_GENERATED, RESIDUAL_WRITERS
+from maira_sae.server.demo.tokenizer import write_chat_template, write_demo_tokenizer
 from maira_sae.server.engine.capture import capture_batch
 from maira_sae.server.engine.engine import Engine, SaeEntry
 from maira_sae.server.maira2.checkpoint import build_empty_model
 from maira_sae.server.maira2.config import Maira2Config, parse_maira2_config
-from maira_sae.server.maira2.demo_tokenizer import write_chat_template, write_demo_tokenizer
 from maira_sae.server.maira2.image_preprocessing import ImagePreprocessingSettings
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 from maira_sae.server.maira2.processor import Maira2Processor
 from maira_sae.server.maira2.study import Study, Task
+from maira_sae.server.service.warmup import synthetic_chest_image
 
 SAE_LAYER = 15
 SAE_ID = "random-ef4-layer15"
@@ -102,15 +98,15 @@ def processor_for(config: Maira2Config, folder: Path) -> Maira2Processor:
 
 
 def frontal_study() -> Study:
-    return Study(frontal=demo_chest_image(), indication="Cough.", comparison="None.")
+    return Study(frontal=synthetic_chest_image(), indication="Cough.", comparison="None.")
 
 
 def full_study() -> Study:
     """Frontal, lateral and prior images with a prior report: about 4.2k prompt tokens."""
     return Study(
-        frontal=demo_chest_image(),
-        lateral=demo_chest_image(620, 540),
-        prior=demo_chest_image(580, 580),
+        frontal=synthetic_chest_image(),
+        lateral=synthetic_chest_image(620, 540),
+        prior=synthetic_chest_image(580, 580),
         indication="Shortness of breath; follow-up of pleural effusion.",
         technique="PA and lateral views of the chest.",
         comparison="Radiograph from the prior visit.",

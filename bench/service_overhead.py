@@ -13,8 +13,8 @@ from bench.fixtures import DemoService, run_against_demo_service
 from bench.harness import at_most, check, interleaved, median, timed
 from maira_sae.client import Client
 from maira_sae.client import _convert as client_convert
-from maira_sae.server import to_proto
 from maira_sae.server.engine.types import EncodeRequest, EncodeResult, TopFeaturesRequest
+from maira_sae.server.service import to_proto
 from maira_sae.v1 import maira_sae_pb2 as pb
 
 TARGET = at_most(1.10)

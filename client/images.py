@@ -1,8 +1,10 @@
 """Decode PNG, JPEG and DICOM bytes into greyscale pixels at full depth.
 
 One module for the server and the client SDK, so both refuse the same inputs with the same
-messages. It needs numpy and Pillow; pydicom is imported only when a DICOM file arrives, so the
-client works without it until then. Never torch.
+messages: the one piece of the client that the server imports (it may, because the client is
+torch-free and imports nothing of the server; the layer contracts in pyproject.toml hold both).
+It needs numpy and Pillow; pydicom is imported only when a DICOM file arrives, so the client
+works without it until then. Never torch.
 
 What MAIRA-2 does next (per image: greyscale, then min-max to 0..255) throws away the absolute
 scale, so the decoder keeps the stored depth: 8-bit stays ``uint8``, 16-bit PNG stays ``uint16``,

@@ -44,6 +44,15 @@ class SaeMetadata:
 MEMORY_METADATA = SaeMetadata(layer=None, hook_point=None, source_format="memory", path=None)
 
 
+class FeatureOutOfRange(ValueError):
+    """A feature index past the SAE's dictionary (``MatryoshkaSAE.check_feature``)."""
+
+    def __init__(self, feature: int, d_sae: int) -> None:
+        super().__init__(f"feature {feature} is out of range: the SAE has features 0..{d_sae - 1}")
+        self.feature = feature
+        self.d_sae = d_sae
+
+
 class MatryoshkaSAE(torch.nn.Module):
     """Encoder, decoder and Matryoshka groups of one SAE, held in ``compute_dtype``.
 
@@ -111,6 +120,11 @@ class MatryoshkaSAE(torch.nn.Module):
     @property
     def group_sizes(self) -> tuple[int, ...]:
         return self._group_sizes
+
+    def check_feature(self, feature: int) -> None:
+        """Raise ``FeatureOutOfRange`` unless ``feature`` indexes this SAE's dictionary."""
+        if not 0 <= feature < self._d_sae:
+            raise FeatureOutOfRange(feature, self._d_sae)
 
     @property
     def group_boundaries(self) -> tuple[int, ...]:

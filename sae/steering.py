@@ -52,8 +52,7 @@ def validate_intervention(
         raise ValueError(f"feature {feature} cannot be steered: no SAE is loaded")
     if sae.d_model != d_model:
         raise ValueError(f"the SAE reads d_model = {sae.d_model}, the hidden states have {d_model}")
-    if feature >= sae.d_sae:
-        raise ValueError(f"feature {feature} is out of range: the SAE has {sae.d_sae} features")
+    sae.check_feature(feature)
     if intervention.mode is SteeringMode.ADD and not bool(sae.W_dec[feature].any()):
         raise ValueError(f"feature {feature} has a zero decoder row: it has no direction to add")
 

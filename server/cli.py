@@ -18,9 +18,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from maira_sae.server.config import ConfigError, ServerConfig, add_arguments
-from maira_sae.server.logs import configure_logging
-from maira_sae.server.sae_cli import add_train_sae_command, run_train_sae
+from maira_sae.server.service.config import ConfigError
+from maira_sae.server.service.config_sources import add_arguments, config_from_sources
+from maira_sae.server.service.logs import configure_logging
+from maira_sae.server.training.cli import add_train_sae_command, run_train_sae
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,13 +52,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _make_demo(directory: Path, *, random: bool, seed: int) -> int:
-    from maira_sae.server.demo_checkpoint import (
-        BUILD_MARKER,
-        MODEL_FOLDER,
-        SAE_FOLDER,
-        write_demo_checkpoint,
-    )
-    from maira_sae.server.world.artifact import ensure_world_demo
+    from maira_sae.server.demo.layout import BUILD_MARKER, MODEL_FOLDER, SAE_FOLDER
+    from maira_sae.server.demo.random_checkpoint import write_demo_checkpoint
+    from maira_sae.server.demo.world.materialise import ensure_world_demo
 
     rebuild = not random and (directory / BUILD_MARKER).exists()  # a world demo built before
     if directory.is_dir() and any(directory.iterdir()) and not rebuild:
@@ -79,12 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "make-demo":
         return _make_demo(args.directory, random=args.random, seed=args.seed)
     try:
-        config = ServerConfig.from_sources(args, os.environ)
+        config = config_from_sources(args, os.environ)
     except ConfigError as error:
         print(f"maira-sae-server: configuration error: {error}", file=sys.stderr)
         return 2
     configure_logging(config.serving.log_level)
-    from maira_sae.server.app import serve
+    from maira_sae.server.service.app import serve
 
     return asyncio.run(serve(config))
 

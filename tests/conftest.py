@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from maira_sae.server.demo_checkpoint import DemoCheckpoint
+    from maira_sae.server.demo.random_checkpoint import DemoCheckpoint
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +19,7 @@ def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> DemoCheckpoint:
 
     Shared by many tests: treat it as read-only (copy a folder before changing it).
     """
-    from maira_sae.server.demo_checkpoint import write_demo_checkpoint
+    from maira_sae.server.demo.random_checkpoint import write_demo_checkpoint
 
     return write_demo_checkpoint(tmp_path_factory.mktemp("demo-checkpoint"), seed=0)
 

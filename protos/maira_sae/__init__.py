@@ -4,4 +4,6 @@
 the service, `maira_sae.client` the SDK, and `maira_sae.v1` the generated protobuf contract.
 """
 
-__version__ = "0.1.0"
+import importlib.metadata
+
+__version__ = importlib.metadata.version("maira-sae")  # one version: pyproject's

@@ -4,18 +4,20 @@
 CPU work done in worker threads before the request is queued, so a bad study fails alone and at
 once. ``analyse`` and ``generate`` run the model and are called from the scheduler's one engine
 thread only, never from the event loop. Errors a caller caused are the domain errors of
-server/errors.py.
+``maira_sae.server.errors``; running out of accelerator memory fails the batch as
+RESOURCE_EXHAUSTED (retryable), never the server.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from maira_sae.sae.catalogue import FeatureCatalogue
-from maira_sae.sae.model import MatryoshkaSAE
+from maira_sae.sae.model import FeatureOutOfRange, MatryoshkaSAE
 from maira_sae.sae.steering import validate_intervention
 from maira_sae.server.engine.capture import capture_batch
 from maira_sae.server.engine.features import (
@@ -28,13 +30,21 @@ from maira_sae.server.engine.generation import generate_rows
 from maira_sae.server.engine.types import (
     EncodeRequest,
     EncodeResult,
+    FeatureDescription,
+    FeatureSearchResult,
     GenerateRequest,
     GenerationEvent,
     TopFeaturesRequest,
     TopFeaturesResult,
     VariantFinished,
 )
-from maira_sae.server.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from maira_sae.server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+)
 from maira_sae.server.maira2.grounding import parse_grounded_output
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 from maira_sae.server.maira2.processor import Maira2Processor, ModelInputs
@@ -88,6 +98,9 @@ class Engine:
         if self.default_sae_id not in self._saes:
             raise ValueError(f"default SAE {self.default_sae_id!r} is not among the SAEs")
         self._eos_token_ids = frozenset({processor.eos_token_id})
+        self._decoder_norms = {
+            entry.sae_id: entry.sae.W_dec.float().norm(dim=1).tolist() for entry in saes
+        }
 
     @property
     def saes(self) -> tuple[SaeEntry, ...]:
@@ -123,20 +136,39 @@ class Engine:
         entry = self.sae(request.sae_id)
         for variant_index, variant in enumerate(request.variants):
             for index, scoped in enumerate(variant.interventions):
-                intervention = scoped.intervention
-                if intervention.feature is not None and intervention.feature >= entry.sae.d_sae:
-                    raise OutOfRange(
-                        f"variants[{variant_index}].interventions[{index}].feature "
-                        f"{intervention.feature} is out of range: SAE {entry.sae_id!r} has "
-                        f"features 0..{entry.sae.d_sae - 1}"
-                    )
+                where = f"variants[{variant_index}].interventions[{index}]"
                 try:
-                    validate_intervention(intervention, entry.sae, entry.sae.d_model)
+                    validate_intervention(scoped.intervention, entry.sae, entry.sae.d_model)
+                except FeatureOutOfRange as error:
+                    raise _feature_out_of_range(entry, error, f"{where}.feature") from error
                 except ValueError as error:
-                    raise InvalidArgument(
-                        f"variants[{variant_index}].interventions[{index}]: {error}"
-                    ) from error
+                    raise InvalidArgument(f"{where}: {error}") from error
         return entry
+
+    def feature(self, sae_id: str, feature: int) -> FeatureDescription:
+        """One feature of an SAE ("" is the default one); OutOfRange past its dictionary."""
+        entry = self.sae(sae_id)
+        try:
+            entry.sae.check_feature(feature)
+        except FeatureOutOfRange as error:
+            raise _feature_out_of_range(entry, error, "feature") from error
+        return self._describe(entry, feature)
+
+    def search_features(self, sae_id: str, query: str, limit: int) -> FeatureSearchResult:
+        """Text search over an SAE's interpretations, best match first."""
+        entry = self.sae(sae_id)
+        matches = entry.catalogue.search(query, limit)
+        return FeatureSearchResult(
+            sae_id=entry.sae_id,
+            matches=tuple((self._describe(entry, item.feature), score) for item, score in matches),
+        )
+
+    def _describe(self, entry: SaeEntry, feature: int) -> FeatureDescription:
+        return FeatureDescription(
+            feature=feature,
+            interpretation=entry.catalogue.get(feature),
+            decoder_norm=self._decoder_norms[entry.sae_id][feature],
+        )
 
     def prepare_analysis(self, request: AnalysisRequest) -> PreparedAnalysis:
         """Check the request and build its model inputs (tokens, pixels). CPU work that any
@@ -153,16 +185,17 @@ class Engine:
 
     def analyse(self, batch: Sequence[PreparedAnalysis]) -> list[AnalysisResult]:
         """Encode and TopFeatures requests as one forward pass; one result per request."""
-        residuals = capture_batch(
-            self.model,
-            [item.inputs for item in batch],
-            {item.entry.layer for item in batch},
-            pad_token_id=self.processor.pad_token_id,
-        )
-        return [
-            self._analysis_result(item, by_layer[item.entry.layer])
-            for item, by_layer in zip(batch, residuals, strict=True)
-        ]
+        with _out_of_memory_is_retryable():
+            residuals = capture_batch(
+                self.model,
+                [item.inputs for item in batch],
+                {item.entry.layer for item in batch},
+                pad_token_id=self.processor.pad_token_id,
+            )
+            return [
+                self._analysis_result(item, by_layer[item.entry.layer])
+                for item, by_layer in zip(batch, residuals, strict=True)
+            ]
 
     def _analysis_result(self, item: PreparedAnalysis, residual: torch.Tensor) -> AnalysisResult:
         request, entry, tokens = item.request, item.entry, item.inputs.tokens
@@ -202,18 +235,19 @@ class Engine:
         """Generate every variant in one batch; emits tokens as they come, then one
         VariantFinished per variant."""
         request, entry, inputs = prepared.request, prepared.entry, prepared.inputs
-        rows = generate_rows(
-            self.model,
-            inputs,
-            request.variants,
-            request.settings,
-            sae=entry.sae,
-            steer_layer=entry.layer,
-            eos_token_ids=self._eos_token_ids,
-            decode=self.processor.decode_generated,
-            emit=emit,
-            should_stop=should_stop,
-        )
+        with _out_of_memory_is_retryable():
+            rows = generate_rows(
+                self.model,
+                inputs,
+                request.variants,
+                request.settings,
+                sae=entry.sae,
+                steer_layer=entry.layer,
+                eos_token_ids=self._eos_token_ids,
+                decode=self.processor.decode_generated,
+                emit=emit,
+                should_stop=should_stop,
+            )
         grounded = request.task.kind is not TaskKind.FINDINGS
         for row in rows:
             phrases, parse_ok = (
@@ -229,3 +263,21 @@ class Engine:
                     parse_ok=parse_ok,
                 )
             )
+
+
+def _feature_out_of_range(entry: SaeEntry, error: FeatureOutOfRange, where: str) -> OutOfRange:
+    return OutOfRange(
+        f"{where} {error.feature} is out of range: SAE {entry.sae_id!r} has features "
+        f"0..{error.d_sae - 1}"
+    )
+
+
+@contextmanager
+def _out_of_memory_is_retryable() -> Iterator[None]:
+    """Out-of-memory in a batch fails that batch's requests as retryable, not the server."""
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        raise ResourceExhausted(
+            "the accelerator ran out of memory for this batch; retry"
+        ) from error

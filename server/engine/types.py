@@ -6,7 +6,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from maira_sae.sae.catalogue import FeatureInterpretation
 from maira_sae.sae.interventions import Intervention
+
+# Grounded phrases belong to the model layer (its parser makes them); results carry them.
+from maira_sae.server.maira2.grounding import GroundedBox as GroundedBox
+from maira_sae.server.maira2.grounding import GroundedPhrase as GroundedPhrase
 from maira_sae.server.maira2.study import Study, Task
 from maira_sae.server.maira2.tokens import TokenInfo, TokenKind
 
@@ -182,27 +187,6 @@ class GeneratedToken:
 
 
 @dataclass(frozen=True)
-class GroundedBox:
-    """A box relative to the centre-cropped square (0..1) and in original image pixels (0..1 of
-    the original width and height)."""
-
-    x_min: float
-    y_min: float
-    x_max: float
-    y_max: float
-    original_x_min: float
-    original_y_min: float
-    original_x_max: float
-    original_y_max: float
-
-
-@dataclass(frozen=True)
-class GroundedPhrase:
-    text: str
-    boxes: tuple[GroundedBox, ...]
-
-
-@dataclass(frozen=True)
 class VariantFinished:
     variant_index: int
     text: str
@@ -213,3 +197,19 @@ class VariantFinished:
 
 
 GenerationEvent = GeneratedToken | VariantFinished
+
+
+@dataclass(frozen=True)
+class FeatureDescription:
+    """One feature of a served SAE: its interpretation (None when unlabelled) and the norm of
+    its decoder row."""
+
+    feature: int
+    interpretation: FeatureInterpretation | None
+    decoder_norm: float
+
+
+@dataclass(frozen=True)
+class FeatureSearchResult:
+    sae_id: str
+    matches: tuple[tuple[FeatureDescription, float], ...]  # best first, with the match score

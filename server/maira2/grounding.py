@@ -15,8 +15,8 @@ whitespace between objects is accepted; any other text outside objects makes ``o
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-from maira_sae.server.engine.types import GroundedBox, GroundedPhrase
 from maira_sae.server.maira2.image_preprocessing import ImageGeometry
 
 NUM_COORDINATE_BINS = 100
@@ -25,6 +25,27 @@ _TAGS = ("<obj>", "</obj>", "<box>", "</box>")
 _OBJECT = re.compile(r"<obj>((?:(?!<obj>).)*?)</obj>", re.DOTALL)
 _BOX = re.compile(r"<box>((?:(?!<box>).)*?)</box>", re.DOTALL)
 _COORDINATES = re.compile(r"<x(\d+)><y(\d+)><x(\d+)><y(\d+)>")
+
+
+@dataclass(frozen=True)
+class GroundedBox:
+    """A box relative to the centre-cropped square (0..1) and in original image pixels (0..1 of
+    the original width and height)."""
+
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+    original_x_min: float
+    original_y_min: float
+    original_x_max: float
+    original_y_max: float
+
+
+@dataclass(frozen=True)
+class GroundedPhrase:
+    text: str
+    boxes: tuple[GroundedBox, ...]
 
 
 def parse_grounded_output(

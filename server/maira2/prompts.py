@@ -121,21 +121,6 @@ class ChatTemplate:
         )
 
 
-def build_prompt(
-    images: Sequence[ImageRole],
-    task: Task,
-    sections: Sections,
-    *,
-    response: str | None,
-    chat_template: ChatTemplate,
-    eos_token: str,
-) -> str:
-    """The full prompt string, as MAIRA-2's processor writes it before tokenisation."""
-    return chat_template.render(
-        user_content(images, task, sections), response=response, eos_token=eos_token
-    )
-
-
 _IMAGE: ContentItem = {"type": "image"}
 
 

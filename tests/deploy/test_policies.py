@@ -9,8 +9,9 @@ import typing
 from importlib.metadata import entry_points
 from pathlib import Path, PurePosixPath
 
-from maira_sae.server.config import ENV_PREFIX, ServerConfig
-from maira_sae.server.metrics import Metrics
+from maira_sae.server.service.config import ServerConfig
+from maira_sae.server.service.config_sources import ENV_PREFIX
+from maira_sae.server.service.metrics import Metrics
 from maira_sae.v1 import maira_sae_pb2
 from tests.deploy.manifests import Rendered
 

@@ -36,7 +36,7 @@ from maira_sae.v1 import maira_sae_pb2 as pb
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    from maira_sae.server.demo_checkpoint import DemoCheckpoint
+    from maira_sae.server.demo.random_checkpoint import DemoCheckpoint
 
 T = TypeVar("T")
 

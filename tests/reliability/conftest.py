@@ -13,7 +13,7 @@ from maira_sae.v1 import maira_sae_pb2 as pb
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    from maira_sae.server.demo_checkpoint import DemoCheckpoint
+    from maira_sae.server.demo.random_checkpoint import DemoCheckpoint
     from tests.support.servers import RunningServer
 
 TIGHT_LIMITS = {
@@ -30,7 +30,7 @@ TIGHT_LIMITS = {
 @pytest.fixture(scope="session")
 def tight_server(demo_checkpoint: DemoCheckpoint) -> Iterator[RunningServer]:
     """A real server on loopback serving the demo checkpoint under TIGHT_LIMITS."""
-    from maira_sae.server.config import LimitsConfig
+    from maira_sae.server.service.config import LimitsConfig
     from tests.support.servers import demo_config, running_server
 
     with running_server(demo_config(demo_checkpoint, limits=LimitsConfig(**TIGHT_LIMITS))) as s:

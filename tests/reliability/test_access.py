@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from maira_sae.server import interceptors
-from maira_sae.server.config import AuthConfig, TlsConfig
-from maira_sae.server.logs import JsonFormatter
+from maira_sae.server.service import interceptors
+from maira_sae.server.service.config import AuthConfig, TlsConfig
+from maira_sae.server.service.logs import JsonFormatter
 from maira_sae.v1 import maira_sae_pb2 as pb
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
 from tests.reliability._support import (

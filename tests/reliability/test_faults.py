@@ -128,27 +128,25 @@ def test_deadline_expiring_while_queued_drops_the_work(demo_server, stub):
 # An exception inside one batch
 
 
-def fail_once(monkeypatch, engine: object, method: str, error: Exception) -> list[int]:
-    """Make ``engine.<method>`` raise ``error`` on its next call only; returns a list that
-    receives the size of the failed batch."""
-    original = getattr(engine, method)
+def fail_once(monkeypatch, model: torch.nn.Module, error: Exception) -> list[int]:
+    """Make the model's next forward pass raise ``error`` (where the accelerator would run out
+    of memory); returns a list that receives the batch size of the failed forward."""
+    original = model.forward
     failed: list[int] = []
 
-    def flaky(requests, *args, **kwargs):
+    def flaky(*args, **kwargs):
         if not failed:
-            failed.append(len(requests) if isinstance(requests, list) else 1)
+            failed.append(int(kwargs["input_ids"].shape[0]))
             raise error
-        return original(requests, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(engine, method, flaky)
+    monkeypatch.setattr(model, "forward", flaky)
     return failed
 
 
 def test_out_of_memory_fails_only_its_batch(demo_server, stub, monkeypatch):
-    engine = demo_server.server.runtime.engine
-    failed = fail_once(
-        monkeypatch, engine, "analyse", torch.OutOfMemoryError("CUDA out of memory (simulated)")
-    )
+    model = demo_server.server.runtime.engine.model
+    failed = fail_once(monkeypatch, model, torch.OutOfMemoryError("CUDA out of memory (simulated)"))
     request = pb.EncodeRequest(study=study(SMALL_PNG))
     with ThreadPoolExecutor(4) as pool:
         outcomes = list(pool.map(lambda _: outcome_of(lambda: stub.Encode(request)), range(4)))
@@ -162,8 +160,8 @@ def test_out_of_memory_fails_only_its_batch(demo_server, stub, monkeypatch):
 def test_out_of_memory_during_generation_then_the_next_generation_runs(
     demo_server, stub, monkeypatch
 ):
-    engine = demo_server.server.runtime.engine
-    fail_once(monkeypatch, engine, "generate", torch.OutOfMemoryError("CUDA out of memory"))
+    model = demo_server.server.runtime.engine.model
+    fail_once(monkeypatch, model, torch.OutOfMemoryError("CUDA out of memory"))
     request = pb.GenerateRequest(
         study=study(SMALL_PNG), settings=pb.GenerationSettings(max_new_tokens=2)
     )
@@ -176,8 +174,7 @@ def test_out_of_memory_during_generation_then_the_next_generation_runs(
 def test_unexpected_exception_is_internal_with_a_request_id_and_the_server_goes_on(
     demo_server, stub, monkeypatch
 ):
-    engine = demo_server.server.runtime.engine
-    fail_once(monkeypatch, engine, "analyse", RuntimeError("simulated bug"))
+    fail_once(monkeypatch, demo_server.server.runtime.engine.model, RuntimeError("simulated bug"))
     request = pb.EncodeRequest(study=study(SMALL_PNG))
     outcome = outcome_of(lambda: stub.Encode(request))
     assert outcome.code == grpc.StatusCode.INTERNAL

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from maira_sae.server.cli import main
-from maira_sae.server.demo_checkpoint import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
+from maira_sae.server.demo.layout import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
 
 
 def _image_tokens(folder) -> int:

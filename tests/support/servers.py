@@ -11,9 +11,10 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from maira_sae.server.app import BoundPorts, MairaSaeServer
-from maira_sae.server.config import SaeSpec, ServerConfig, ServingConfig
-from maira_sae.server.demo_checkpoint import DemoCheckpoint
+from maira_sae.server.demo.random_checkpoint import DemoCheckpoint
+from maira_sae.server.service.app import BoundPorts, MairaSaeServer
+from maira_sae.server.service.config import SaeSpec, ServerConfig, ServingConfig
+from maira_sae.server.service.config_sources import config_from_mapping
 
 T = TypeVar("T")
 
@@ -21,7 +22,7 @@ T = TypeVar("T")
 def demo_config(demo: DemoCheckpoint, **sections: Any) -> ServerConfig:
     """A config serving the demo checkpoint on loopback; ``sections`` replace whole sections
     (e.g. ``batching=BatchingConfig(queue_size=2)``) or top-level fields."""
-    base = ServerConfig.from_mapping(
+    base = config_from_mapping(
         {
             "serving": {"host": "127.0.0.1", "grpc_port": 0, "metrics_port": 0, "health_port": 0},
             "model": {"path": str(demo.model_dir)},

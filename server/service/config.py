@@ -1,0 +1,330 @@
+"""The server's configuration: one typed, frozen object with a section per concern.
+
+Every setting has a type, a default, a range check and a help text here; ``config_sources``
+reads them from defaults < a config file < ``MAIRA_SAE_*`` environment variables < flags. The
+auth token is secret: it has no flag (it would show in ``ps``) and never appears in ``repr``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MIB = 1024 * 1024
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_DTYPES = ("auto", "bfloat16", "float16", "float32")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_SAE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type or out of range; the message names it."""
+
+
+def _help(text: str) -> dict[str, str]:
+    """Field metadata: the setting's description, shown by ``--help``."""
+    return {"help": text}
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _require_positive(section: str, **values: float) -> None:
+    for name, value in values.items():
+        _require(math.isfinite(value) and value > 0, f"{section}.{name} must be > 0, got {value}")
+
+
+def _require_non_negative(section: str, **values: float) -> None:
+    for name, value in values.items():
+        _require(math.isfinite(value) and value >= 0, f"{section}.{name} must be >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    host: str = field(default="[::]", metadata=_help("address to bind the gRPC server to"))
+    grpc_port: int = field(default=50051, metadata=_help("gRPC port; 0 picks a free one"))
+    metrics_port: int = field(
+        default=9090, metadata=_help("Prometheus metrics port; 0 picks a free one")
+    )
+    health_port: int = field(
+        default=50052,
+        metadata=_help(
+            "plaintext port serving only grpc.health.v1 (for kubelet probes when TLS or auth is"
+            " on); -1 disables it, 0 picks a free one"
+        ),
+    )
+    drain_grace_s: float = field(
+        default=30.0, metadata=_help("on SIGTERM, seconds in-flight calls get to finish")
+    )
+    max_message_bytes: int = field(
+        default=64 * MIB, metadata=_help("largest request or response message")
+    )
+    log_level: str = field(default="INFO", metadata=_help("one of DEBUG, INFO, WARNING, ERROR"))
+
+    def __post_init__(self) -> None:
+        for name in ("grpc_port", "metrics_port"):
+            port = getattr(self, name)
+            _require(0 <= port <= 65535, f"serving.{name} must be in 0..65535, got {port}")
+        _require(
+            -1 <= self.health_port <= 65535,
+            f"serving.health_port must be -1 (off) or in 0..65535, got {self.health_port}",
+        )
+        _require_non_negative("serving", drain_grace_s=self.drain_grace_s)
+        _require_positive("serving", max_message_bytes=self.max_message_bytes)
+        _require(
+            self.log_level in _LOG_LEVELS,
+            f"serving.log_level must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}",
+        )
+
+
+@dataclass(frozen=True)
+class KeepaliveConfig:
+    """HTTP/2 keepalive and connection ageing. Ageing closes connections now and then so that
+    clients re-resolve and spread over new replicas; 0 disables ageing."""
+
+    time_s: float = field(default=60.0, metadata=_help("seconds between server keepalive pings"))
+    timeout_s: float = field(
+        default=20.0, metadata=_help("seconds to wait for a ping ack before closing")
+    )
+    min_ping_interval_s: float = field(
+        default=10.0, metadata=_help("clients pinging more often are disconnected")
+    )
+    max_connection_age_s: float = field(
+        default=600.0, metadata=_help("close connections after this age; 0: never")
+    )
+    max_connection_age_grace_s: float = field(
+        default=120.0, metadata=_help("after max age, seconds open calls get to finish")
+    )
+
+    def __post_init__(self) -> None:
+        _require_positive("keepalive", time_s=self.time_s, timeout_s=self.timeout_s)
+        _require_non_negative(
+            "keepalive",
+            min_ping_interval_s=self.min_ping_interval_s,
+            max_connection_age_s=self.max_connection_age_s,
+            max_connection_age_grace_s=self.max_connection_age_grace_s,
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = field(default="", metadata=_help("Hugging Face repo id or local folder of MAIRA-2"))
+    device: str = field(default="auto", metadata=_help("auto, cpu, mps, cuda or cuda:N"))
+    dtype: str = field(
+        default="auto",
+        metadata=_help("auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16, float32"),
+    )
+    demo: bool = field(
+        default=False, metadata=_help("serve the tiny demo checkpoint instead of the real model")
+    )
+    demo_dir: str = field(
+        default="",
+        metadata=_help(
+            "writable folder for the demo checkpoint (built there once); default"
+            " $XDG_CACHE_HOME/maira-sae/demo-checkpoint"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        _require(
+            _DEVICE.fullmatch(self.device) is not None,
+            f"model.device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}",
+        )
+        _require(
+            self.dtype in _DTYPES,
+            f"model.dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}",
+        )
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Per-request limits; a request past one fails with OUT_OF_RANGE naming the field."""
+
+    max_image_bytes: int = field(default=32 * MIB, metadata=_help("largest encoded image"))
+    max_image_pixels: int = field(
+        default=40_000_000, metadata=_help("largest decoded image, width * height")
+    )
+    max_images: int = field(default=3, metadata=_help("images per study"))
+    max_text_chars: int = field(default=4000, metadata=_help("characters per text field"))
+    max_new_tokens: int = field(
+        default=1024, metadata=_help("largest max_new_tokens a request may ask")
+    )
+    default_max_new_tokens: int = field(
+        default=300, metadata=_help("max_new_tokens when a request leaves it 0")
+    )
+    max_variants: int = field(default=8, metadata=_help("variants per GenerateSteered call"))
+    max_interventions_per_variant: int = field(
+        default=16, metadata=_help("interventions per variant")
+    )
+    max_top_k: int = field(
+        default=256, metadata=_help("largest k, top_k_per_token or search limit")
+    )
+    max_abs_strength: float = field(
+        default=1e4, metadata=_help("largest |value| of an intervention")
+    )
+
+    def __post_init__(self) -> None:
+        _require_positive(
+            "limits",
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+        )
+        _require(
+            self.default_max_new_tokens <= self.max_new_tokens,
+            f"limits.default_max_new_tokens ({self.default_max_new_tokens}) must not exceed "
+            f"limits.max_new_tokens ({self.max_new_tokens})",
+        )
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = field(
+        default=8, metadata=_help("rows the engine runs in one forward pass")
+    )
+    batch_window_ms: float = field(
+        default=5.0, metadata=_help("how long the scheduler waits to fill a batch")
+    )
+    queue_size: int = field(
+        default=64, metadata=_help("requests that may wait; past it RESOURCE_EXHAUSTED")
+    )
+
+    def __post_init__(self) -> None:
+        _require_positive(
+            "batching", max_batch_size=self.max_batch_size, queue_size=self.queue_size
+        )
+        _require_non_negative("batching", batch_window_ms=self.batch_window_ms)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """PEM files. Cert and key together turn TLS on; a client CA also requires client certs."""
+
+    cert: Path | None = field(default=None, metadata=_help("server certificate chain (PEM)"))
+    key: Path | None = field(default=None, metadata=_help("server private key (PEM)"))
+    client_ca: Path | None = field(
+        default=None, metadata=_help("CA that client certificates must chain to (mTLS)")
+    )
+
+    def __post_init__(self) -> None:
+        _require(
+            (self.cert is None) == (self.key is None), "tls.cert and tls.key must be set together"
+        )
+        _require(self.client_ca is None or self.cert is not None, "tls.client_ca needs tls.cert")
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """A bearer token from a file (a mounted Secret) or from ``MAIRA_SAE_AUTH_TOKEN``. Neither:
+    no authentication."""
+
+    token_file: Path | None = field(default=None, metadata=_help("file holding the bearer token"))
+    token: str | None = field(default=None, repr=False, metadata={"secret": True})
+
+    def __post_init__(self) -> None:
+        _require(
+            self.token_file is None or self.token is None,
+            "auth.token and auth.token_file are exclusive: set one",
+        )
+        _require(self.token != "", "auth.token must not be empty")
+
+    def load_token(self) -> str | None:
+        """The token to require, read from the file now; None means auth is off."""
+        if self.token_file is None:
+            return self.token
+        try:
+            token = self.token_file.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise ConfigError(f"auth.token_file {self.token_file}: {err.strerror}") from err
+        _require(token != "", f"auth.token_file {self.token_file} is empty")
+        return token
+
+
+@dataclass(frozen=True)
+class SaeSpec:
+    """One SAE to load. Settings left None are read from the SAE's own config."""
+
+    id: str
+    path: Path
+    interpretations_path: Path | None = None  # CSV or JSON Lines of feature labels
+    feature_column: str = "feature"
+    label_column: str = "explanation"
+    score_column: str = "score"
+    threshold: float | None = None  # overrides the saved encode threshold
+    input_scale: float = 1.0  # residual activations are multiplied by this before encoding
+    layer: int | None = None  # overrides the hook layer of the SAE's config
+
+    def __post_init__(self) -> None:
+        _require(
+            _SAE_ID.fullmatch(self.id) is not None,
+            f"saes: id {self.id!r} must be letters, digits, '.', '_' or '-'",
+        )
+        _require_positive(f"saes[{self.id}]", input_scale=self.input_scale)
+        _require(
+            self.threshold is None or math.isfinite(self.threshold),
+            f"saes[{self.id}].threshold must be finite, got {self.threshold}",
+        )
+        _require(
+            self.layer is None or self.layer >= 0,
+            f"saes[{self.id}].layer must be >= 0, got {self.layer}",
+        )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    saes: tuple[SaeSpec, ...] = ()
+    default_sae_id: str = ""  # "": the first of ``saes``
+
+    def __post_init__(self) -> None:
+        ids = [spec.id for spec in self.saes]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        _require(not duplicates, f"saes: duplicate id(s) {', '.join(duplicates)}")
+        _require(
+            not self.default_sae_id or self.default_sae_id in ids,
+            f"default_sae_id {self.default_sae_id!r} is not one of the saes ({', '.join(ids)})",
+        )
+        # All variants of a GenerateSteered call run in one batch.
+        _require(
+            self.limits.max_variants <= self.batching.max_batch_size,
+            f"limits.max_variants ({self.limits.max_variants}) must not exceed "
+            f"batching.max_batch_size ({self.batching.max_batch_size})",
+        )
+
+    @property
+    def resolved_default_sae_id(self) -> str:
+        """The SAE a request with an empty sae_id uses; "" when no SAE is configured."""
+        return self.default_sae_id or (self.saes[0].id if self.saes else "")
+
+    def grpc_server_options(self) -> list[tuple[str, int]]:
+        """Channel arguments for ``grpc.aio.server(options=...)``."""
+        ms = 1000
+        k = self.keepalive
+        options = [
+            ("grpc.max_receive_message_length", self.serving.max_message_bytes),
+            ("grpc.max_send_message_length", self.serving.max_message_bytes),
+            ("grpc.keepalive_time_ms", int(k.time_s * ms)),
+            ("grpc.keepalive_timeout_ms", int(k.timeout_s * ms)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", int(k.min_ping_interval_s * ms)),
+        ]
+        if k.max_connection_age_s > 0:
+            options += [
+                ("grpc.max_connection_age_ms", int(k.max_connection_age_s * ms)),
+                ("grpc.max_connection_age_grace_ms", int(k.max_connection_age_grace_s * ms)),
+            ]
+        return options

@@ -1,0 +1,368 @@
+"""Protobuf requests -> domain requests, with the checks that need nothing but the limits.
+
+With ``to_proto`` (domain results -> protobuf responses), the interceptors and the servicer,
+the only modules that import generated code. Each
+``*_from_proto`` validates as it converts and raises the domain errors of
+``maira_sae.server.errors`` with the field path, the limit and the value (never request text):
+INVALID_ARGUMENT for malformed input (missing image, NaN, unknown enum value, NUL in text),
+OUT_OF_RANGE for a number or size past a documented range or limit. Cheap checks run before any
+image is decoded. What needs the loaded SAEs (does the sae_id exist, is a feature index below
+d_sae, is a direction d_model long) is the engine's to check.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple, TypeVar
+
+import numpy as np
+import torch
+from google.protobuf.message import Message
+
+from maira_sae.client.images import (
+    DecodeLimits,
+    ImageDecodeError,
+    ImageTooLargeError,
+    MediaType,
+    decode_image,
+)
+from maira_sae.sae.interventions import Intervention, SteeringMode
+from maira_sae.server.engine.types import (
+    DEFAULT_TOKEN_KINDS,
+    Aggregation,
+    EncodeRequest,
+    GenerateRequest,
+    GenerationSettings,
+    PositionScope,
+    ScopedIntervention,
+    TokenFilter,
+    TokenRange,
+    TopFeaturesRequest,
+    Variant,
+)
+from maira_sae.server.errors import InvalidArgument, OutOfRange
+from maira_sae.server.maira2.study import Study, Task, TaskKind
+from maira_sae.server.maira2.tokens import TokenKind
+from maira_sae.server.service.config import LimitsConfig
+from maira_sae.v1 import maira_sae_pb2 as pb
+
+DecodeImage = Callable[[bytes, MediaType | None, str], np.ndarray]
+"""``decode(data, media_type, name) -> pixels``; media type None means sniff the bytes. Raises
+ImageDecodeError for an unusable image. ``image_decoder(limits)`` builds the server's."""
+
+DEFAULT_TOP_K = 20  # TopFeaturesRequest.k and SearchFeaturesRequest.limit when 0
+
+# Which server setting each image decoding limit comes from (max_side is fixed).
+_IMAGE_LIMIT_SETTINGS = {
+    "max_bytes": "limits.max_image_bytes",
+    "max_pixels": "limits.max_image_pixels",
+    "max_side": f"max side {DecodeLimits.max_side} px",
+}
+
+T = TypeVar("T")
+
+# Proto enum value -> domain value. UNSPECIFIED (0) is handled by the caller of _enum.
+_MEDIA_TYPES = {
+    pb.MEDIA_TYPE_PNG: MediaType.PNG,
+    pb.MEDIA_TYPE_JPEG: MediaType.JPEG,
+    pb.MEDIA_TYPE_DICOM: MediaType.DICOM,
+}
+_TASK_KINDS = {
+    pb.TASK_KIND_FINDINGS: TaskKind.FINDINGS,
+    pb.TASK_KIND_GROUNDED_FINDINGS: TaskKind.GROUNDED_FINDINGS,
+    pb.TASK_KIND_PHRASE_GROUNDING: TaskKind.PHRASE_GROUNDING,
+}
+TOKEN_KINDS_FROM_PROTO = {
+    pb.TOKEN_KIND_IMAGE_PATCH: TokenKind.IMAGE_PATCH,
+    pb.TOKEN_KIND_PROMPT_TEXT: TokenKind.PROMPT_TEXT,
+    pb.TOKEN_KIND_SPECIAL: TokenKind.SPECIAL,
+    pb.TOKEN_KIND_RESPONSE: TokenKind.RESPONSE,
+}
+_STEERING_MODES = {
+    pb.STEERING_MODE_ADD: SteeringMode.ADD,
+    pb.STEERING_MODE_CLAMP: SteeringMode.CLAMP,
+    pb.STEERING_MODE_ABLATE: SteeringMode.ABLATE,
+    pb.STEERING_MODE_SCALE: SteeringMode.SCALE,
+}
+_POSITION_SCOPES = {
+    pb.POSITION_SCOPE_ALL: PositionScope.ALL,
+    pb.POSITION_SCOPE_PROMPT: PositionScope.PROMPT,
+    pb.POSITION_SCOPE_GENERATED: PositionScope.GENERATED,
+    pb.POSITION_SCOPE_IMAGE: PositionScope.IMAGE,
+    pb.POSITION_SCOPE_TEXT: PositionScope.TEXT,
+    pb.POSITION_SCOPE_RANGES: PositionScope.RANGES,
+}
+_AGGREGATIONS = {
+    pb.AGGREGATION_MAX: Aggregation.MAX,
+    pb.AGGREGATION_MEAN: Aggregation.MEAN,
+    pb.AGGREGATION_SUM: Aggregation.SUM,
+    pb.AGGREGATION_COUNT: Aggregation.COUNT,
+}
+
+
+# -------------------------------------------------------------------------------------------
+# Checks
+
+
+def _enum(value: int, table: Mapping[int, T], where: str, unspecified: T | None) -> T:
+    """A domain enum member; ``unspecified`` is what 0 means (None: 0 is rejected)."""
+    if value == 0 and unspecified is not None:
+        return unspecified
+    if value not in table:
+        known = ", ".join(str(v) for v in table)
+        problem = "must be set" if value == 0 else f"has unknown value {value}"
+        raise InvalidArgument(f"{where} {problem}; known values: {known}")
+    return table[value]
+
+
+def _limit(value: float, limit: float, where: str, limit_name: str) -> None:
+    if value > limit:
+        raise OutOfRange(f"{where} is {value}, over limits.{limit_name} = {limit}")
+
+
+def _finite(value: float, where: str) -> float:
+    if not math.isfinite(value):
+        raise InvalidArgument(f"{where} must be a finite number, got {value}")
+    return value
+
+
+def _text(value: str, limits: LimitsConfig, where: str) -> str:
+    """Text within max_text_chars and without NUL (never valid in a report, and a classic way
+    to cut strings short further down)."""
+    if len(value) > limits.max_text_chars:
+        raise OutOfRange(
+            f"{where} has {len(value)} characters, over limits.max_text_chars = "
+            f"{limits.max_text_chars}"
+        )
+    if "\x00" in value:
+        raise InvalidArgument(f"{where} contains a NUL character")
+    return value
+
+
+def _optional_text(msg: Message, name: str, limits: LimitsConfig, prefix: str = "") -> str | None:
+    """An ``optional string`` field: None when absent (the prompt then reads "N/A")."""
+    if not msg.HasField(name):
+        return None
+    return _text(getattr(msg, name), limits, f"{prefix}{name}")
+
+
+def _ranges(msgs: Sequence[pb.TokenRange], where: str) -> tuple[TokenRange, ...]:
+    for i, r in enumerate(msgs):
+        if r.start >= r.end:
+            raise InvalidArgument(
+                f"{where}[{i}] is empty: start {r.start} must be below end {r.end} (half-open)"
+            )
+    return tuple(TokenRange(r.start, r.end) for r in msgs)
+
+
+# -------------------------------------------------------------------------------------------
+# Requests
+
+
+def study_from_proto(msg: pb.Study, limits: LimitsConfig, decode: DecodeImage) -> Study:
+    """Checks every field, then decodes the images (the expensive part) in prompt order."""
+    texts = {
+        name: _optional_text(msg, name, limits, prefix="study.")
+        for name in ("indication", "technique", "comparison", "prior_report")
+    }
+    if not msg.HasField("frontal"):
+        raise InvalidArgument("study.frontal is required: the current frontal image")
+    present = [name for name in ("frontal", "lateral", "prior") if msg.HasField(name)]
+    _limit(len(present), limits.max_images, "the number of images", "max_images")
+    media_types = {name: _checked_image(getattr(msg, name), limits, name) for name in present}
+    pixels = {}
+    for name, media_type in media_types.items():
+        try:
+            pixels[name] = decode(getattr(msg, name).data, media_type, f"study.{name}")
+        except ImageTooLargeError as err:
+            setting = _IMAGE_LIMIT_SETTINGS.get(err.limit, err.limit)
+            raise OutOfRange(f"{err} (server limit {setting})") from err
+        except ImageDecodeError as err:
+            raise InvalidArgument(str(err)) from err
+    return Study(
+        frontal=pixels["frontal"], lateral=pixels.get("lateral"), prior=pixels.get("prior"), **texts
+    )
+
+
+def _checked_image(image: pb.Image, limits: LimitsConfig, name: str) -> MediaType | None:
+    """Checks the bytes' size and returns the declared media type (None: sniff)."""
+    if not image.data:
+        raise InvalidArgument(f"study.{name}.data is empty; leave study.{name} unset instead")
+    if len(image.data) > limits.max_image_bytes:
+        raise OutOfRange(
+            f"study.{name}.data is {len(image.data)} bytes, over limits.max_image_bytes = "
+            f"{limits.max_image_bytes}"
+        )
+    if image.media_type == pb.MEDIA_TYPE_UNSPECIFIED:
+        return None
+    return _enum(image.media_type, _MEDIA_TYPES, f"study.{name}.media_type", unspecified=None)
+
+
+def image_decoder(limits: LimitsConfig) -> DecodeImage:
+    """The server's decoder: ``maira_sae.client.images.decode_image`` under these limits."""
+    decode_limits = DecodeLimits(
+        max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels
+    )
+
+    def decode(data: bytes, media_type: MediaType | None, name: str) -> np.ndarray:
+        return decode_image(data, media_type, name=name, limits=decode_limits)
+
+    return decode
+
+
+def task_from_proto(msg: pb.Task, limits: LimitsConfig) -> Task:
+    kind = _enum(msg.kind, _TASK_KINDS, "task.kind", unspecified=TaskKind.FINDINGS)
+    phrase = _text(msg.phrase, limits, "task.phrase")
+    if kind is TaskKind.PHRASE_GROUNDING and not phrase.strip():
+        raise InvalidArgument("task.phrase is required for TASK_KIND_PHRASE_GROUNDING")
+    if kind is not TaskKind.PHRASE_GROUNDING and phrase:
+        raise InvalidArgument(
+            "task.phrase is only used by TASK_KIND_PHRASE_GROUNDING; leave it empty"
+        )
+    return Task(kind=kind, phrase=phrase or None)
+
+
+def token_filter_from_proto(msg: pb.TokenFilter, limits: LimitsConfig) -> TokenFilter:
+    kinds = frozenset(
+        _enum(kind, TOKEN_KINDS_FROM_PROTO, f"token_filter.kinds[{i}]", unspecified=None)
+        for i, kind in enumerate(msg.kinds)
+    )
+    for i, index in enumerate(msg.image_indices):
+        if index >= limits.max_images:
+            raise OutOfRange(
+                f"token_filter.image_indices[{i}] is {index}; images are numbered 0.."
+                f"{limits.max_images - 1}"
+            )
+    return TokenFilter(
+        kinds=kinds or DEFAULT_TOKEN_KINDS,
+        image_indices=frozenset(msg.image_indices) or None,
+        ranges=_ranges(msg.ranges, "token_filter.ranges"),
+    )
+
+
+def encode_request_from_proto(
+    msg: pb.EncodeRequest, limits: LimitsConfig, decode: DecodeImage
+) -> EncodeRequest:
+    _limit(msg.top_k_per_token, limits.max_top_k, "top_k_per_token", "max_top_k")
+    return EncodeRequest(
+        task=task_from_proto(msg.task, limits),
+        response=_optional_text(msg, "response", limits),
+        sae_id=msg.sae_id,
+        token_filter=token_filter_from_proto(msg.token_filter, limits),
+        top_k_per_token=msg.top_k_per_token,
+        matryoshka_level=msg.matryoshka_level or None,
+        study=study_from_proto(msg.study, limits, decode),
+    )
+
+
+def top_features_request_from_proto(
+    msg: pb.TopFeaturesRequest, limits: LimitsConfig, decode: DecodeImage
+) -> TopFeaturesRequest:
+    _limit(msg.k, limits.max_top_k, "k", "max_top_k")
+    return TopFeaturesRequest(
+        task=task_from_proto(msg.task, limits),
+        response=_optional_text(msg, "response", limits),
+        sae_id=msg.sae_id,
+        aggregation=_enum(msg.aggregation, _AGGREGATIONS, "aggregation", Aggregation.MAX),
+        token_filter=token_filter_from_proto(msg.token_filter, limits),
+        k=msg.k or DEFAULT_TOP_K,
+        labelled_only=msg.labelled_only,
+        study=study_from_proto(msg.study, limits, decode),
+    )
+
+
+def settings_from_proto(msg: pb.GenerationSettings, limits: LimitsConfig) -> GenerationSettings:
+    """0 means the default for max_new_tokens (limits.default_max_new_tokens) and top_p (1.0);
+    temperature 0 is greedy."""
+    _limit(msg.max_new_tokens, limits.max_new_tokens, "settings.max_new_tokens", "max_new_tokens")
+    temperature = _finite(msg.temperature, "settings.temperature")
+    if temperature < 0:
+        raise OutOfRange(f"settings.temperature must be >= 0 (0 is greedy), got {temperature}")
+    top_p = _finite(msg.top_p, "settings.top_p") or 1.0
+    if not 0 < top_p <= 1:
+        raise OutOfRange(f"settings.top_p must be in (0, 1] (0 means 1.0), got {top_p}")
+    return GenerationSettings(
+        max_new_tokens=msg.max_new_tokens or limits.default_max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=msg.seed,
+    )
+
+
+def intervention_from_proto(
+    msg: pb.Intervention, limits: LimitsConfig, where: str
+) -> ScopedIntervention:
+    mode = _enum(msg.mode, _STEERING_MODES, f"{where}.mode", unspecified=None)
+    value = _finite(msg.value, f"{where}.value")
+    if abs(value) > limits.max_abs_strength:
+        raise OutOfRange(
+            f"{where}.value is {value}, over limits.max_abs_strength = {limits.max_abs_strength} "
+            "in absolute value"
+        )
+    scope = _enum(msg.scope, _POSITION_SCOPES, f"{where}.scope", unspecified=PositionScope.ALL)
+    ranges = _ranges(msg.ranges, f"{where}.ranges")
+    if (scope is PositionScope.RANGES) != bool(ranges):
+        raise InvalidArgument(
+            f"{where}.ranges must be set exactly when scope is POSITION_SCOPE_RANGES"
+        )
+    target = msg.WhichOneof("target")
+    if target is None:
+        raise InvalidArgument(f"{where} needs a target: set feature or direction")
+    if target == "feature":
+        intervention = Intervention(mode=mode, value=value, feature=msg.feature)
+    else:
+        intervention = Intervention(mode=mode, value=value, direction=_direction(msg.direction))
+    return ScopedIntervention(intervention=intervention, scope=scope, ranges=ranges)
+
+
+def _direction(msg: pb.Direction) -> torch.Tensor:
+    """Its length, finiteness and norm are checked once, against the SAE (``check_generate``)."""
+    return torch.tensor(msg.values, dtype=torch.float32)
+
+
+def variant_from_proto(msg: pb.Variant, limits: LimitsConfig, where: str) -> Variant:
+    _limit(
+        len(msg.interventions),
+        limits.max_interventions_per_variant,
+        f"the number of {where}.interventions",
+        "max_interventions_per_variant",
+    )
+    return Variant(
+        interventions=tuple(
+            intervention_from_proto(item, limits, f"{where}.interventions[{i}]")
+            for i, item in enumerate(msg.interventions)
+        ),
+        name=_text(msg.name, limits, f"{where}.name"),
+    )
+
+
+def generate_request_from_proto(
+    msg: pb.GenerateRequest, limits: LimitsConfig, decode: DecodeImage
+) -> GenerateRequest:
+    """No variants means one baseline variant."""
+    _limit(len(msg.variants), limits.max_variants, "the number of variants", "max_variants")
+    variants = tuple(
+        variant_from_proto(v, limits, f"variants[{i}]") for i, v in enumerate(msg.variants)
+    )
+    return GenerateRequest(
+        task=task_from_proto(msg.task, limits),
+        settings=settings_from_proto(msg.settings, limits),
+        variants=variants or (Variant(),),
+        sae_id=msg.sae_id,
+        study=study_from_proto(msg.study, limits, decode),
+    )
+
+
+class SearchQuery(NamedTuple):
+    sae_id: str
+    query: str
+    limit: int
+
+
+def search_query_from_proto(msg: pb.SearchFeaturesRequest, limits: LimitsConfig) -> SearchQuery:
+    query = _text(msg.query, limits, "query")
+    if not query.strip():
+        raise InvalidArgument("query is required: words to look for in feature labels")
+    _limit(msg.limit, limits.max_top_k, "limit", "max_top_k")
+    return SearchQuery(msg.sae_id, query, msg.limit or DEFAULT_TOP_K)

@@ -1,0 +1,354 @@
+"""grpc.aio server interceptors: access log and metrics, bearer-token auth, error mapping.
+
+Order matters and ``build_interceptors`` fixes it, outermost first: the access log sees every
+call (rejected ones too) and its final code; auth rejects before any work; the error mapper sits
+next to the servicer and is the one place where domain errors (``maira_sae.server.errors``)
+become status codes. Each wraps the handler's behaviour, for unary and server-streaming
+methods; streaming behaviours must be async generators.
+
+Nothing here reads request content: logs and metrics hold ids, method names, codes, sizes and
+timings only. The bearer token is never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+from google.protobuf.message import DecodeError
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from maira_sae.server import errors
+from maira_sae.server.service.config import ServerConfig
+from maira_sae.server.service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("maira_sae.access")
+
+REQUEST_ID_KEY = "x-request-id"
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+UnaryBehaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+# Most specific first: a subclass of one of these maps like its base.
+STATUS_OF_ERROR: dict[type[errors.ServiceError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Cancelled: grpc.StatusCode.CANCELLED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def current_request_id() -> str:
+    """The id of the call being handled ("-" outside a call); for the servicer's own logs."""
+    return _request_id.get()
+
+
+def _metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
+    for item in details.invocation_metadata or ():
+        if item[0] == key:
+            value = item[1]
+            return value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    return None
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[UnaryBehaviour], UnaryBehaviour],
+    stream: Callable[[StreamBehaviour], StreamBehaviour],
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler:
+    """The same handler with its behaviour wrapped; this service has no client streaming."""
+    deserializer = request_deserializer or handler.request_deserializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(handler.unary_unary),
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            stream(handler.unary_stream),
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+def _message_bytes(message: Any) -> int:
+    return message.ByteSize() if hasattr(message, "ByteSize") else len(message or b"")
+
+
+# -------------------------------------------------------------------------------------------
+# Access log and metrics
+
+
+class AccessLogInterceptor(grpc.aio.ServerInterceptor):
+    """Gives each call a request id (the caller's ``x-request-id`` or a new one), returns it in
+    the trailing metadata, counts the call in the metrics and writes one JSON access-log line.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        request_id = _metadata_value(handler_call_details, REQUEST_ID_KEY) or uuid.uuid4().hex
+        request_id = request_id[:128]
+
+        def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
+            async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                call = _CallRecord(self._metrics, method, request_id, request, context)
+                with call:
+                    response = await behaviour(request, context)
+                    call.response_bytes += _message_bytes(response)
+                    call.messages += 1
+                    return response
+
+            return run
+
+        def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
+            async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                call = _CallRecord(self._metrics, method, request_id, request, context)
+                with call:
+                    async for response in behaviour(request, context):
+                        call.response_bytes += _message_bytes(response)
+                        call.messages += 1
+                        yield response
+
+            return run
+
+        return _wrap(handler, unary, stream)
+
+
+class _CallRecord:
+    """One call's bookkeeping, from its start to its final status code."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        method: str,
+        request_id: str,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        self.metrics = metrics
+        self.method = method
+        self.request_id = request_id
+        self.request_bytes = _message_bytes(request)
+        self.response_bytes = 0
+        self.messages = 0
+        self.context = context
+
+    def __enter__(self) -> _CallRecord:
+        self.token = _request_id.set(self.request_id)
+        self.start = time.perf_counter()
+        self.metrics.request_started(self.method)
+        self.context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        duration = time.perf_counter() - self.start
+        code = self._code(exc_type)
+        self.metrics.request_finished(self.method, code, duration)
+        access_log.info(
+            json.dumps(
+                {
+                    "request_id": self.request_id,
+                    "method": self.method,
+                    "code": code,
+                    "duration_ms": round(duration * 1000, 3),
+                    "request_bytes": self.request_bytes,
+                    "response_bytes": self.response_bytes,
+                    "response_messages": self.messages,
+                }
+            )
+        )
+        _request_id.reset(self.token)
+
+    def _code(self, exc_type: type[BaseException] | None) -> str:
+        code = self.context.code()  # set by abort() or set_code()
+        if code is not None:
+            return code.name
+        if exc_type is None:
+            return "OK"
+        if issubclass(exc_type, asyncio.CancelledError | GeneratorExit):  # the caller went away
+            return "CANCELLED"
+        return "UNKNOWN"
+
+
+# -------------------------------------------------------------------------------------------
+# Authentication
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>`` on every method but health and reflection."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    def _authorized(self, details: grpc.HandlerCallDetails) -> tuple[bool, str]:
+        header = _metadata_value(details, "authorization")
+        if header is None:
+            return False, "missing 'authorization: Bearer <token>' metadata"
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            credentials.strip().encode(), self._token
+        ):
+            return False, "invalid bearer token"
+        return True, ""
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(OPEN_METHOD_PREFIXES):
+            return handler
+        ok, reason = self._authorized(handler_call_details)
+        if ok:
+            return handler
+
+        def unary(_: UnaryBehaviour) -> UnaryBehaviour:
+            async def reject(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+
+            return reject
+
+        def stream(_: StreamBehaviour) -> StreamBehaviour:
+            async def reject(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+                yield  # an async generator, like the behaviour it replaces
+
+            return reject
+
+        # Raw bytes in: a rejected call's request is never parsed.
+        return _wrap(handler, unary, stream, request_deserializer=bytes)
+
+
+# -------------------------------------------------------------------------------------------
+# Error mapping
+
+
+def status_for(error: errors.ServiceError) -> grpc.Status:
+    """The rich status of a domain error: its code, its message and, for ResourceExhausted, a
+    google.rpc.RetryInfo detail in ``grpc-status-details-bin``."""
+    code = next(
+        (status for kind, status in STATUS_OF_ERROR.items() if isinstance(error, kind)),
+        grpc.StatusCode.INTERNAL,
+    )
+    status = status_pb2.Status(code=code.value[0], message=str(error))
+    if isinstance(error, errors.ResourceExhausted):
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(round(error.retry_after_s * 1e9))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return rpc_status.to_status(status)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+    if isinstance(error, errors.ServiceError):
+        status = status_for(error)
+    else:
+        log.error(
+            "unhandled error in %s (request id %s)",
+            method,
+            current_request_id(),
+            exc_info=error,
+        )
+        status = rpc_status.to_status(
+            status_pb2.Status(
+                code=code_pb2.INTERNAL,
+                message=f"internal error (request id {current_request_id()})",
+            )
+        )
+    metadata = (*status.trailing_metadata, (REQUEST_ID_KEY, current_request_id()))
+    if isinstance(error, errors.ResourceExhausted):
+        # gRPC core's own retries read this trailer, not RetryInfo: send both.
+        metadata = (*metadata, (RETRY_PUSHBACK_KEY, str(round(error.retry_after_s * 1000))))
+    await context.abort(status.code, status.details, metadata)
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Turns domain errors into their status codes and anything else into INTERNAL with the
+    request id, logging the traceback here and sending none to the caller."""
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        parse = _request_parser(handler.request_deserializer)
+
+        def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
+            async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await behaviour(parse(request), context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as err:
+                    await _abort(context, err, method)
+
+            return run
+
+        def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
+            async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    async for response in behaviour(parse(request), context):
+                        yield response
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as err:
+                    await _abort(context, err, method)
+
+            return run
+
+        # Raw bytes in, parsed inside the behaviour: a message grpc cannot parse (e.g. invalid
+        # UTF-8 in a string field) becomes INVALID_ARGUMENT here instead of grpc's UNKNOWN.
+        return _wrap(handler, unary, stream, request_deserializer=bytes)
+
+
+def _request_parser(deserializer: Callable[[bytes], Any] | None) -> Callable[[Any], Any]:
+    def parse(request: Any) -> Any:
+        if deserializer is None or not isinstance(request, bytes):
+            return request
+        try:
+            return deserializer(request)
+        except DecodeError as err:
+            raise errors.InvalidArgument(
+                "the request message cannot be parsed (malformed protobuf, or invalid UTF-8 "
+                "in a string field)"
+            ) from err
+
+    return parse
+
+
+def build_interceptors(config: ServerConfig, metrics: Metrics) -> list[grpc.aio.ServerInterceptor]:
+    """The server's interceptors in order, outermost first. Reads the auth token now."""
+    token = config.auth.load_token()
+    auth = [BearerTokenInterceptor(token)] if token is not None else []
+    return [AccessLogInterceptor(metrics), *auth, ErrorMappingInterceptor()]

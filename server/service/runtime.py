@@ -1,0 +1,180 @@
+"""Load what the server serves, as the config says: MAIRA-2, its processor and the SAEs.
+
+Every file problem surfaces as one ``StartupError`` whose message names the file and the
+problem, so ``serve`` can exit with one clear line. ``--demo`` materialises the synthetic world
+demo (a tiny trained MAIRA-2-shaped model and its SAE, ``server/world``) once into a cache
+folder, atomically, so concurrent or interrupted starts never see half a build.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+
+import maira_sae
+from maira_sae.sae.catalogue import FeatureCatalogue
+from maira_sae.sae.formats import SaeFormatError, load_sae
+from maira_sae.server.demo.layout import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
+from maira_sae.server.demo.world.materialise import ensure_world_demo
+from maira_sae.server.engine.engine import Engine, SaeEntry
+from maira_sae.server.maira2.checkpoint import (
+    load_maira2,
+    resolve_device,
+    resolve_dtype,
+    resolve_snapshot,
+    validate_sae_for_model,
+)
+from maira_sae.server.maira2.config import CheckpointError, Maira2Config
+from maira_sae.server.maira2.processor import Maira2Processor
+from maira_sae.server.service.config import ModelConfig, SaeSpec, ServerConfig
+from maira_sae.server.service.descriptions import ModelDescription, SaeDescription
+from maira_sae.server.service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+DEMO_MODEL_NAME = "maira-sae synthetic world demo (tiny trained MAIRA-2-shaped model; not clinical)"
+
+
+class StartupError(Exception):
+    """The server cannot start: a file is missing, corrupt or does not fit the model."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    engine: Engine
+    model: ModelDescription
+    saes: tuple[SaeDescription, ...]
+    versions: dict[str, str]
+
+
+def load_runtime(config: ServerConfig, metrics: Metrics) -> Runtime:
+    model_path, sae_specs = _what_to_load(config)
+    device = resolve_device(config.model.device)
+    try:
+        started = time.perf_counter()
+        loaded = load_maira2(model_path, device=device, dtype=resolve_dtype(config.model.dtype))
+        metrics.model_loaded(time.perf_counter() - started)
+        maira = loaded.config
+        processor = Maira2Processor.for_model(loaded.snapshot_dir, maira)
+        entries = [_load_sae(spec, maira, device, metrics) for spec in sae_specs]
+    except (CheckpointError, SaeFormatError, OSError, ValueError) as error:
+        raise StartupError(str(error)) from error
+    engine = Engine(
+        loaded.model, processor, entries, default_sae_id=config.resolved_default_sae_id or None
+    )
+    rows, cols = maira.patch_grid
+    return Runtime(
+        engine=engine,
+        model=ModelDescription(
+            name=DEMO_MODEL_NAME if config.model.demo else "MAIRA-2",
+            path=str(loaded.snapshot_dir),
+            dtype=str(loaded.model.dtype).removeprefix("torch."),
+            device=str(device),
+            num_layers=maira.num_text_layers,
+            hidden_size=maira.hidden_size,
+            image_tokens_per_image=maira.image_seq_length,
+            patch_grid_rows=rows,
+            patch_grid_cols=cols,
+            demo=config.model.demo,
+        ),
+        saes=tuple(_describe(entry) for entry in entries),
+        versions={
+            "maira_sae": maira_sae.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+    )
+
+
+def _what_to_load(config: ServerConfig) -> tuple[str, tuple[SaeSpec, ...]]:
+    if config.model.demo:
+        demo = ensure_world_demo(demo_folder(config.model))
+        specs = config.saes or (
+            SaeSpec(
+                id="demo-ef4-layer15",
+                path=demo / SAE_FOLDER,
+                interpretations_path=demo / INTERPRETATIONS_FILE,
+            ),
+        )
+        return str(demo / MODEL_FOLDER), specs
+    if not config.model.path:
+        raise StartupError("no model: set model.path (a MAIRA-2 folder or hub id) or model.demo")
+    if not config.saes:
+        raise StartupError("no SAE: configure at least one [[saes]] entry (id and path)")
+    return config.model.path, config.saes
+
+
+def demo_folder(model: ModelConfig) -> Path:
+    if model.demo_dir:
+        return Path(model.demo_dir).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "maira-sae" / "demo-checkpoint"
+
+
+def _load_sae(
+    spec: SaeSpec, maira: Maira2Config, device: torch.device, metrics: Metrics
+) -> SaeEntry:
+    started = time.perf_counter()
+    sae = load_sae(
+        _sae_folder(spec.path),
+        device=device,
+        threshold=spec.threshold,
+        layer=spec.layer,
+        input_scale=spec.input_scale,
+    )
+    layer = sae.metadata.layer
+    if layer is None:
+        raise StartupError(
+            f"SAE {spec.id!r} ({spec.path}): its files name no layer; set saes.layer"
+        )
+    validate_sae_for_model(sae.d_model, layer, maira)
+    catalogue = (
+        FeatureCatalogue.from_file(
+            spec.interpretations_path,
+            feature_column=spec.feature_column,
+            explanation_column=spec.label_column,
+            score_column=spec.score_column,
+        )
+        if spec.interpretations_path is not None
+        else FeatureCatalogue.empty()
+    )
+    beyond = [feature for feature in catalogue.features() if feature >= sae.d_sae]
+    if beyond:
+        raise StartupError(
+            f"{spec.interpretations_path}: features {beyond[:5]} are out of range: SAE "
+            f"{spec.id!r} has features 0..{sae.d_sae - 1}"
+        )
+    metrics.sae_loaded(spec.id, time.perf_counter() - started)
+    return SaeEntry(sae_id=spec.id, sae=sae, catalogue=catalogue, layer=layer)
+
+
+def _sae_folder(path: Path) -> Path:
+    """A local folder, or "owner/name[/sub/folder]" on the hub (the SAE repo holds several)."""
+    if path.exists():
+        return path
+    parts = path.as_posix().split("/")
+    if len(parts) < 2:
+        raise StartupError(f"SAE path {path} does not exist")
+    subfolder = "/".join(parts[2:])
+    patterns = [f"{subfolder}/*" if subfolder else "*", "*.csv", "*.jsonl"]
+    return resolve_snapshot("/".join(parts[:2]), allow_patterns=patterns).joinpath(*parts[2:])
+
+
+def _describe(entry: SaeEntry) -> SaeDescription:
+    sae = entry.sae
+    return SaeDescription(
+        id=entry.sae_id,
+        layer=entry.layer,
+        hook_point=sae.metadata.hook_point or f"model.language_model.layers.{entry.layer}",
+        d_model=sae.d_model,
+        d_sae=sae.d_sae,
+        group_sizes=sae.group_sizes,
+        num_interpretations=len(entry.catalogue),
+        source_format=sae.metadata.source_format,
+    )

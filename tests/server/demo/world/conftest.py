@@ -1,0 +1,27 @@
+"""Fixtures of the world tests: the shipped world demo, materialised once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from maira_sae.server.maira2.processor import Maira2Processor
+
+
+@pytest.fixture(scope="session")
+def world_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed artifact materialised by ``ensure_world_demo`` (read-only: copy to edit)."""
+    from maira_sae.server.demo.world.materialise import ensure_world_demo
+
+    return ensure_world_demo(tmp_path_factory.mktemp("world-demo") / "demo")
+
+
+@pytest.fixture(scope="session")
+def world_processor(world_demo: Path) -> Maira2Processor:
+    from maira_sae.server.demo.layout import MODEL_FOLDER
+    from maira_sae.server.demo.world.train_model import load_processor
+
+    return load_processor(world_demo / MODEL_FOLDER)

@@ -1,0 +1,256 @@
+"""The interceptors on a real grpc.aio server with a tiny servicer of the generated service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from maira_sae.server import errors
+from maira_sae.server.service.config import AuthConfig, ServerConfig
+from maira_sae.server.service.interceptors import build_interceptors, current_request_id
+from maira_sae.server.service.metrics import Metrics
+from maira_sae.v1 import maira_sae_pb2 as pb
+from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
+
+TOKEN = "s3cret-token"
+PATIENT_TEXT = "PATIENT John Doe, 54, short of breath"
+
+# sae_id -> the error the servicer raises
+RAISED: dict[str, Exception] = {
+    "invalid": errors.InvalidArgument("study.frontal is required"),
+    "not-found": errors.NotFound("no SAE 'x'"),
+    "out-of-range": errors.OutOfRange("k is 999, over limits.max_top_k = 256"),
+    "precondition": errors.FailedPrecondition("no interpretations loaded"),
+    "exhausted": errors.ResourceExhausted("queue full", retry_after_s=1.5),
+    "deadline": errors.DeadlineExceeded("deadline passed in the queue"),
+    "cancelled": errors.Cancelled("caller went away"),
+    "unavailable": errors.Unavailable("draining"),
+    "bug": RuntimeError("secret internals: patient text"),
+}
+EXPECTED = {
+    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "not-found": grpc.StatusCode.NOT_FOUND,
+    "out-of-range": grpc.StatusCode.OUT_OF_RANGE,
+    "precondition": grpc.StatusCode.FAILED_PRECONDITION,
+    "exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "deadline": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "cancelled": grpc.StatusCode.CANCELLED,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "bug": grpc.StatusCode.INTERNAL,
+}
+
+
+class Servicer(pb_grpc.MairaSaeServicer):
+    async def Encode(self, request, context):  # noqa: N802 - generated service names
+        if request.sae_id in RAISED:
+            raise RAISED[request.sae_id]
+        return pb.EncodeResponse(sae_id=current_request_id(), total_tokens=7)
+
+    async def GenerateSteered(self, request, context):  # noqa: N802
+        yield pb.GenerateEvent(token=pb.TokenChunk(position=1, text="a"))
+        if request.sae_id in RAISED:
+            raise RAISED[request.sae_id]
+        yield pb.GenerateEvent(finished=pb.VariantResult(text="a", num_tokens=1))
+
+
+@asynccontextmanager
+async def serving(
+    config: ServerConfig, metrics: Metrics
+) -> AsyncIterator[tuple[grpc.aio.Channel, str]]:
+    server = grpc.aio.server(interceptors=build_interceptors(config, metrics))
+    pb_grpc.add_MairaSaeServicer_to_server(Servicer(), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    target = f"127.0.0.1:{port}"
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            yield channel, target
+    finally:
+        await server.stop(None)
+
+
+def run(
+    test: Callable[[grpc.aio.Channel], Awaitable[None]],
+    config: ServerConfig | None = None,
+    metrics: Metrics | None = None,
+) -> None:
+    async def main() -> None:
+        async with serving(config or ServerConfig(), metrics or Metrics()) as (channel, _):
+            await test(channel)
+
+    asyncio.run(main())
+
+
+async def call_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    return info.value
+
+
+@pytest.mark.parametrize("case", sorted(RAISED))
+def test_unary_domain_errors_map_to_their_codes(case, caplog):
+    async def check(channel):
+        err = await call_error(pb_grpc.MairaSaeStub(channel).Encode(pb.EncodeRequest(sae_id=case)))
+        assert err.code() == EXPECTED[case]
+        if case == "bug":
+            request_id = dict(err.trailing_metadata())["x-request-id"]
+            assert err.details() == f"internal error (request id {request_id})"
+            assert "secret" not in err.debug_error_string()
+        else:
+            assert err.details() == str(RAISED[case])
+
+    with caplog.at_level(logging.ERROR, logger="maira_sae.server.service.interceptors"):
+        run(check)
+    if case == "bug":  # the traceback goes to the log, not to the caller
+        assert any(r.exc_info and "secret internals" in str(r.exc_info[1]) for r in caplog.records)
+
+
+@pytest.mark.parametrize("case", ["not-found", "bug"])
+def test_streaming_errors_after_first_message(case):
+    async def check(channel):
+        call = pb_grpc.MairaSaeStub(channel).GenerateSteered(pb.GenerateRequest(sae_id=case))
+        received = []
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for event in call:
+                received.append(event)
+        assert len(received) == 1
+        assert info.value.code() == EXPECTED[case]
+        assert "secret" not in info.value.details()
+
+    run(check)
+
+
+def _retry_delay_s(status) -> float:
+    assert status is not None and status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    retry = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(retry)
+    return retry.retry_delay.ToTimedelta().total_seconds()
+
+
+def test_resource_exhausted_carries_retry_info():
+    async def check(channel):
+        call = pb_grpc.MairaSaeStub(channel).Encode(pb.EncodeRequest(sae_id="exhausted"))
+        await call_error(call)
+        assert _retry_delay_s(await rpc_status.aio.from_call(call)) == 1.5
+
+    run(check)
+
+
+def test_resource_exhausted_retry_info_from_a_sync_client():
+    def sync_call(target: str) -> float:
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.MairaSaeStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Encode(pb.EncodeRequest(sae_id="exhausted"))
+            return _retry_delay_s(rpc_status.from_call(info.value))
+
+    async def main():
+        async with serving(ServerConfig(), Metrics()) as (_, target):
+            assert await asyncio.to_thread(sync_call, target) == 1.5
+
+    asyncio.run(main())
+
+
+def test_success_returns_request_id_and_logs_no_content(caplog):
+    metrics = Metrics()
+
+    async def check(channel):
+        call = pb_grpc.MairaSaeStub(channel).Encode(
+            pb.EncodeRequest(sae_id="ok", study=pb.Study(indication=PATIENT_TEXT)),
+            metadata=(("x-request-id", "req-42"),),
+        )
+        response = await call
+        assert response.sae_id == "req-42"  # the servicer sees the caller's request id
+        assert dict(await call.trailing_metadata())["x-request-id"] == "req-42"
+
+    with caplog.at_level(logging.INFO, logger="maira_sae.access"):
+        run(check, metrics=metrics)
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "maira_sae.access"]
+    assert line["request_id"] == "req-42"
+    assert line["method"] == "/maira_sae.v1.MairaSae/Encode"
+    assert line["code"] == "OK"
+    assert line["request_bytes"] > 0 and line["response_bytes"] > 0
+    assert all(PATIENT_TEXT not in r.getMessage() for r in caplog.records)
+    sample = metrics.registry.get_sample_value
+    labels = {"method": "/maira_sae.v1.MairaSae/Encode", "code": "OK"}
+    assert sample("maira_sae_requests_total", labels) == 1
+    assert sample("maira_sae_inflight_requests", {"method": labels["method"]}) == 0
+
+
+def test_metrics_count_error_codes():
+    metrics = Metrics()
+
+    async def check(channel):
+        stub = pb_grpc.MairaSaeStub(channel)
+        await call_error(stub.Encode(pb.EncodeRequest(sae_id="not-found")))
+        await call_error(stub.Encode(pb.EncodeRequest(sae_id="bug")))
+
+    run(check, metrics=metrics)
+    sample = metrics.registry.get_sample_value
+    method = "/maira_sae.v1.MairaSae/Encode"
+    assert sample("maira_sae_requests_total", {"method": method, "code": "NOT_FOUND"}) == 1
+    assert sample("maira_sae_requests_total", {"method": method, "code": "INTERNAL"}) == 1
+
+
+AUTH_CONFIG = ServerConfig(auth=AuthConfig(token=TOKEN))
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        ((), grpc.StatusCode.UNAUTHENTICATED),
+        ((("authorization", "Bearer wrong"),), grpc.StatusCode.UNAUTHENTICATED),
+        ((("authorization", f"Basic {TOKEN}"),), grpc.StatusCode.UNAUTHENTICATED),
+        ((("authorization", f"Bearer {TOKEN}"),), grpc.StatusCode.OK),
+        ((("authorization", f"bearer {TOKEN}"),), grpc.StatusCode.OK),
+    ],
+)
+def test_bearer_token_auth(metadata, expected, caplog):
+    async def check(channel):
+        stub = pb_grpc.MairaSaeStub(channel)
+        unary = stub.Encode(pb.EncodeRequest(sae_id="ok"), metadata=metadata)
+        stream = stub.GenerateSteered(pb.GenerateRequest(), metadata=metadata)
+        if expected is grpc.StatusCode.OK:
+            assert (await unary).total_tokens == 7
+            assert len([event async for event in stream]) == 2
+        else:
+            assert (await call_error(unary)).code() == expected
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                _ = [event async for event in stream]
+            assert info.value.code() == expected
+
+    with caplog.at_level(logging.DEBUG):
+        run(check, config=AUTH_CONFIG)
+    assert all(TOKEN not in r.getMessage() for r in caplog.records)
+
+
+def test_health_stays_open_with_auth_on():
+    async def check(channel):
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    run(check, config=AUTH_CONFIG)
+
+
+def test_token_file(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{TOKEN}\n")
+
+    async def check(channel):
+        stub = pb_grpc.MairaSaeStub(channel)
+        ok = stub.Encode(pb.EncodeRequest(), metadata=(("authorization", f"Bearer {TOKEN}"),))
+        assert (await ok).total_tokens == 7
+        denied = stub.Encode(pb.EncodeRequest())
+        assert (await call_error(denied)).code() == grpc.StatusCode.UNAUTHENTICATED
+
+    run(check, config=ServerConfig(auth=AuthConfig(token_file=token_file)))

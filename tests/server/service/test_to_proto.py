@@ -1,0 +1,134 @@
+"""Domain results -> protobuf responses."""
+
+from __future__ import annotations
+
+import pytest
+
+from maira_sae.sae.catalogue import FeatureInterpretation
+from maira_sae.server.engine import types as t
+from maira_sae.server.maira2.study import ImageRole
+from maira_sae.server.maira2.tokens import TokenInfo, TokenKind
+from maira_sae.server.service import to_proto
+from maira_sae.server.service.config import SaeSpec, ServerConfig
+from maira_sae.server.service.descriptions import ModelDescription, SaeDescription
+from maira_sae.v1 import maira_sae_pb2 as pb
+
+PATCH = TokenInfo(5, 32204, "", TokenKind.IMAGE_PATCH, 1, ImageRole.LATERAL, 0, 36)
+TEXT = TokenInfo(9, 1234, "▁eff", TokenKind.PROMPT_TEXT)
+
+
+def test_encode_result_to_proto():
+    result = t.EncodeResult(
+        sae_id="f4",
+        layer=15,
+        tokens=(
+            t.TokenFeatures(PATCH, (7, 2), (3.5, 0.25)),
+            t.TokenFeatures(TEXT, (), ()),
+        ),
+        total_tokens=1400,
+        quality=t.ReconstructionQuality(mse=0.1, explained_variance=0.8, cosine=0.95),
+    )
+    msg = to_proto.encode_result_to_proto(result)
+    patch, text = msg.tokens
+    assert (msg.sae_id, msg.layer, msg.total_tokens) == ("f4", 15, 1400)
+    assert patch.token.kind == pb.TOKEN_KIND_IMAGE_PATCH
+    assert patch.token.image_role == pb.IMAGE_ROLE_LATERAL
+    assert (patch.token.image_index, patch.token.grid_row, patch.token.grid_col) == (1, 0, 36)
+    assert patch.token.HasField("grid_row")  # row 0 is a real row
+    assert list(patch.feature_ids) == [7, 2]
+    assert list(patch.values) == [3.5, 0.25]
+    assert text.token.text == "▁eff" and not text.token.HasField("image_index")
+    assert text.token.image_role == pb.IMAGE_ROLE_UNSPECIFIED
+    assert msg.quality.explained_variance == pytest.approx(0.8)
+
+
+def test_top_features_result_to_proto():
+    grid = t.ImageActivationGrid(image_index=0, rows=2, cols=2, values=(0.0, 1.0, 0.5, 0.0))
+    result = t.TopFeaturesResult(
+        sae_id="f4",
+        layer=15,
+        features=(
+            t.FeatureScore(12, 4.5, "pacemaker", 0.9, (3, 4), (grid,)),
+            t.FeatureScore(13, 1.0, None, None, (), ()),
+        ),
+        total_tokens=20,
+    )
+    msg = to_proto.top_features_result_to_proto(result)
+    labelled, bare = msg.features
+    assert (labelled.feature, labelled.score, labelled.label) == (12, 4.5, "pacemaker")
+    assert labelled.interpretation_score == pytest.approx(0.9)
+    assert list(labelled.token_positions) == [3, 4]
+    assert list(labelled.image_grids[0].values) == [0.0, 1.0, 0.5, 0.0]
+    assert not bare.HasField("label") and not bare.HasField("interpretation_score")
+
+
+def test_generation_events_to_proto():
+    token = to_proto.generation_event_to_proto(t.GeneratedToken(2, 4200, 319, " The"))
+    assert token.variant_index == 2 and token.WhichOneof("event") == "token"
+    assert (token.token.position, token.token.token_id, token.token.text) == (4200, 319, " The")
+    box = t.GroundedBox(0.1, 0.2, 0.3, 0.4, 0.15, 0.2, 0.35, 0.4)
+    finished = to_proto.generation_event_to_proto(
+        t.VariantFinished(
+            variant_index=1,
+            text="<obj>Effusion</obj>",
+            finish_reason=t.FinishReason.LENGTH,
+            num_tokens=300,
+            phrases=(t.GroundedPhrase("Effusion", (box,)),),
+            parse_ok=False,
+        )
+    )
+    result = finished.finished
+    assert finished.variant_index == 1 and finished.WhichOneof("event") == "finished"
+    assert result.finish_reason == pb.FINISH_REASON_LENGTH
+    assert (result.num_tokens, result.parse_ok) == (300, False)
+    (phrase,) = result.phrases
+    assert phrase.boxes[0].cropped.x_max == pytest.approx(0.3)
+    assert phrase.boxes[0].original.x_min == pytest.approx(0.15)
+
+
+def test_features_to_proto():
+    labelled = FeatureInterpretation(feature=4, explanation="sternal wires", score=0.7)
+    msg = to_proto.feature_to_proto(t.FeatureDescription(4, labelled, 1.0))
+    assert (msg.feature, msg.label, msg.decoder_norm) == (4, "sternal wires", 1.0)
+    bare = to_proto.feature_to_proto(t.FeatureDescription(5, None, 0.5))
+    assert not bare.HasField("label") and not bare.HasField("interpretation_score")
+    search = to_proto.search_response_to_proto(
+        t.FeatureSearchResult("f4", ((t.FeatureDescription(4, labelled, 2.0), 3.2),))
+    )
+    assert search.sae_id == "f4"
+    assert search.matches[0].feature.decoder_norm == 2.0
+    assert search.matches[0].score == pytest.approx(3.2)
+
+
+def test_info_to_proto():
+    config = ServerConfig(saes=(SaeSpec(id="f4", path="/x"),))
+    model = ModelDescription(
+        name="microsoft/maira-2",
+        path="/models/maira-2",
+        dtype="bfloat16",
+        device="cuda:0",
+        num_layers=32,
+        hidden_size=4096,
+        image_tokens_per_image=1369,
+        patch_grid_rows=37,
+        patch_grid_cols=37,
+        demo=False,
+    )
+    sae = SaeDescription(
+        id="f4",
+        layer=15,
+        hook_point="block_output",
+        d_model=4096,
+        d_sae=16384,
+        group_sizes=(1024, 3072, 12288),
+        num_interpretations=100,
+        source_format="dictionary_learning",
+    )
+    versions = {"maira_sae": "0.1.0", "torch": "2.13", "transformers": "5.24"}
+    msg = to_proto.info_to_proto(model, [sae], config, versions)
+    assert msg.model.image_tokens_per_image == 1369
+    assert msg.saes[0].has_interpretations and list(msg.saes[0].group_sizes) == [1024, 3072, 12288]
+    assert msg.default_sae_id == "f4"
+    assert msg.limits.max_new_tokens == 1024 and msg.limits.queue_size == 64
+    assert msg.limits.max_abs_strength == 1e4
+    assert msg.versions.transformers == "5.24"
