@@ -3,23 +3,26 @@ config parser, ``build_empty_model`` (weights allocated on the device, never ini
 the CPU), the real processor (with the demo tokenizer, which has MAIRA-2's vocabulary size and
 added tokens) and the real ``Engine``, plus a random ef4 SAE at layer 15.
 
-``FULL_SIZES`` holds the real model's sizes (shared/maira2-facts.md); ``--smoke`` keeps the
+``full_size_config`` has the real model's sizes (shared/maira2-facts.md); ``--smoke`` keeps the
 demo checkpoint's small widths and depths so that the same code runs end to end on a CPU.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from bench.random_sae import EF4_GROUP_SIZES, random_sae
 from maira_sae.sae.catalogue import FeatureCatalogue
-from maira_sae.server.demo.random_checkpoint import DEMO_CONFIG, NEVER_GENERATED, RESIDUAL_WRITERS
+from maira_sae.server.demo.random_checkpoint import (
+    DEMO_CONFIG,
+    NEVER_GENERATED,
+    RESIDUAL_WRITERS,
+    full_size_config,
+)
 from maira_sae.server.demo.tokenizer import write_chat_template, write_demo_tokenizer
 from maira_sae.server.engine.capture import capture_batch
 from maira_sae.server.engine.engine import Engine, SaeEntry
@@ -34,34 +37,13 @@ from maira_sae.server.service.warmup import synthetic_chest_image
 SAE_LAYER = 15
 SAE_ID = "random-ef4-layer15"
 EXPANSION = 4
-# The real model's sizes (shared/maira2-facts.md) over the demo checkpoint's config, which has
-# every other MAIRA-2 config value; the smoke run keeps the demo's sizes (widths and depths
-# only shrink: vocabulary, 1369 image tokens per image, tokens and the SAE layer stay), so it
-# takes every code path the full-size run takes.
-FULL_SIZES: dict[str, dict[str, Any]] = {
-    "text_config": {
-        "hidden_size": 4096,
-        "intermediate_size": 11008,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 32,
-    },
-    "vision_config": {
-        "hidden_size": 768,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "out_features": ["stage12"],
-        "out_indices": [12],
-    },
-}
 
 
 def maira2_config(*, smoke: bool) -> Maira2Config:
-    raw = copy.deepcopy(DEMO_CONFIG)
-    if not smoke:
-        for section, sizes in FULL_SIZES.items():
-            raw[section].update(sizes)
-        raw["hidden_size"] = raw["text_config"]["hidden_size"]
+    """The demo checkpoint's config at the real model's sizes; ``smoke`` keeps the demo's
+    (widths and depths only shrink: vocabulary, 1369 image tokens per image, tokens and the
+    SAE layer stay), so the smoke run takes every code path the full-size run takes."""
+    raw = DEMO_CONFIG if smoke else full_size_config()
     return parse_maira2_config(raw, source="bench full-size config")
 
 

@@ -13,6 +13,7 @@ Every file is a pure function of the seed: same seed, same bytes.
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 from dataclasses import dataclass
@@ -95,7 +96,10 @@ DEMO_CONFIG: dict[str, Any] = {
         "rms_norm_eps": 1e-5,
         # Vicuna's 4096 positions stretched by the linear RoPE factor: room for three images.
         "max_position_embeddings": 6144,
-        "rope_parameters": {"rope_type": "linear", "factor": 1.5, "rope_theta": 10000.0},
+        # The transformers 4.x form, as the released config has it (4.x ignores the 5.x
+        # "rope_parameters"; transformers 5 reads this form as the same linear scaling).
+        "rope_scaling": {"factor": 1.5, "type": "linear"},
+        "rope_theta": 10000.0,
         "attention_bias": False,
         "mlp_bias": False,
         "tie_word_embeddings": False,
@@ -129,6 +133,34 @@ DEMO_CONFIG: dict[str, Any] = {
     "vision_feature_layer": -1,
     "vision_feature_select_strategy": "default",
 }
+
+
+# The real model's sizes (shared/maira2-facts.md); every other value is the demo's.
+FULL_SIZES: dict[str, dict[str, Any]] = {
+    "text_config": {
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+    },
+    "vision_config": {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "out_features": ["stage12"],
+        "out_indices": [12],
+    },
+}
+
+
+def full_size_config() -> dict[str, Any]:
+    """DEMO_CONFIG at MAIRA-2's real sizes (for benches on a GPU and the tensor-name fixture)."""
+    raw = copy.deepcopy(DEMO_CONFIG)
+    for section, sizes in FULL_SIZES.items():
+        raw[section].update(sizes)
+    raw["hidden_size"] = raw["text_config"]["hidden_size"]
+    return raw
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import save_file
 
 from maira_sae.server.demo.tokenizer import write_chat_template, write_demo_tokenizer
-from maira_sae.server.maira2.checkpoint import INDEX_FILE, to_disk_name
+from maira_sae.server.maira2.checkpoint import INDEX_FILE
 from maira_sae.server.maira2.image_preprocessing import ImagePreprocessingSettings
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
+from maira_sae.server.maira2.tensor_names import NameForm, to_disk_name
 
 NUM_SHARDS = 2
 GENERATION_CONFIG = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
@@ -43,25 +44,30 @@ def write_snapshot_files(
 
 
 def write_weights(
-    model: Maira2ForConditionalGeneration, folder: Path, *, dtype: torch.dtype | None = None
+    model: Maira2ForConditionalGeneration,
+    folder: Path,
+    *,
+    dtype: torch.dtype | None = None,
+    names: NameForm = NameForm.TRANSFORMERS_4,
 ) -> None:
-    """On-disk names, split in order into NUM_SHARDS files of about equal size, plus the index;
+    """On-disk names (spelt as the released snapshot spells them, unless ``names`` says
+    otherwise), split in order into NUM_SHARDS files of about equal size, plus the index;
     ``dtype`` converts the tensors (default: as they are)."""
     tensors = {
-        to_disk_name(name): t.to(dtype or t.dtype).contiguous()
+        to_disk_name(name, names): t.to(dtype or t.dtype).contiguous()
         for name, t in model.state_dict().items()
     }
-    names = sorted(tensors)
+    ordered = sorted(tensors)
     total_size = sum(t.numel() * t.element_size() for t in tensors.values())
     file_names = [f"model-{i + 1:05d}-of-{NUM_SHARDS:05d}.safetensors" for i in range(NUM_SHARDS)]
     weight_map: dict[str, str] = {}
     written = 0
-    for name in names:
+    for name in ordered:
         shard = min(written * NUM_SHARDS // total_size, NUM_SHARDS - 1)
         weight_map[name] = file_names[shard]
         written += tensors[name].numel() * tensors[name].element_size()
     for file_name in file_names:
-        shard_tensors = {n: tensors[n] for n in names if weight_map[n] == file_name}
+        shard_tensors = {n: tensors[n] for n in ordered if weight_map[n] == file_name}
         save_file(shard_tensors, folder / file_name, metadata={"format": "pt"})
     _write_json(
         folder / INDEX_FILE, {"metadata": {"total_size": total_size}, "weight_map": weight_map}

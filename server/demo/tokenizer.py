@@ -102,7 +102,8 @@ def write_demo_tokenizer(folder: Path) -> None:
 
 
 def write_chat_template(folder: Path) -> None:
-    """Write chat_template.json holding MAIRA-2's chat template."""
+    """Write chat_template.json holding MAIRA-2's chat template (the processor's copy of the
+    one in tokenizer_config.json)."""
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
 
@@ -207,6 +208,8 @@ def _tokenizer_config(added: list[AddedToken]) -> dict[str, object]:
         "add_eos_token": False,
         "added_tokens_decoder": decoder,
         "bos_token": BOS,
+        # Where the original processor reads it from; chat_template.json holds a copy.
+        "chat_template": CHAT_TEMPLATE,
         "clean_up_tokenization_spaces": False,
         "eos_token": EOS,
         "legacy": False,

@@ -24,21 +24,23 @@ from safetensors import SafetensorError, safe_open
 from transformers import GenerationConfig
 from transformers.initialization import no_init_weights
 
-from maira_sae.server.maira2.config import CheckpointError, Maira2Config, read_maira2_config
+from maira_sae.server.maira2.config import (
+    CheckpointError,
+    ImageFeatures,
+    Maira2Config,
+    read_maira2_config,
+)
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
+from maira_sae.server.maira2.tensor_names import (
+    NameForm,
+    TensorNameError,
+    name_form,
+    to_disk_name,
+    to_memory_name,
+)
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-
-# The one mapping between the names MAIRA-2 ships (the LLaVA layout of transformers < 4.52,
-# which transformers 5 still writes on save) and where transformers 5 keeps those modules in
-# memory. Ordered (on disk, in memory) prefix pairs; every tensor name starts with exactly one.
-KEY_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("language_model.model.", "model.language_model."),
-    ("language_model.lm_head.", "lm_head."),
-    ("vision_tower.", "model.vision_tower."),
-    ("multi_modal_projector.", "model.multi_modal_projector."),
-)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Files a snapshot download fetches: never code, never pickled weights.
@@ -50,23 +52,6 @@ class LoadedMaira2:
     model: Maira2ForConditionalGeneration  # in eval mode
     config: Maira2Config
     snapshot_dir: Path
-
-
-def to_memory_name(disk_name: str) -> str:
-    """On-disk tensor name -> ``Maira2ForConditionalGeneration`` state-dict name."""
-    return _swap_prefix(disk_name, KEY_PREFIXES)
-
-
-def to_disk_name(memory_name: str) -> str:
-    """``Maira2ForConditionalGeneration`` state-dict name -> on-disk tensor name."""
-    return _swap_prefix(memory_name, tuple((memory, disk) for disk, memory in KEY_PREFIXES))
-
-
-def _swap_prefix(name: str, pairs: tuple[tuple[str, str], ...]) -> str:
-    for old, new in pairs:
-        if name.startswith(old):
-            return new + name[len(old) :]
-    raise KeyError(f"{name!r} starts with none of {[old for old, _ in pairs]}")
 
 
 def build_empty_model(
@@ -91,15 +76,19 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def expected_tensor_shapes(config: Maira2Config) -> dict[str, tuple[int, ...]]:
-    """On-disk tensor name -> shape, for a checkpoint of this config."""
+def expected_tensor_shapes(
+    config: Maira2Config, form: NameForm = NameForm.TRANSFORMERS_4
+) -> dict[str, tuple[int, ...]]:
+    """On-disk tensor name (spelt as ``form``) -> shape, for a checkpoint of this config."""
     model = build_empty_model(config, device="meta", dtype=torch.float32)
-    return {to_disk_name(name): tuple(t.shape) for name, t in model.state_dict().items()}
+    return {to_disk_name(name, form): tuple(t.shape) for name, t in model.state_dict().items()}
 
 
-def expected_tensor_names(config: Maira2Config) -> set[str]:
+def expected_tensor_names(
+    config: Maira2Config, form: NameForm = NameForm.TRANSFORMERS_4
+) -> set[str]:
     """On-disk tensor names: text 1 + 9·L + 2, vision 5 + 18·L_vis + 2, projector 2·n."""
-    return set(expected_tensor_shapes(config))
+    return set(expected_tensor_shapes(config, form))
 
 
 def resolve_snapshot(
@@ -143,13 +132,18 @@ def resolve_dtype(name: str) -> torch.dtype | None:
 
 
 def load_maira2(
-    path_or_hub_id: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    path_or_hub_id: str,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    image_features: ImageFeatures = ImageFeatures.FEATURE_MAPS,
 ) -> LoadedMaira2:
-    """Load, check and return MAIRA-2 in eval mode; dtype defaults to bf16 on CUDA, else fp32."""
+    """Load, check and return MAIRA-2 in eval mode; dtype defaults to bf16 on CUDA, else fp32.
+    Tensor names may be spelt as transformers 4.x or 5.x wrote them (``tensor_names``)."""
     snapshot = resolve_snapshot(path_or_hub_id)
-    config = read_maira2_config(snapshot / "config.json")
+    config = read_maira2_config(snapshot / "config.json", image_features=image_features)
     shards = _tensor_shards(snapshot)
-    _check_tensors(snapshot, shards, expected_tensor_shapes(config))
+    _check_tensors(snapshot, shards, config)
 
     device = torch.device(device)
     if dtype is None:
@@ -204,11 +198,20 @@ def _tensor_shards(snapshot: Path) -> dict[Path, list[str]]:
     return shards
 
 
-def _check_tensors(
-    snapshot: Path, shards: dict[Path, list[str]], expected: dict[str, tuple[int, ...]]
-) -> None:
-    """Refuse a checkpoint whose tensors (read from the shard headers) differ from the model."""
+def tensor_name_form(snapshot: Path, names: list[str]) -> NameForm:
+    """The spelling of a checkpoint's tensor names (the 4.x one when it has no vision
+    attention to tell them apart); a checkpoint that mixes both is refused."""
+    try:
+        return name_form(names) or NameForm.TRANSFORMERS_4
+    except TensorNameError as e:
+        raise CheckpointError(f"{snapshot}: {e.args[0]}") from e
+
+
+def _check_tensors(snapshot: Path, shards: dict[Path, list[str]], config: Maira2Config) -> None:
+    """Refuse a checkpoint whose tensors (read from the shard headers) differ from the model,
+    in either name spelling."""
     found: dict[str, tuple[int, ...]] = {}
+    shard_of: dict[str, Path] = {}
     for shard, names in shards.items():
         with _open_safetensors(shard) as f:
             in_shard = set(f.keys())
@@ -220,20 +223,27 @@ def _check_tensors(
                 )
             for name in names:
                 found[name] = tuple(f.get_slice(name).get_shape())
-
-    def listing(names: set[str]) -> str:
-        return f"{len(names)} tensor(s), e.g. {sorted(names)[:5]}"
+                shard_of[name] = shard
+    form = tensor_name_form(snapshot, list(found))
+    expected = expected_tensor_shapes(config, form)
 
     missing = expected.keys() - found.keys()
     if missing:
-        raise CheckpointError(f"{snapshot}: missing {listing(missing)}")
-    unexpected = found.keys() - expected.keys()
+        raise CheckpointError(
+            f"{snapshot}: missing {len(missing)} tensor(s) of a MAIRA-2 checkpoint with "
+            f"{form.value} names, e.g. {sorted(missing)[:5]}"
+        )
+    unexpected = sorted(found.keys() - expected.keys())
     if unexpected:
-        raise CheckpointError(f"{snapshot}: unexpected {listing(unexpected)}")
+        where = ", ".join(f"{name} in {shard_of[name].name}" for name in unexpected[:5])
+        raise CheckpointError(
+            f"{snapshot}: unexpected {len(unexpected)} tensor(s), which no MAIRA-2 module has "
+            f"({form.value} names), e.g. {where}"
+        )
     for name, shape in sorted(found.items()):
         if shape != expected[name]:
             raise CheckpointError(
-                f"{snapshot}: tensor {name} has shape {list(shape)}, expected "
+                f"{shard_of[name]}: tensor {name} has shape {list(shape)}, expected "
                 f"{list(expected[name])} for this config"
             )
 

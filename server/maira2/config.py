@@ -10,6 +10,8 @@ that only looks similar would load and then produce quietly wrong features.
 
 from __future__ import annotations
 
+import copy
+import enum
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,18 @@ _LLAVA_KEYS = (
 _SubConfig = TypeVar("_SubConfig", LlamaConfig, Dinov2Config)
 
 
+class ImageFeatures(enum.Enum):
+    """Which vision-tower output feeds the projector; the released model code exists in both
+    forms and which one produced the SAEs' training activations is not public (a setting)."""
+
+    # The Dinov2 backbone's feature map: the last block's output after the final LayerNorm.
+    # The earlier release reads this, and its docstring says MAIRA-2 wants exactly it.
+    FEATURE_MAPS = "feature_maps"
+    # hidden_states[-1]: the last block's output before that LayerNorm, as the later release
+    # (written for transformers 4.49+) reads it. Logits differ by about 5 between the two.
+    HIDDEN_STATES = "hidden_states"
+
+
 class CheckpointError(ValueError):
     """A checkpoint (config, weights, snapshot or SAE) is not what this server can serve."""
 
@@ -53,12 +67,17 @@ class CheckpointError(ValueError):
 class Maira2Config:
     """A validated MAIRA-2 configuration.
 
-    ``llava`` is what the model is built from; it also carries ``projector_n_layers`` as an
-    extra attribute so that the model class needs nothing but its transformers config.
+    ``llava`` is what the model is built from; it also carries ``projector_n_layers`` and
+    ``image_features`` as extra attributes so that the model class needs nothing but its
+    transformers config.
     """
 
     llava: LlavaConfig
     projector_n_layers: int
+
+    @property
+    def image_features(self) -> ImageFeatures:
+        return ImageFeatures(self.llava.image_features)
 
     @property
     def text(self) -> LlamaConfig:
@@ -97,7 +116,9 @@ class Maira2Config:
         return self.text.vocab_size
 
 
-def read_maira2_config(path: Path) -> Maira2Config:
+def read_maira2_config(
+    path: Path, *, image_features: ImageFeatures = ImageFeatures.FEATURE_MAPS
+) -> Maira2Config:
     """Read and validate a MAIRA-2 ``config.json``."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -107,11 +128,18 @@ def read_maira2_config(path: Path) -> Maira2Config:
         raise CheckpointError(f"{path}: cannot read it as JSON: {e}") from e
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a JSON object at the top level")
-    return parse_maira2_config(raw, source=str(path))
+    return parse_maira2_config(raw, source=str(path), image_features=image_features)
 
 
-def parse_maira2_config(raw: dict[str, Any], *, source: str = "config.json") -> Maira2Config:
-    """Validate a parsed MAIRA-2 config dict; ``source`` names the file in error messages."""
+def parse_maira2_config(
+    raw: dict[str, Any],
+    *,
+    source: str = "config.json",
+    image_features: ImageFeatures = ImageFeatures.FEATURE_MAPS,
+) -> Maira2Config:
+    """Validate a parsed MAIRA-2 config dict; ``source`` names the file in error messages.
+    ``image_features`` is the serving choice of the vision output (not a key of the file)."""
+    raw = copy.deepcopy(raw)  # transformers' config classes normalise nested dicts in place
     if raw.get("model_type") != MODEL_TYPE:
         raise _refusal(
             source, "model_type", f"expected '{MODEL_TYPE}', got {raw.get('model_type')!r}"
@@ -172,6 +200,7 @@ def parse_maira2_config(raw: dict[str, Any], *, source: str = "config.json") -> 
         image_seq_length=seq_length,
         tie_word_embeddings=False,
         projector_n_layers=n_layers,
+        image_features=image_features.value,
         **{key: raw[key] for key in _LLAVA_KEYS},
     )
     return Maira2Config(llava=llava, projector_n_layers=n_layers)

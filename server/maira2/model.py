@@ -5,10 +5,11 @@ merge, attention, KV cache, ``generate``) is transformers' own code:
 
 - the projector is an MLP of ``projector_n_layers`` Linear layers with the activation between
   them, held as ``multi_modal_projector.layers`` (so weights sit at ``layers.{0,2,4,6}``);
-- image features are the vision tower's ``last_hidden_state`` - the hidden states AFTER the
-  final LayerNorm - with the CLS token dropped. Stock LLaVA reads ``hidden_states[-1]``, which
-  for Dinov2 is the output of the last block BEFORE that LayerNorm; a MAIRA-2 port seen in the
-  wild does the same and silently feeds the projector un-normalised features.
+- image features are, by default, the vision tower's ``last_hidden_state`` - the hidden states
+  AFTER the final LayerNorm (the backbone's feature map) - with the CLS token dropped. Stock
+  LLaVA reads ``hidden_states[-1]``, the output of the last block BEFORE that LayerNorm, and so
+  does the later release of MAIRA-2's own code; ``image_features = "hidden_states"`` selects
+  that reading (``config.ImageFeatures``), since which one the SAEs were trained on is unknown.
 
 In memory the modules sit where transformers 5 puts them (``model.language_model``,
 ``model.vision_tower``, ``model.multi_modal_projector``, ``lm_head``); the on-disk names are
@@ -81,8 +82,14 @@ class Maira2Model(LlavaModel):
             raise ValueError(
                 f"MAIRA-2 uses strategy 'default', got {vision_feature_select_strategy!r}"
             )
-        image_outputs = self.vision_tower(pixel_values, return_dict=True)
-        patch_features = image_outputs.last_hidden_state[:, 1:]  # post-LayerNorm, CLS dropped
+        before_layernorm = self.config.image_features == "hidden_states"
+        image_outputs = self.vision_tower(
+            pixel_values, output_hidden_states=before_layernorm, return_dict=True
+        )
+        if before_layernorm:  # the last block's output, final LayerNorm not applied
+            patch_features = image_outputs.hidden_states[-1][:, 1:]
+        else:  # the feature map: post-LayerNorm
+            patch_features = image_outputs.last_hidden_state[:, 1:]  # CLS dropped either way
         image_outputs.pooler_output = list(self.multi_modal_projector(patch_features))
         return image_outputs
 

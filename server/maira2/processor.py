@@ -12,7 +12,6 @@ writes it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import AddedToken, Tokenizer
-from transformers import LlamaTokenizer, TokenizersBackend
+from transformers import TokenizersBackend
 
 from maira_sae.server.errors import InvalidArgument
 from maira_sae.server.maira2.config import Maira2Config
@@ -32,6 +31,7 @@ from maira_sae.server.maira2.image_preprocessing import (
 )
 from maira_sae.server.maira2.prompts import ChatTemplate, ContentItem, Sections, user_content
 from maira_sae.server.maira2.study import ImageRole, Study, Task
+from maira_sae.server.maira2.tokenizer_files import load_snapshot_tokenizer, read_chat_template
 from maira_sae.server.maira2.tokens import TokenInfo, TokenKind
 
 IMAGE_TOKEN = "<image>"
@@ -106,14 +106,10 @@ class Maira2Processor:
         image_seq_length: int,
         patch_grid: tuple[int, int],
     ) -> Maira2Processor:
-        """Load the tokenizer, chat_template.json and preprocessor_config.json of a snapshot."""
-        # The Llama class directly, not AutoTokenizer: that would read config.json, meet
-        # MAIRA-2's remote-code auto_map and ask whether to run code from the snapshot.
-        tokenizer = LlamaTokenizer.from_pretrained(folder, local_files_only=True)
-        template = json.loads((folder / "chat_template.json").read_text(encoding="utf-8"))
+        """Load the tokenizer, the chat template and preprocessor_config.json of a snapshot."""
         return cls(
-            tokenizer,
-            ChatTemplate(template["chat_template"]),
+            load_snapshot_tokenizer(folder),
+            ChatTemplate(read_chat_template(folder)),
             ImagePreprocessingSettings.from_file(folder / "preprocessor_config.json"),
             image_token_index=image_token_index,
             image_seq_length=image_seq_length,
@@ -290,16 +286,36 @@ class Maira2Processor:
 
 
 def _guarded_tokenizer(tokenizer: TokenizersBackend) -> Tokenizer:
-    """A copy of the backend that matches the sentinels but never special-token strings."""
+    """A copy of the backend that matches the sentinels but never special-token strings.
+
+    Each sentinel strips whitespace exactly as the token it stands for does in the snapshot's
+    tokenizer.json (``<image>``, the eos token), so the text around it tokenises the same.
+    """
     guarded = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    added = {token.content: token for token in guarded.get_added_tokens_decoder().values()}
     guarded.add_tokens(
         [
-            AddedToken(sentinel, normalized=False, special=False)
-            for sentinel in (_IMAGE_SENTINEL, _EOS_SENTINEL)
+            _like(sentinel, added.get(stands_for))
+            for sentinel, stands_for in (
+                (_IMAGE_SENTINEL, IMAGE_TOKEN),
+                (_EOS_SENTINEL, tokenizer.eos_token),
+            )
         ]
     )
     guarded.encode_special_tokens = True
     return guarded
+
+
+def _like(sentinel: str, token: AddedToken | None) -> AddedToken:
+    """A plain added token for ``sentinel`` with ``token``'s whitespace handling."""
+    return AddedToken(
+        sentinel,
+        normalized=False,
+        special=False,
+        lstrip=bool(token and token.lstrip),
+        rstrip=bool(token and token.rstrip),
+        single_word=bool(token and token.single_word),
+    )
 
 
 def _refuse_nul(sections: Sections, task: Task, response: str | None) -> None:

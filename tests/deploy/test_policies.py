@@ -216,7 +216,10 @@ def test_weights_job_fills_the_folders_the_server_reads(gpu: Rendered, tmp_path:
     (container,) = pod["containers"]
     assert container["command"] == ["sh", "-c"]
     (script,) = container["args"]
-    steps = [shlex.split(step) for step in script.split("&&")]
+    preflight, *steps = [shlex.split(step) for step in script.split("&&")]
+    # First the snapshot is checked from its small files, by the server's own command.
+    assert preflight == ["maira-sae-server", "check-snapshot", "microsoft/maira-2"]
+    assert "maira-sae-server" in {ep.name for ep in entry_points(group="console_scripts")}
     # `hf download REPO --local-dir DIR`: a console script of huggingface_hub, which the
     # server extra installs into the image.
     hub_scripts = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -11,14 +12,14 @@ from safetensors import safe_open
 
 from maira_sae.sae.catalogue import FeatureCatalogue
 from maira_sae.sae.formats import load_sae
-from maira_sae.server.demo.random_checkpoint import SAE_LAYER, write_demo_checkpoint
+from maira_sae.server.demo.random_checkpoint import DEMO_CONFIG, SAE_LAYER, write_demo_checkpoint
 from maira_sae.server.maira2.checkpoint import (
     INDEX_FILE,
     expected_tensor_names,
     load_maira2,
     validate_sae_for_model,
 )
-from maira_sae.server.maira2.config import read_maira2_config
+from maira_sae.server.maira2.config import parse_maira2_config, read_maira2_config
 from maira_sae.server.maira2.image_preprocessing import (
     ImagePreprocessingSettings,
     preprocess_image,
@@ -136,3 +137,15 @@ def test_interpretations_are_marked_demo_and_searchable(demo_checkpoint):
     for interpretation, _score in hits:
         assert interpretation.explanation == "DEMO label (random model, not clinical): pacemaker"
         assert 0.0 <= interpretation.score <= 1.0
+
+
+def test_the_config_is_written_in_the_released_form_and_never_mutated(demo_checkpoint):
+    """transformers' config classes normalise rope dicts in place: parsing must copy first."""
+    before = copy.deepcopy(DEMO_CONFIG)
+    parse_maira2_config(DEMO_CONFIG)
+    assert before == DEMO_CONFIG
+    written = json.loads((demo_checkpoint.model_dir / "config.json").read_text())
+    assert written == DEMO_CONFIG
+    assert written["text_config"]["rope_scaling"] == {"factor": 1.5, "type": "linear"}
+    assert written["text_config"]["rope_theta"] == 10000.0
+    assert "rope_parameters" not in written["text_config"]

@@ -19,15 +19,14 @@ from maira_sae.server.maira2.checkpoint import (
     LoadedMaira2,
     expected_tensor_names,
     load_maira2,
-    to_disk_name,
-    to_memory_name,
     validate_sae_for_model,
 )
-from maira_sae.server.maira2.config import CheckpointError, parse_maira2_config
+from maira_sae.server.maira2.config import CheckpointError, ImageFeatures, parse_maira2_config
 from maira_sae.server.maira2.image_preprocessing import (
     ImagePreprocessingSettings,
     preprocess_image,
 )
+from maira_sae.server.maira2.tensor_names import to_disk_name, to_memory_name
 from maira_sae.server.service.warmup import synthetic_chest_image
 
 IMAGE = 32204
@@ -171,6 +170,25 @@ def test_image_features_are_taken_after_the_final_layernorm_without_cls(loaded, 
     assert [f.shape for f in features] == [(SEQ, 64), (SEQ, 64)]
     torch.testing.assert_close(torch.stack(features), expected)
     assert not torch.allclose(torch.stack(features), pre_norm, atol=1e-3)
+    assert loaded.config.image_features is ImageFeatures.FEATURE_MAPS
+
+
+def test_hidden_states_setting_feeds_the_projector_before_the_final_layernorm(
+    demo_checkpoint, loaded, pixels
+):
+    """The later release of MAIRA-2's code reads hidden_states[-1]: same weights, other logits."""
+    before = load_maira2(str(demo_checkpoint.model_dir), image_features=ImageFeatures.HIDDEN_STATES)
+    assert before.config.image_features is ImageFeatures.HIDDEN_STATES
+    tower = before.model.model.vision_tower
+    input_ids = torch.tensor([[1, *range(100, 110), *[IMAGE] * SEQ, *range(200, 210)]])
+    with torch.no_grad():
+        features = before.model.model.get_image_features(pixels[None]).pooler_output[0]
+        last_block = tower.encoder(tower.embeddings(pixels[None])).last_hidden_state
+        expected = before.model.model.multi_modal_projector(last_block[:, 1:])[0]
+        logits_before = before.model(input_ids=input_ids, pixel_values=pixels[None]).logits
+        logits_after = loaded.model(input_ids=input_ids, pixel_values=pixels[None]).logits
+    torch.testing.assert_close(features, expected)
+    assert (logits_before - logits_after).abs().max() > 1e-3
 
 
 def test_forward_and_generate_with_image_tokens(loaded, pixels):

@@ -233,7 +233,9 @@ def test_template_with_other_image_markup_fails_at_load(snapshot, tmp_path):
     for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
         (tmp_path / name).write_bytes((snapshot / name).read_bytes())
     template = CHAT_TEMPLATE.replace("<image>{% endif %}", "<image>\n{% endif %}")
-    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["chat_template"] = template  # where the original reads it
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="images must render as <image>"):
         Maira2Processor.from_snapshot(
             tmp_path, image_token_index=IMAGE_ID, image_seq_length=PATCHES, patch_grid=(ROWS, COLS)

@@ -1,7 +1,9 @@
 """What ``load_runtime`` refuses before serving: interpretations that name features the SAE
-does not have."""
+does not have; the settings it passes on to the model."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 
@@ -18,3 +20,11 @@ def test_interpretations_beyond_the_sae_are_refused_naming_the_file(demo_checkpo
     config = demo_config(demo_checkpoint, saes=(spec,))
     with pytest.raises(StartupError, match=r"interpretations\.csv: features \[100000\] are out"):
         load_runtime(config, Metrics())
+
+
+def test_the_image_features_setting_reaches_the_model_and_getinfo(demo_checkpoint):
+    base = demo_config(demo_checkpoint)
+    config = replace(base, model=replace(base.model, image_features="hidden_states"))
+    runtime = load_runtime(config, Metrics())
+    assert runtime.engine.model.config.image_features == "hidden_states"
+    assert runtime.model.image_features == "hidden_states"
