@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -13,8 +14,12 @@ from maira_sae.client.results import GenerateEvent, VariantResult
 _DEFAULT_RETRY = RetryPolicy()
 
 
+TARGET_ENV = "MAIRA_SAE_TARGET"
+
+
 class ClientBase:
-    """``target`` is ``host:port`` or ``dns:///name:port``; the other arguments are those of
+    """``target`` is ``host:port`` or ``dns:///name:port`` (empty: the ``MAIRA_SAE_TARGET``
+    environment variable, as the command line reads it); the other arguments are those of
     ``Connection`` (or pass a whole ``connection``). Every method takes ``timeout`` (seconds)
     to override the default deadline and raises a ``MairaSaeError`` subclass on failure."""
 
@@ -29,8 +34,12 @@ class ClientBase:
         metadata: Sequence[tuple[str, str]] = (),
         connection: Connection | None = None,
     ) -> None:
+        target = target or os.environ.get(TARGET_ENV, "")
         if connection is None and not target:
-            raise ValueError("give a target (host:port or dns:///name:port) or a connection")
+            raise ValueError(
+                f"give a target (host:port or dns:///name:port), set {TARGET_ENV}, "
+                "or give a connection"
+            )
         self.connection = connection or Connection(
             target=target,
             tls=tls,

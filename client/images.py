@@ -3,8 +3,9 @@
 One module for the server and the client SDK, so both refuse the same inputs with the same
 messages: the one piece of the client that the server imports (it may, because the client is
 torch-free and imports nothing of the server; the layer contracts in pyproject.toml hold both).
-It needs numpy and Pillow; pydicom is imported only when a DICOM file arrives, so the client
-works without it until then. Never torch.
+It needs numpy and Pillow; DICOM (``client.dicom``, where what is accepted and applied is
+described) imports pydicom only when a DICOM file arrives, so the client works without it until
+then. Never torch.
 
 What MAIRA-2 does next (per image: greyscale, then min-max to 0..255) throws away the absolute
 scale, so the decoder keeps the stored depth: 8-bit stays ``uint8``, 16-bit PNG stays ``uint16``,
@@ -23,18 +24,19 @@ import zlib
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
-    from pydicom.dataset import Dataset
+    from maira_sae.client.dicom import DicomOptions
 
 __all__ = [
     "DecodeLimits",
     "ImageDecodeError",
     "MediaType",
+    "check_dimensions",
     "decode_image",
     "load_image_file",
     "sniff_media_type",
@@ -55,12 +57,19 @@ _DICOM_MAGIC = b"DICM"
 
 
 def sniff_media_type(data: bytes) -> MediaType | None:
-    """The media type the leading bytes announce, or None when they match none we decode."""
+    """The media type the leading bytes announce, or None when they match none we decode.
+    DICOM is recognised by "DICM" after the 128-byte preamble, or, for a file written without
+    the preamble, by a first element that looks like DICOM's (``dicom.looks_like_bare_dicom``).
+    """
+    from maira_sae.client.dicom import looks_like_bare_dicom  # dicom imports this module
+
     if data.startswith(_PNG_SIGNATURE):
         return MediaType.PNG
     if data.startswith(_JPEG_SIGNATURE):
         return MediaType.JPEG
     if data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + len(_DICOM_MAGIC)] == _DICOM_MAGIC:
+        return MediaType.DICOM
+    if looks_like_bare_dicom(data):
         return MediaType.DICOM
     return None
 
@@ -106,7 +115,12 @@ class DecodeLimits:
 
 
 def decode_image(
-    data: bytes, media_type: MediaType | None, *, name: str, limits: DecodeLimits
+    data: bytes,
+    media_type: MediaType | None,
+    *,
+    name: str,
+    limits: DecodeLimits,
+    dicom: DicomOptions | None = None,
 ) -> np.ndarray:
     """Decode one image into a 2-D greyscale array at full depth.
 
@@ -114,6 +128,8 @@ def decode_image(
     that the bytes contradict is refused rather than guessed around. Colour is reduced with
     Pillow's "L" weights (ITU-R 601-2 luma) at the stored depth and alpha is dropped. Animated
     PNGs give their first frame; JPEG EXIF orientation is not applied (neither does MAIRA-2).
+    ``dicom`` says which DICOM files are accepted and how they are windowed (default:
+    ``DicomOptions()``).
     """
     if not data:
         raise ImageDecodeError(name, "empty image (0 bytes)")
@@ -125,7 +141,9 @@ def decode_image(
         )
     resolved = _resolve_media_type(data, media_type, name)
     if resolved is MediaType.DICOM:
-        return _decode_dicom(data, name, limits)
+        from maira_sae.client.dicom import decode_dicom  # dicom imports this module
+
+        return decode_dicom(data, name, limits, dicom)
     return _decode_raster(data, resolved, name, limits)
 
 
@@ -193,7 +211,8 @@ def _resolve_media_type(data: bytes, declared: MediaType | None, name: str) -> M
     return sniffed
 
 
-def _check_dimensions(width: int, height: int, name: str, limits: DecodeLimits) -> None:
+def check_dimensions(width: int, height: int, name: str, limits: DecodeLimits) -> None:
+    """Refuses a width x height (read from a header, before decoding) outside ``limits``."""
     if min(width, height) < limits.min_side:
         raise ImageDecodeError(
             name, f"image is {width}x{height}, a side is under the minimum of {limits.min_side}"
@@ -231,7 +250,7 @@ def _decode_raster(
         # Image.open parses only the header; pixels are decoded by load() below, after the
         # dimension check, so a file claiming huge dimensions costs nothing.
         with Image.open(BytesIO(data), formats=[kind]) as image:
-            _check_dimensions(image.width, image.height, name, limits)
+            check_dimensions(image.width, image.height, name, limits)
             if image.mode not in _DIRECT_MODES and image.mode not in _CONVERTED_MODES:
                 raise ImageDecodeError(name, f"unsupported {kind} pixel mode {image.mode!r}")
             image.load()
@@ -252,116 +271,3 @@ def _decode_raster(
     if pixels.dtype.kind == "u" and pixels.dtype.itemsize == 2:
         pixels = pixels.astype(np.uint16, copy=False)  # big-endian "I;16B" to native order
     return to_greyscale(pixels)
-
-
-# Only the elements needed to decode and display the pixels are read, so patient attributes
-# never enter the dataset and no pydicom warning or log line can carry them.
-_DICOM_PIXEL_TAGS = [
-    "SamplesPerPixel",
-    "PhotometricInterpretation",
-    "PlanarConfiguration",
-    "NumberOfFrames",
-    "Rows",
-    "Columns",
-    "BitsAllocated",
-    "BitsStored",
-    "HighBit",
-    "PixelRepresentation",
-    "RescaleIntercept",
-    "RescaleSlope",
-    "RescaleType",
-    "ModalityLUTSequence",
-    "WindowCenter",
-    "WindowWidth",
-    "VOILUTFunction",
-    "VOILUTSequence",
-    "ExtendedOffsetTable",
-    "ExtendedOffsetTableLengths",
-    "FloatPixelData",
-    "DoubleFloatPixelData",
-    "PixelData",
-]
-
-_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
-
-
-def _decode_dicom(data: bytes, name: str, limits: DecodeLimits) -> np.ndarray:
-    pydicom = _import_pydicom(name)
-    try:
-        dataset = pydicom.dcmread(BytesIO(data), force=False, specific_tags=_DICOM_PIXEL_TAGS)
-    except Exception as exc:  # pydicom raises many types for malformed files
-        raise ImageDecodeError(
-            name, f"cannot parse DICOM data (corrupt or truncated: {type(exc).__name__})"
-        ) from exc
-    _check_dicom_header(dataset, name, limits)
-    raw = _dicom_pixel_array(dataset, name)
-    return _dicom_display_values(raw, dataset, name)
-
-
-def _import_pydicom(name: str) -> Any:
-    try:
-        import pydicom
-    except ImportError as exc:
-        raise ImageDecodeError(
-            name, "DICOM support needs pydicom: pip install 'maira-sae[images]'"
-        ) from exc
-    return pydicom
-
-
-def _check_dicom_header(dataset: Dataset, name: str, limits: DecodeLimits) -> None:
-    if "PixelData" not in dataset:
-        raise ImageDecodeError(name, "DICOM file has no pixel data")
-    photometric = str(dataset.get("PhotometricInterpretation", "")).strip()
-    if photometric not in _MONOCHROME:
-        raise ImageDecodeError(
-            name,
-            f"DICOM photometric interpretation {photometric or 'missing'!r} is not supported "
-            "(only MONOCHROME1 and MONOCHROME2)",
-        )
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    if frames != 1:
-        raise ImageDecodeError(
-            name, f"multi-frame DICOM ({frames} frames) is not supported: send one frame"
-        )
-    rows, columns = dataset.get("Rows"), dataset.get("Columns")
-    if rows is None or columns is None:
-        raise ImageDecodeError(name, "DICOM file lacks Rows or Columns")
-    _check_dimensions(int(columns), int(rows), name, limits)
-
-
-def _dicom_pixel_array(dataset: Dataset, name: str) -> np.ndarray:
-    syntax = dataset.file_meta.get("TransferSyntaxUID")
-    syntax_text = f"{syntax.name} ({syntax})" if syntax is not None else "missing"
-    try:
-        return dataset.pixel_array
-    except Exception as exc:  # decoder plugins raise arbitrary types; see the message
-        why = (
-            "compressed pixel data could not be decoded"
-            if syntax is not None and syntax.is_compressed
-            else "pixel data could not be read"
-        )
-        raise ImageDecodeError(
-            name, f"{why} (transfer syntax {syntax_text}; {type(exc).__name__})"
-        ) from exc
-
-
-def _dicom_display_values(raw: np.ndarray, dataset: Dataset, name: str) -> np.ndarray:
-    """Modality LUT (rescale), then VOI (window), then MONOCHROME1 inversion: bright = dense.
-
-    The inversion mirrors values within the image's own range (min + max - x); MAIRA-2 min-max
-    normalises each image next, so this is exactly "invert the display".
-    """
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    try:
-        values = apply_voi_lut(apply_modality_lut(raw, dataset), dataset, index=0)
-    except (ValueError, TypeError, IndexError) as exc:
-        raise ImageDecodeError(
-            name, f"invalid DICOM rescale or window attributes ({type(exc).__name__})"
-        ) from exc
-    values = np.asarray(values, dtype=np.float32)
-    if values.ndim != 2:
-        raise ImageDecodeError(name, f"DICOM pixel data has shape {values.shape}, expected 2-D")
-    if str(dataset.PhotometricInterpretation).strip() == "MONOCHROME1":
-        values = values.min() + values.max() - values
-    return values

@@ -58,7 +58,9 @@ class TokenRange:
 @dataclass(frozen=True)
 class TokenFilter:
     """Which tokens count; every condition that is set must hold. Empty kinds: every kind but
-    SPECIAL. Empty image_indices: every image."""
+    SPECIAL. ``image_indices`` restricts image patch tokens to those images (0-based among
+    the present images, in prompt order); text tokens are not affected by it. Empty: every
+    image. ``ranges``: only tokens inside one of them."""
 
     kinds: frozenset[TokenKind] = frozenset()
     image_indices: frozenset[int] = frozenset()

@@ -15,8 +15,10 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
+from maira_sae.client.dicom import DicomOptions
 from maira_sae.client.images import (
     DecodeLimits,
+    ImageDecodeError,
     MediaType,
     decode_image,
     load_image_file,
@@ -41,15 +43,27 @@ class StudyImage:
     name: str = "image"
 
     @classmethod
-    def from_file(cls, path: PathLike) -> StudyImage:
-        """Reads a PNG, JPEG or DICOM file. A DICOM file is decoded once here, so pixel data
-        this client cannot read (e.g. a compressed transfer syntax without its decoder) fails
-        now with the file's name rather than later on the server."""
+    def from_file(cls, path: PathLike, *, frame: int | None = None) -> StudyImage:
+        """Reads a PNG, JPEG or DICOM file. A DICOM file is decoded once here, so a file this
+        client cannot read (a compressed transfer syntax without its decoder, a modality that
+        is not a radiograph) fails now with the file's name rather than later on the server.
+
+        ``frame`` picks one frame (from 0) of a multi-frame DICOM file, which is otherwise
+        refused. The server takes whole files only, so that frame is decoded here (with the
+        default ``DicomOptions``: window applied) and sent as a lossless 16-bit PNG of its
+        greyscale values. A single-frame file ignores ``frame`` 0 and refuses any other.
+        """
         data, media_type = load_image_file(path)
         image = cls(data=data, media_type=media_type, name=os.fspath(path))
-        if media_type is MediaType.DICOM:
+        if media_type is not MediaType.DICOM:
+            if frame not in (None, 0):
+                raise ImageDecodeError(image.name, f"frame {frame} was chosen, but it is no DICOM")
+            return image
+        if frame is None:
             image.pixels()
-        return image
+            return image
+        pixels = image.pixels(dicom=DicomOptions(frame=frame))
+        return cls.from_array(pixels, name=f"{image.name} frame {frame}")
 
     @classmethod
     def from_pil(cls, image: Image.Image, name: str = "image") -> StudyImage:
@@ -87,10 +101,15 @@ class StudyImage:
             return cls.from_array(image, name=name)
         return cls.from_file(image)
 
-    def pixels(self, limits: DecodeLimits | None = None) -> np.ndarray:
+    def pixels(
+        self, limits: DecodeLimits | None = None, dicom: DicomOptions | None = None
+    ) -> np.ndarray:
         """The greyscale pixels at full depth, decoded exactly as the server decodes them
-        (DICOM: rescale, window, MONOCHROME1 inverted)."""
-        return decode_image(self.data, self.media_type, name=self.name, limits=limits or _LIMITS)
+        (DICOM: rescale, window, MONOCHROME1 inverted; ``ServerInfo.dicom`` says whether a
+        server applies the window, and ``dicom`` here can match it)."""
+        return decode_image(
+            self.data, self.media_type, name=self.name, limits=limits or _LIMITS, dicom=dicom
+        )
 
 
 _LIMITS = DecodeLimits()
@@ -107,8 +126,8 @@ def _scaled_to_uint16(pixels: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Study:
-    """One study. A text section left None reads "N/A" in the prompt, as MAIRA-2 was trained;
-    an empty string is sent as empty text."""
+    """One study. A text section left None, or given as "", reads "N/A" in the prompt, as
+    MAIRA-2 was trained (both are sent; the server reads them alike)."""
 
     frontal: StudyImage
     lateral: StudyImage | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import textwrap
 from collections.abc import Iterable, Sequence
 from typing import TextIO
 
@@ -30,7 +31,9 @@ def visible(text: str) -> str:
 
 class ColumnPrinter:
     """Streams tokens as rows of one column per variant: one row per decode step (the
-    variants of one call share positions), then each variant's full report."""
+    variants of one call share positions), then each variant's full report. The header, whose
+    variant names wrap over as many lines as they need, is printed with the first event, so a
+    call that fails at once prints nothing but its error."""
 
     def __init__(self, names: Sequence[str], out: TextIO) -> None:
         self.names = list(names)
@@ -49,11 +52,17 @@ class ColumnPrinter:
             self._line(str(self.position), [self.row.get(i, "") for i in range(len(self.names))])
         self.row = {}
 
-    def run(self, events: Iterable[TokenEvent | VariantResult]) -> None:
-        self._line("pos", self.names)
+    def _header(self) -> None:
+        chunks = [textwrap.wrap(name, self.width) or [""] for name in self.names]
+        for i in range(max(len(c) for c in chunks)):
+            self._line("pos" if i == 0 else "", [c[i] if i < len(c) else "" for c in chunks])
         self._line("", ["-" * self.width] * len(self.names))
+
+    def run(self, events: Iterable[TokenEvent | VariantResult]) -> None:
         finished: list[VariantResult] = []
-        for event in events:
+        for n, event in enumerate(events):
+            if n == 0:
+                self._header()
             if isinstance(event, VariantResult):
                 finished.append(event)
                 continue

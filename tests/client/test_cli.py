@@ -40,7 +40,8 @@ def test_info_feature_search(cli):
     feature = run_json(cli, "feature", str(matches[0]["feature"]["feature"]))
     assert feature["label"] == matches[0]["feature"]["label"]
     status, out, _ = cli("info")
-    assert status == 0 and "demo-ef4-layer15" in out and "d_sae" in out
+    assert status == 0 and "default   demo-ef4-layer15" in out and "d_sae" in out
+    assert "dicom     DICOM modalities CR, DR, DX only; Modality LUT" in out
 
 
 def test_encode(cli, frontal_png):
@@ -78,7 +79,8 @@ def test_top_writes_heatmap_and_html(cli, frontal_png, tmp_path):
         "--feature", str(on_image),
     )  # fmt: skip
     assert status == 0 and "rank" in out
-    assert Image.open(single).size == Image.open(frontal_png).size
+    width, height = Image.open(frontal_png).size
+    assert Image.open(single).width == width and Image.open(single).height > height  # titled
 
 
 def test_generate_streams_json_lines_and_columns(cli, frontal_png):
@@ -145,3 +147,122 @@ def test_study_inputs_from_the_command_line_accept_16_bit_png(cli, tmp_path):
     path.write_bytes(buffer.getvalue())
     data = run_json(cli, "top", "--frontal", str(path), "--k", "2")
     assert len(data["features"]) == 2
+
+
+# --- the papercuts of issue 17 ---------------------------------------------------------------
+
+
+def test_negative_feature_is_refused_by_the_parser(cli):
+    with pytest.raises(SystemExit) as exit_:
+        cli("feature", "-1")
+    assert exit_.value.code == 2
+
+
+def test_image_index_past_the_study_is_an_argument_error(cli, frontal_png):
+    status, out, err = cli("encode", "--frontal", str(frontal_png), "--image-index", "2")
+    assert status == 2 and out == ""
+    assert "--image-index 2: the study has 1 image(s) (0: frontal)" in err
+    assert "Traceback" not in err
+
+
+def test_image_index_and_range_filters(cli, frontal_png):
+    two = ["--frontal", str(frontal_png), "--lateral", str(frontal_png)]
+    data = run_json(cli, "encode", *two, "--image-index", "1", "--kinds", "image_patch")
+    assert {t["token"]["image_index"] for t in data["tokens"]} == {1}
+    assert len(data["tokens"]) == 37 * 37
+    data = run_json(cli, "encode", *two, "--range", "0:10", "--range", "20:25")
+    assert {t["token"]["position"] for t in data["tokens"]} <= set(range(10)) | set(range(20, 25))
+    top = run_json(cli, "top", *two, "--image-index", "1", "--k", "5")
+    assert {g["image_index"] for f in top["features"] for g in f["image_grids"]} <= {1}
+    with pytest.raises(SystemExit):
+        cli("encode", *two, "--range", "9:3")
+    with pytest.raises(SystemExit):  # generation has no token filter to take
+        cli("generate", *two, "--image-index", "1")
+
+
+def test_help_lists_kinds_modes_and_scopes(capsys):
+    for command in ("encode", "generate"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "image_patch, prompt_text, special, response" in text
+    assert "modes: add, clamp, ablate, scale" in text
+    assert "scopes: all, prompt, generated, image, text" in text
+
+
+def test_a_server_error_prints_no_steering_table(cli, frontal_png):
+    status, out, err = cli("generate", "--frontal", str(frontal_png), "--steer", "999999:add:1")
+    assert status == 1 and out == "" and "999999" in err
+
+
+def test_variant_names_are_never_cut(cli, frontal_png, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")  # two columns of 23 characters
+    name = "3:clamp:40,5:ablate,7:scale:0.5@generated"
+    status, out, err = cli(
+        "generate", "--frontal", str(frontal_png), "--max-new-tokens", "2", "--steer", name
+    )
+    assert status == 0, err
+    lines = out.splitlines()
+    header = lines[: next(i for i, line in enumerate(lines) if set(line) <= set("- |"))]
+    cells = [line.split(" | ")[2].strip() for line in header]
+    assert len(header) > 1 and "".join(cells) == name
+
+
+def test_heatmap_says_when_fewer_features_than_asked_fire(cli, frontal_png, tmp_path):
+    argv = ["top", "--frontal", str(frontal_png), "--k", "3", "--heatmap", str(tmp_path / "h.png")]
+    status, _, err = cli(*argv, "--html", str(tmp_path / "h.html"), "--pictures", "6")
+    assert status == 0
+    assert "of the 6 pictures asked for" in err
+    assert "--html shows 3 of the 6 features asked for: the result has 3" in err
+    status, _, err = cli(*argv, "--per-panel-scale")
+    assert status == 0 and Image.open(tmp_path / "h.png").format == "PNG"
+
+
+def test_feature_past_the_sae_is_an_error(cli, frontal_png, tmp_path):
+    d_sae = run_json(cli, "info")["saes"][0]["d_sae"]
+    status, _, err = cli(
+        "top", "--frontal", str(frontal_png), "--heatmap", str(tmp_path / "h.png"),
+        "--feature", str(d_sae),
+    )  # fmt: skip
+    assert status == 2
+    assert f"--feature {d_sae}: SAE demo-ef4-layer15 has {d_sae} features (0..{d_sae - 1})" in err
+
+
+def test_html_can_show_image_patches(cli, frontal_png, tmp_path):
+    page = tmp_path / "t.html"
+    argv = ["top", "--frontal", str(frontal_png), "--k", "2", "--pictures", "2", "--html"]
+    assert cli(*argv, str(page), "--html-images")[0] == 0
+    assert page.read_text().count('<figure class="patches" data-image="0">') == 2
+    assert cli(*argv, str(page))[0] == 0
+    assert "patches" not in page.read_text().split("<body>")[1]
+
+
+def test_multi_frame_dicom_needs_a_frame(cli, tmp_path, frontal_png):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    frames = (np.random.default_rng(1).random((2, 64, 64)) * 4095).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.Modality = "DX"
+    dataset.Rows = dataset.Columns = 64
+    dataset.NumberOfFrames = 2
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
+    dataset.PixelRepresentation = 0
+    dataset.PixelData = frames.tobytes()
+    path = tmp_path / "two-frames.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    assert pydicom.dcmread(path).NumberOfFrames == 2
+    status, _, err = cli("top", "--frontal", str(path), "--k", "2")
+    assert status == 2 and "multi-frame DICOM (2 frames)" in err and "--frame N" in err
+    assert len(run_json(cli, "top", "--frontal", str(path), "--frame", "1", "--k", "2")) > 0
+    with_png = ["--frontal", str(path), "--lateral", str(frontal_png), "--frame", "1"]
+    assert len(run_json(cli, "top", *with_png, "--k", "2")["features"]) == 2  # PNG: one frame
+    status, _, err = cli("top", "--frontal", str(path), "--frame", "2")
+    assert status == 2 and "frame 2 was chosen, but the DICOM file has 2 frame(s)" in err

@@ -83,20 +83,84 @@ def top_result() -> TopFeaturesResult:
     return TopFeaturesResult("sae", 15, (no_image, feature(1, 3), feature(2, 30)), 100)
 
 
-def test_several_features_make_a_grid_one_makes_the_overlay():
+def find_rows(picture: Image.Image, part: Image.Image) -> int:
+    """The row at which ``part`` (as wide as ``picture``) appears exactly in ``picture``."""
+    whole, inner = np.asarray(picture.convert("RGB")), np.asarray(part.convert("RGB"))
+    for y in range(whole.shape[0] - inner.shape[0] + 1):
+        if np.array_equal(whole[y : y + inner.shape[0]], inner):
+            return y
+    raise AssertionError("not found")
+
+
+def test_several_features_make_a_sheet_one_makes_a_titled_overlay():
     top = top_result()
     sheet = pictures.top_features_heatmap(film(), top)
-    assert sheet.size == (2 * 384, 384 + 18)  # two features fire on the image; one does not
+    assert sheet.width == 2 * 384 and sheet.height > 384  # two fire on the image; one does not
     single = pictures.top_features_heatmap(film(), top, features=[2])
-    assert single.size == (WIDTH, HEIGHT)
-    assert heat(np.asarray(single), *cell_centre(30, 10)) > 100
+    overlay = pictures.overlay_heatmap(film(), top.features[2].image_grids[0].to_array())
+    assert single.width == WIDTH and single.height > HEIGHT  # a title above, a bar below
+    y = find_rows(single, overlay)  # the overlay, at the image's own size
+    title = np.asarray(single.convert("L"))[:y]
+    assert y > 0 and (title > 128).any()  # the title is written above it
+    bar = np.asarray(single)[y + HEIGHT :]
+    assert (bar[..., 0].astype(int) - bar[..., 2] > 100).any()  # the colour bar below
+
+
+def top_with_strengths(*strengths: float) -> TopFeaturesResult:
+    features = []
+    for index, strength in enumerate(strengths):
+        values = np.zeros(ROWS * COLS)
+        values[index * COLS + 5] = strength
+        grid = ImageGrid(image_index=0, rows=ROWS, cols=COLS, values=tuple(values))
+        features.append(FeatureScore(index, strength, f"f{index}", None, (1,), (grid,)))
+    return TopFeaturesResult("sae", 15, tuple(features), 100)
+
+
+def test_panels_share_one_scale_by_default_and_can_each_have_their_own():
+    top = top_with_strengths(8.0, 2.0, 0.5)
+    shared = pictures.heatmap_panels(film(), top)
+    assert [p.vmax for p in shared] == [8.0, 8.0, 8.0]
+    own = pictures.heatmap_panels(film(), top, shared_scale=False)
+    assert [p.vmax for p in own] == [8.0, 2.0, 0.5]
+    weak = top.features[2].image_grids[0].to_array()
+    expected = pictures.overlay_heatmap(film(), weak, vmax=8.0)
+    assert np.array_equal(np.asarray(shared[2].picture), np.asarray(expected))
+    # On the shared scale the weak feature is faint; on its own it is as hot as the strongest.
+    assert heat(np.asarray(shared[2].picture), *cell_centre(2, 5)) < 0.2 * heat(
+        np.asarray(own[2].picture), *cell_centre(2, 5)
+    )
+    sheets = [pictures.top_features_heatmap(film(), top, shared_scale=s) for s in (True, False)]
+    assert sheets[0].size == sheets[1].size
+    assert not np.array_equal(np.asarray(sheets[0]), np.asarray(sheets[1]))
+
+
+def test_colour_bar_runs_the_colour_map_and_is_labelled():
+    bar = np.asarray(pictures.colour_bar(300, 12.5))
+    assert tuple(bar[0, 4]) == tuple(pictures.HEAT_COLOURS[0])
+    assert tuple(bar[0, 295]) == tuple(pictures.HEAT_COLOURS[255])
+    labels = bar[12:]
+    assert (labels > 128).any() and (labels[:, :, 0] == labels[:, :, 2]).all()  # white text
+
+
+def test_titles_wrap_and_are_never_cut():
+    font = pictures._font()
+    label = "#1234 score 5.67: right upper lobe consolidation with air bronchograms, volume loss"
+    lines = pictures.wrap_text(label, 150, font)
+    assert len(lines) > 2 and " ".join(lines) == label
+    assert all(font.getlength(line) <= 150 for line in lines)
+    word = pictures.wrap_text("x" * 80, 100, font)  # one word wider than a line: broken
+    assert len(word) > 1 and "".join(word) == "x" * 80
+    blank = Image.new("RGB", (9, 9))
+    short = pictures.heatmap_grid([pictures.HeatmapPanel("#1 score 2: a", blank)])
+    long = pictures.heatmap_grid([pictures.HeatmapPanel(label, blank)])
+    assert long.height > short.height  # the title takes the lines it needs
 
 
 def test_grid_tiles_scale_small_and_large_pictures_to_fit():
-    panels = [("small", Image.new("RGB", (144, 160), "white")),
-              ("large", Image.new("RGB", (1000, 500), "white"))]  # fmt: skip
+    panels = [pictures.HeatmapPanel("small", Image.new("RGB", (144, 160), "white")),
+              pictures.HeatmapPanel("large", Image.new("RGB", (1000, 500), "white"))]  # fmt: skip
     sheet = np.asarray(pictures.heatmap_grid(panels, tile=384).convert("L"))
-    lit = sheet[18:] > 128  # below the titles
+    lit = sheet[-384:] > 250  # the tiles, under the titles (no colour bars without a vmax)
     small, large = lit[:, :384], lit[:, 384:]
     assert small.any(axis=1).sum() == 384 and small.any(axis=0).sum() == round(144 * 384 / 160)
     assert large.any(axis=0).sum() == 384 and large.any(axis=1).sum() == 192
@@ -127,5 +191,32 @@ def test_html_shades_exactly_the_tokens_that_fired():
     assert fired == {7: [1, 4], 3: [1, 2]}
     assert "Feature 7: pleural effusion" in page and "Feature 3 (no label)" in page
     assert "&lt;b&gt;&amp;" in page and "<b>&" not in page  # token text is escaped
-    assert "[1 image patches; max 9]" in page  # image patches are summarised, not shaded
+    assert page.count('<figure class="patches" data-image="0">') == 2  # one per section
     assert len(re.findall(r'class="tok[^"]*" data-position=', page)) == 2 * 5
+
+
+def test_html_draws_each_images_patches_as_a_shaded_grid():
+    def patch(position: int, image: int, row: int, col: int, value: float) -> TokenActivations:
+        grid = {"image_index": image, "grid_row": row, "grid_col": col}
+        fired = ((7,), (value,)) if value else ((), ())
+        return TokenActivations(token(position, TokenKind.IMAGE_PATCH, **grid), *fired)
+
+    tokens = [TokenActivations(token(0, TokenKind.PROMPT_TEXT, "Frontal:"), (), ())]
+    position = 1
+    for image, hot in [(0, (1, 2)), (1, (0, 0))]:
+        for row in range(3):
+            for col in range(3):
+                value = (2.0 + image) if (row, col) == hot else 0.0
+                tokens.append(patch(position, image, row, col, value))
+                position += 1
+    tokens.append(TokenActivations(token(position, TokenKind.RESPONSE, " clear"), (7,), (1.0,)))
+    encoded = EncodeResult("sae", 15, tuple(tokens), position + 1, ReconstructionQuality(0, 1, 1))
+    page = pictures.tokens_html(encoded, [(7, "effusion")])
+    figures = re.findall(r'<figure class="patches" data-image="(\d)">(.*?)</figure>', page, re.S)
+    assert [image for image, _ in figures] == ["0", "1"]
+    for (_, body), (row, col), value in zip(figures, [(1, 2), (0, 0)], [2.0, 3.0], strict=True):
+        assert "repeat(3, 20px)" in body and body.count("<span") == 9
+        fired = re.findall(r'class="fired" data-value="([\d.]+)" [^>]*grid-area: (\d) / (\d)', body)
+        assert fired == [(f"{value:g}", str(row + 1), str(col + 1))]
+        assert f"max {value:g}; shading up to {value:g}" in body
+    assert page.index('data-image="1"') < page.index(" clear")  # in token order

@@ -77,9 +77,12 @@ def test_unreadable_dicom_fails_at_load_naming_the_file(tmp_path):
     )
     with pytest.raises(ImageDecodeError, match=r"compressed\.dcm: compressed pixel data"):
         Study.from_files(compressed)
-    colour = write_dicom(tmp_path / "colour.dcm", "RGB")
+    colour = write_dicom(tmp_path / "colour.dcm", "HSV")  # retired: not decoded
     with pytest.raises(ImageDecodeError, match=r"colour\.dcm: .*photometric"):
         Study.from_files(colour)
+    ct = write_dicom(tmp_path / "ct.dcm", "MONOCHROME2", Modality="CT")
+    with pytest.raises(ImageDecodeError, match=r"ct\.dcm: DICOM modality 'CT'"):
+        Study.from_files(ct)
     with pytest.raises(ImageDecodeError, match=r"missing\.png: cannot read file"):
         Study.from_files(tmp_path / "missing.png")
 
