@@ -6,7 +6,9 @@ report of requests, statuses, latency percentiles over time and memory over time
     python bench/soak.py --target host:50051   # an existing server (no memory samples)
 
 The load is tests/reliability/_load.py: 32 clients looping over Encode, TopFeatures and a
-streamed GenerateSteered. The exit status is 1 when any call ended other than OK or
+streamed GenerateSteered, against a server it starts with a queue of 12 (overload). The
+report's goodput is OK calls per second, per window and over the run (bench/goodput.py
+compares it across client counts). The exit status is 1 when any call ended other than OK or
 RESOURCE_EXHAUSTED (a full queue is back-pressure, not an error), so CI could gate on it.
 """
 
@@ -41,6 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--window", type=float, default=30.0, help="seconds per report window")
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument(
+        "--queue-size",
+        type=int,
+        default=12,
+        help="batching.queue_size of the server it starts: under --clients, so it is overload",
+    )
     parser.add_argument("--target", help="host:port of a running server; default: start one")
     parser.add_argument("--report", type=Path, default=Path("soak-report.json"))
     return parser.parse_args(argv)
@@ -71,11 +79,13 @@ class Soak:
         elapsed = time.monotonic() - self.started
         recent = [r for r in self.records if r.started_s >= elapsed - self.window_s]
         errors = sum(r.code not in ACCEPTABLE for r in self.records)
+        ok_recent = sum(r.code == "OK" for r in recent)
         latency = percentiles_ms([r.latency_s for r in recent if r.code == "OK"])
         rss = self.memory[-1].get("rss_kib") if self.memory else None
         return (
             f"[{elapsed:7.1f}s] requests {len(self.records):6d}  "
             f"rate {len(recent) / min(self.window_s, max(elapsed, 1e-9)):5.2f}/s  "
+            f"goodput {ok_recent / min(self.window_s, max(elapsed, 1e-9)):5.2f} OK/s  "
             f"errors {errors}  p50 {latency['p50']:.0f} ms  p95 {latency['p95']:.0f} ms  "
             f"rss {rss if rss is not None else '-'} KiB"
         )
@@ -84,6 +94,7 @@ class Soak:
         if not self.records:
             return []
         last = max(r.started_s for r in self.records)
+        end = max(r.started_s + r.latency_s for r in self.records)  # the last window is partial
         out: list[dict[str, object]] = []
         start = 0.0
         while start <= last:
@@ -95,6 +106,10 @@ class Soak:
                     "t_start_s": start,
                     "t_end_s": start + self.window_s,
                     "requests": summary.requests,
+                    "goodput_ok_per_s": round(
+                        summary.statuses.get("OK", 0) / min(self.window_s, max(end - start, 1e-9)),
+                        3,
+                    ),
                     "statuses": summary.statuses,
                     "latency_ms": summary.latency_ms,
                     "rss_kib_max": max((m.get("rss_kib", 0) for m in memory), default=None),
@@ -138,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             config = {
                 "serving": {"host": "127.0.0.1"},
                 "model": {"demo": True, "demo_dir": str(cache)},
+                "batching": {"queue_size": args.queue_size},
             }
             server = ServerProcess(config, workdir)
             print("starting a demo server ...", flush=True)
@@ -154,14 +170,19 @@ def main(argv: list[str] | None = None) -> int:
         report = {
             "target": target,
             "clients": args.clients,
+            "queue_size": args.queue_size if server is not None else None,
             "duration_s": args.duration,
             "totals": summary.as_dict(),
+            "goodput_ok_per_s": round(summary.statuses.get("OK", 0) / args.duration, 3),
             "windows": state.windows(),
             "memory": state.memory,
             "server_stopped_cleanly": stopped_cleanly,
         }
     args.report.write_text(json.dumps(report, indent=2))
-    print(json.dumps({"report": str(args.report), **summary.as_dict()}))
+    goodput = report["goodput_ok_per_s"]
+    print(
+        json.dumps({"report": str(args.report), "goodput_ok_per_s": goodput, **summary.as_dict()})
+    )
     unexpected = {code for code in summary.statuses if code not in ACCEPTABLE}
     return 1 if unexpected or stopped_cleanly is False else 0
 

@@ -6,6 +6,16 @@ code. They never carry request content (study text or pixels), only names, sizes
 
 from __future__ import annotations
 
+ECHO_CHARS = 64  # the most of a caller's value an error message repeats
+
+
+def echo(value: str, max_chars: int = ECHO_CHARS) -> str:
+    """A caller's identifier as an error message may quote it: ``repr``, cut to ``max_chars``
+    characters with the full length said, so no input can blow up a status trailer."""
+    if len(value) <= max_chars:
+        return repr(value)
+    return f"{value[:max_chars]!r}... ({len(value)} characters)"
+
 
 class ServiceError(Exception):
     """Base of every error the service reports to a caller with a precise status."""

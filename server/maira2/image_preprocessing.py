@@ -24,11 +24,16 @@ from PIL import Image
 from maira_sae.client.images import to_greyscale
 
 __all__ = [
+    "MAX_ASPECT_RATIO",
     "ImageGeometry",
     "ImagePreprocessingSettings",
     "PreprocessedImage",
     "preprocess_image",
 ]
+
+# Long side / short side past which an image is refused (the server's own, configurable
+# limits.max_image_aspect_ratio is checked earlier and is normally lower).
+MAX_ASPECT_RATIO = 32.0
 
 _PROCESSOR_TYPE = "BitImageProcessor"
 _REQUIRED_FLAGS = ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb")
@@ -221,9 +226,18 @@ def _min_max_uint8(grey: np.ndarray) -> np.ndarray:
 
 
 def _resize_shortest_edge(image: np.ndarray, settings: ImagePreprocessingSettings) -> np.ndarray:
-    """Pillow resize of the 8-bit image; output size rounded like transformers (``int()``)."""
+    """Pillow resize of the 8-bit image; output size rounded like transformers (``int()``).
+
+    The short side is scaled to ``shortest_edge``, so a thin strip would grow without bound
+    (1 x 16384 to 518 x 8.5 M pixels): past ``MAX_ASPECT_RATIO`` it is refused instead.
+    """
     height, width = image.shape
     short, long = (width, height) if width <= height else (height, width)
+    if long > MAX_ASPECT_RATIO * short:
+        raise ValueError(
+            f"image is {width}x{height}, an aspect ratio over {MAX_ASPECT_RATIO:g}: resizing its "
+            "short side to the model's size would take too much memory"
+        )
     new_short, new_long = settings.shortest_edge, int(settings.shortest_edge * long / short)
     new_height, new_width = (new_long, new_short) if width <= height else (new_short, new_long)
     resized = Image.fromarray(image).resize(

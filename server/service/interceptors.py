@@ -13,6 +13,7 @@ timings only. The bearer token is never logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hmac
 import json
@@ -38,6 +39,8 @@ access_log = logging.getLogger("maira_sae.access")
 REQUEST_ID_KEY = "x-request-id"
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+MAX_STATUS_MESSAGE_CHARS = 1024
+DEADLINE_SLACK_S = 0.1
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -135,10 +138,12 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 call = _CallRecord(self._metrics, method, request_id, request, context)
                 with call:
-                    async for response in behaviour(request, context):
-                        call.response_bytes += _message_bytes(response)
-                        call.messages += 1
-                        yield response
+                    responses = behaviour(request, context)
+                    async with contextlib.aclosing(responses):
+                        async for response in responses:
+                            call.response_bytes += _message_bytes(response)
+                            call.messages += 1
+                            yield response
 
             return run
 
@@ -188,7 +193,10 @@ class _CallRecord:
                 }
             )
         )
-        _request_id.reset(self.token)
+        try:
+            _request_id.reset(self.token)
+        except ValueError:  # a stream closed from another context (a task of the GC's)
+            _request_id.set("-")
 
     def _code(self, exc_type: type[BaseException] | None) -> str:
         code = self.context.code()  # set by abort() or set_code()
@@ -197,7 +205,11 @@ class _CallRecord:
         if exc_type is None:
             return "OK"
         if issubclass(exc_type, asyncio.CancelledError | GeneratorExit):  # the caller went away
-            return "CANCELLED"
+            # The caller's own deadline fires a moment before the server's: a cancel that
+            # close to the deadline is the deadline.
+            remaining = self.context.time_remaining()
+            expired = remaining is not None and remaining <= DEADLINE_SLACK_S
+            return "DEADLINE_EXCEEDED" if expired else "CANCELLED"
         return "UNKNOWN"
 
 
@@ -260,12 +272,20 @@ def status_for(error: errors.ServiceError) -> grpc.Status:
         (status for kind, status in STATUS_OF_ERROR.items() if isinstance(error, kind)),
         grpc.StatusCode.INTERNAL,
     )
-    status = status_pb2.Status(code=code.value[0], message=str(error))
+    status = status_pb2.Status(code=code.value[0], message=_bounded(str(error)))
     if isinstance(error, errors.ResourceExhausted):
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(round(error.retry_after_s * 1e9))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return rpc_status.to_status(status)
+
+
+def _bounded(message: str) -> str:
+    """A status message short enough for the trailer whatever a caller sent (messages quote
+    input through ``errors.echo``; this is the backstop)."""
+    if len(message) <= MAX_STATUS_MESSAGE_CHARS:
+        return message
+    return message[: MAX_STATUS_MESSAGE_CHARS - 30] + f"... ({len(message)} characters)"
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
@@ -318,8 +338,10 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
             async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 try:
-                    async for response in behaviour(parse(request), context):
-                        yield response
+                    responses = behaviour(parse(request), context)
+                    async with contextlib.aclosing(responses):
+                        async for response in responses:
+                            yield response
                 except grpc.aio.AbortError:
                     raise
                 except Exception as err:

@@ -53,6 +53,21 @@ def _json_object(message: str) -> dict[str, object] | None:
 _QUIET_LIBRARIES = ("grpc", "PIL", "urllib3", "filelock", "huggingface_hub")
 
 
+class CallerErrorsAtInfo(logging.Filter):
+    """pydicom logs a file it cannot decode at ERROR, with a traceback. For the server that
+    is the caller's bad input, already answered INVALID_ARGUMENT: INFO, no traceback."""
+
+    LIBRARIES = ("pydicom",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".", 1)[0] not in self.LIBRARIES:
+            return True
+        if record.levelno > logging.INFO:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return logging.getLogger().isEnabledFor(logging.INFO)
+
+
 def configure_logging(level: str) -> logging.handlers.QueueListener:
     """JSON lines on stderr. Records are formatted in the thread that logs them (so they keep
     its request id) and written by one listener thread, so no serving thread ever blocks on
@@ -60,6 +75,7 @@ def configure_logging(level: str) -> logging.handlers.QueueListener:
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     enqueue = logging.handlers.QueueHandler(records)
     enqueue.setFormatter(JsonFormatter())
+    enqueue.addFilter(CallerErrorsAtInfo())
     write = logging.StreamHandler()
     write.setFormatter(logging.Formatter("%(message)s"))
     listener = logging.handlers.QueueListener(records, write)

@@ -24,6 +24,13 @@ TIGHT_LIMITS = {
     "max_interventions_per_variant": 3,
     "max_top_k": 16,
     "max_abs_strength": 100.0,
+    # The demo prompt with one image is 1420 tokens; one demo token per ASCII character, four
+    # per emoji: one field of 200 emoji passes max_text_chars but not max_prompt_tokens.
+    "max_prompt_tokens": 1900,
+    "max_sequence_tokens": 2000,
+    "max_token_ranges": 8,
+    "max_image_aspect_ratio": 4.0,
+    "max_id_chars": 64,
 }
 
 

@@ -331,6 +331,31 @@ def refused_generations(info: pb.InfoResponse) -> dict[str, tuple[GenerateCase, 
             GenerateCase(pb.GenerationSettings(max_new_tokens=2, temperature=1, top_p=math.nan)),
             Code.INVALID_ARGUMENT,
         ),
+        "temperature 1e-308": (
+            GenerateCase(pb.GenerationSettings(max_new_tokens=2, temperature=1e-308)),
+            Code.OUT_OF_RANGE,
+        ),
+        "temperature 1e308": (
+            GenerateCase(pb.GenerationSettings(max_new_tokens=2, temperature=1e308)),
+            Code.OUT_OF_RANGE,
+        ),
+        "too many intervention ranges": (
+            GenerateCase(
+                TWO,
+                steer(
+                    scope=pb.POSITION_SCOPE_RANGES,
+                    ranges=[
+                        pb.TokenRange(start=i, end=i + 1)
+                        for i in range(limits.max_token_ranges + 1)
+                    ],
+                ),
+            ),
+            Code.OUT_OF_RANGE,
+        ),
+        "sae_id of 10000 characters": (
+            GenerateCase(TWO, steer(), sae_id="s" * 10_000),
+            Code.OUT_OF_RANGE,
+        ),
     }
 
 
@@ -368,3 +393,136 @@ def test_max_new_tokens_at_the_limit_and_edge_values_are_accepted(tight_stub, ti
     results = finished_events(outcome.response)
     assert sorted(results) == [0, 1, 2]
     assert all(r.num_tokens == limits.max_new_tokens for r in results.values())
+
+
+def test_tiny_top_p_samples_the_most_likely_token(tight_stub):
+    """top_p 1e-300 rounds to 0 in float32: the nucleus keeps the top token (was INTERNAL)."""
+    tiny = pb.GenerationSettings(max_new_tokens=3, temperature=1.0, top_p=1e-300, seed=5)
+    greedy = pb.GenerationSettings(max_new_tokens=3)
+    texts = []
+    for settings in (tiny, greedy):
+        outcome = generate(tight_stub, GenerateCase(settings))
+        assert outcome.code == Code.OK, (outcome.code, outcome.details)
+        (result,) = finished_events(outcome.response).values()
+        texts.append(result.text)
+    assert texts[0] == texts[1]
+
+
+def test_smallest_allowed_temperature_is_finite(tight_stub):
+    outcome = generate(
+        tight_stub, GenerateCase(pb.GenerationSettings(max_new_tokens=2, temperature=0.01))
+    )
+    assert outcome.code == Code.OK, (outcome.code, outcome.details)
+
+
+# -------------------------------------------------------------------------------------------
+# Cost bounded before it runs
+
+
+EMOJI = "\U0001f600"  # four demo tokens
+
+
+def test_prompt_over_max_prompt_tokens_is_out_of_range_naming_count_and_limit(
+    tight_stub, tight_info
+):
+    limits = tight_info.limits
+    text = EMOJI * limits.max_text_chars  # within max_text_chars, four tokens a character
+    outcome = encode(tight_stub, study(SMALL_PNG, indication=text))
+    assert outcome.code == Code.OUT_OF_RANGE, (outcome.code, outcome.details)
+    assert "max_prompt_tokens" in outcome.details
+    assert f"= {limits.max_prompt_tokens}" in outcome.details
+    assert "2220 tokens" in outcome.details  # 1420 + 4 x 200
+
+
+def test_response_past_max_sequence_tokens_is_out_of_range(tight_stub, tight_info):
+    text = EMOJI * tight_info.limits.max_text_chars
+    outcome = encode(tight_stub, study(SMALL_PNG), response=text)
+    assert outcome.code == Code.OUT_OF_RANGE, (outcome.code, outcome.details)
+    assert "max_sequence_tokens" in outcome.details and "is 2221 tokens" in outcome.details
+
+
+def test_top_features_counts_tokens_too(tight_stub, tight_info):
+    text = EMOJI * tight_info.limits.max_text_chars
+    outcome = outcome_of(
+        lambda: tight_stub.TopFeatures(
+            pb.TopFeaturesRequest(study=study(SMALL_PNG, comparison=text))
+        )
+    )
+    assert outcome.code == Code.OUT_OF_RANGE and "max_prompt_tokens" in outcome.details
+
+
+def test_token_filter_ranges_over_the_cap_are_out_of_range(tight_stub, tight_info):
+    cap = tight_info.limits.max_token_ranges
+    ranges = [pb.TokenRange(start=i, end=i + 1) for i in range(cap + 1)]
+    outcome = encode(tight_stub, study(SMALL_PNG), token_filter=pb.TokenFilter(ranges=ranges))
+    assert outcome.code == Code.OUT_OF_RANGE, (outcome.code, outcome.details)
+    assert "token_filter.ranges" in outcome.details and "max_token_ranges" in outcome.details
+
+
+def test_token_filter_ranges_at_the_cap_select_exactly_their_positions(tight_stub, tight_info):
+    cap = tight_info.limits.max_token_ranges
+    # Overlapping, unsorted, touching and past-the-end ranges: the union is what counts.
+    ranges = [(1400, 1410), (3, 5), (4, 8), (8, 9), (100, 101), (1415, 99_999), (0, 1)]
+    ranges += [(50, 52)] * (cap - len(ranges))
+    outcome = encode(
+        tight_stub,
+        study(SMALL_PNG),
+        token_filter=pb.TokenFilter(
+            kinds=[pb.TOKEN_KIND_IMAGE_PATCH, pb.TOKEN_KIND_PROMPT_TEXT, pb.TOKEN_KIND_SPECIAL],
+            ranges=[pb.TokenRange(start=a, end=b) for a, b in ranges],
+        ),
+    )
+    assert outcome.code == Code.OK, outcome.details
+    expected = sorted({p for a, b in ranges for p in range(a, min(b, 1420))})
+    assert [t.token.position for t in outcome.response.tokens] == expected
+
+
+def test_thin_strip_image_is_out_of_range_before_resizing(tight_stub, tight_info):
+    """1 x 16384 pixels: resizing the short side to the model's size would take GBs."""
+    strip = png_bytes(np.full((1, 16384), 9, dtype=np.uint8))
+    outcome = encode(tight_stub, study(strip))
+    assert outcome.code == Code.OUT_OF_RANGE, (outcome.code, outcome.details)
+    assert "max_image_aspect_ratio" in outcome.details and "16384x1" in outcome.details
+
+
+def test_image_at_the_aspect_ratio_limit_is_accepted(tight_stub, tight_info):
+    ratio = int(tight_info.limits.max_image_aspect_ratio)
+    assert_sane_encoding(encode(tight_stub, study(png_bytes(noise(32, 32 * ratio)))))
+
+
+LONG_ID = "x" * 10_000
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda stub: stub.Encode(pb.EncodeRequest(study=study(SMALL_PNG), sae_id=LONG_ID)),
+        lambda stub: stub.TopFeatures(
+            pb.TopFeaturesRequest(study=study(SMALL_PNG), sae_id=LONG_ID)
+        ),
+        lambda stub: stub.GetFeature(pb.GetFeatureRequest(sae_id=LONG_ID, feature=1)),
+        lambda stub: stub.SearchFeatures(pb.SearchFeaturesRequest(sae_id=LONG_ID, query="a")),
+    ],
+    ids=["Encode", "TopFeatures", "GetFeature", "SearchFeatures"],
+)
+def test_a_10000_character_sae_id_is_out_of_range_with_a_short_message(tight_stub, call):
+    outcome = outcome_of(lambda: call(tight_stub))
+    assert outcome.code == Code.OUT_OF_RANGE, (outcome.code, outcome.details)
+    assert "max_id_chars" in outcome.details and len(outcome.details) < 200
+    assert outcome.details.count("x") < 100
+
+
+def test_an_unknown_sae_id_is_quoted_cut_short(tight_stub, tight_info):
+    sae_id = "y" * tight_info.limits.max_id_chars
+    outcome = outcome_of(lambda: tight_stub.GetFeature(pb.GetFeatureRequest(sae_id=sae_id)))
+    assert outcome.code == Code.NOT_FOUND, (outcome.code, outcome.details)
+    assert f"({len(sae_id)} characters)" in outcome.details or sae_id in outcome.details
+    assert len(outcome.details) < 400
+
+
+def test_get_info_reports_every_new_limit(tight_info):
+    limits = tight_info.limits
+    assert (limits.max_prompt_tokens, limits.max_sequence_tokens) == (1900, 2000)
+    assert (limits.max_token_ranges, limits.max_id_chars) == (8, 64)
+    assert limits.max_image_aspect_ratio == 4.0
+    assert limits.image_memory_bytes > 0 and limits.stream_buffer_events > 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -110,15 +111,30 @@ def test_deadline_expiring_while_generating(demo_server, stub):
     assert_work_stopped_and_others_served(demo_server, stub)
 
 
-def test_deadline_expiring_while_queued_drops_the_work(demo_server, stub):
+def test_deadline_expiring_while_queued_drops_the_work(demo_server, stub, monkeypatch):
+    """Analysis runs between decode steps now, so a generation no longer holds the engine:
+    an analysis batch that takes long does. An Encode queued behind it expires unrun."""
+    release = threading.Event()
+    engine = demo_server.server.runtime.engine
+    slow = engine.analyse
+
+    def held(batch):
+        release.wait(10)
+        return slow(batch)
+
+    monkeypatch.setattr(engine, "analyse", held)
     before = batches_run(demo_server)
-    blocker = stub.GenerateSteered(long_generation())  # holds the engine thread
-    assert next(blocker).WhichOneof("event") == "token"
-    queued = outcome_of(lambda: stub.Encode(pb.EncodeRequest(study=study(SMALL_PNG)), timeout=0.5))
-    assert queued.code == grpc.StatusCode.DEADLINE_EXCEEDED
-    # Its slot is freed at once, while the engine is still busy with the blocker.
-    wait_until(lambda: queue_depth(demo_server.ports.metrics) == 1, FREED_WITHIN_S)
-    blocker.cancel()
+    with ThreadPoolExecutor(1) as pool:
+        blocker = pool.submit(stub.Encode, pb.EncodeRequest(study=study(SMALL_PNG)))
+        wait_until(lambda: batches_run(demo_server) > before, FREED_WITHIN_S, what="the blocker")
+        queued = outcome_of(
+            lambda: stub.Encode(pb.EncodeRequest(study=study(SMALL_PNG)), timeout=0.5)
+        )
+        assert queued.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        # Its slot is freed at once, while the engine is still busy with the blocker.
+        wait_until(lambda: queue_depth(demo_server.ports.metrics) == 1, FREED_WITHIN_S)
+        release.set()
+        assert blocker.result(30).total_tokens > 0
     assert_work_stopped_and_others_served(demo_server, stub)
     # Batches: the blocker and the probe Encode. The expired Encode never reached the model.
     assert batches_run(demo_server) - before == 2

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from maira_sae.client.dicom import DicomOptions
 from maira_sae.server.service.config import (
     AuthConfig,
     ConfigError,
@@ -130,6 +131,10 @@ def test_configmap_mapping_loads_and_unknown_keys_are_refused():
         ({"batching": {"batch_window_ms": -1}}, "batching.batch_window_ms must be >= 0"),
         ({"model": {"device": "gpu"}}, "model.device must be auto, cpu, mps, cuda or cuda:N"),
         ({"model": {"dtype": "int8"}}, "model.dtype must be one of"),
+        (
+            {"model": {"image_features": "pooler"}},
+            "model.image_features must be one of feature_maps, hidden_states, got 'pooler'",
+        ),
         ({"tls": {"cert": "/c.pem"}}, "tls.cert and tls.key must be set together"),
         ({"tls": {"client_ca": "/ca.pem"}}, "tls.client_ca needs tls.cert"),
         ({"saes": [{"id": "a b", "path": "/x"}]}, "saes: id 'a b' must be letters"),
@@ -165,6 +170,21 @@ def test_env_values_are_parsed_and_checked():
         config_from_sources(None, {"MAIRA_SAE_MODEL_DEMO": "maybe"})
     with pytest.raises(ConfigError, match=r"limits.max_images must be int, got 'three'"):
         config_from_sources(None, {"MAIRA_SAE_LIMITS_MAX_IMAGES": "three"})
+
+
+def test_dicom_settings_from_env_and_flags():
+    assert ServerConfig().dicom.options() == DicomOptions()  # CR, DX, DR; window applied
+    config = config_from_sources(
+        parse("--no-dicom-apply-voi"), {"MAIRA_SAE_DICOM_MODALITIES": "cr, dx,OT"}
+    )
+    assert config.dicom.options() == DicomOptions(
+        modalities=frozenset({"CR", "DX", "OT"}), apply_voi=False
+    )
+    assert config_from_sources(None, {"MAIRA_SAE_DICOM_MODALITIES": "*"}).dicom.options() == (
+        DicomOptions(modalities=None)
+    )
+    with pytest.raises(ConfigError, match=r"dicom.modalities must list modalities"):
+        config_from_sources(None, {"MAIRA_SAE_DICOM_MODALITIES": " , "})
 
 
 def test_kubernetes_service_variables_are_ignored():

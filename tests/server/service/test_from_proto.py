@@ -236,7 +236,7 @@ INVALID_CASES = {
     "negative temperature": (
         generate(settings=pb.GenerationSettings(temperature=-0.1)),
         OutOfRange,
-        "settings.temperature must be >= 0",
+        "settings.temperature must be 0 (greedy) or in [0.01, 100]",
     ),
     "infinite top_p": (
         generate(settings=pb.GenerationSettings(top_p=math.inf)),

@@ -1,0 +1,49 @@
+"""The bound on a request's cost in tokens, checked after tokenising and before queueing.
+
+Characters are no measure of cost: one 4-byte character is about four tokens, and every image
+adds its patches. What the model runs is the prompt's tokens, the teacher-forced response and
+up to ``max_new_tokens`` generated ones, so those are bounded: by default at the model's
+context length, which also keeps the longest forward pass short enough that a caller who has
+left costs at most one such pass (a running forward is not interrupted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from maira_sae.server.errors import OutOfRange
+from maira_sae.server.maira2.processor import ModelInputs
+
+
+@dataclass(frozen=True)
+class TokenLimits:
+    max_prompt_tokens: int
+    max_sequence_tokens: int
+
+    @classmethod
+    def resolve(
+        cls, *, max_prompt_tokens: int, max_sequence_tokens: int, context_length: int
+    ) -> TokenLimits:
+        """The configured limits, 0 meaning the model's context length."""
+        return cls(
+            max_prompt_tokens=max_prompt_tokens or context_length,
+            max_sequence_tokens=max_sequence_tokens or context_length,
+        )
+
+    def check(self, inputs: ModelInputs, max_new_tokens: int = 0) -> None:
+        """OutOfRange naming the count and the limit when ``inputs`` (plus ``max_new_tokens``
+        to generate) would run past either limit."""
+        prompt = inputs.prompt_length
+        if prompt > self.max_prompt_tokens:
+            raise OutOfRange(
+                f"the prompt is {prompt} tokens (image patches included), over "
+                f"limits.max_prompt_tokens = {self.max_prompt_tokens}; shorten the text fields"
+            )
+        response = len(inputs.tokens) - prompt
+        total = prompt + response + max_new_tokens
+        if total > self.max_sequence_tokens:
+            raise OutOfRange(
+                f"the prompt ({prompt} tokens) + response ({response}) + max_new_tokens "
+                f"({max_new_tokens}) is {total} tokens, over limits.max_sequence_tokens = "
+                f"{self.max_sequence_tokens}"
+            )
