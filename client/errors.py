@@ -64,6 +64,17 @@ class ServerError(MairaSaeError):
     """INTERNAL, UNKNOWN, UNIMPLEMENTED and the rest: a server fault; quote request_id."""
 
 
+class MissingExtraError(ImportError):
+    """A part of the SDK that needs an optional extra was used without it installed."""
+
+    def __init__(self, what: str, extra: str, module: str) -> None:
+        super().__init__(
+            f"{what} needs {module}, which is not installed: pip install 'maira-sae[{extra}]'"
+        )
+        self.extra = extra
+        self.name = module
+
+
 _FAMILY: dict[grpc.StatusCode, type[MairaSaeError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
     grpc.StatusCode.OUT_OF_RANGE: InvalidRequestError,

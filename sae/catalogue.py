@@ -1,7 +1,11 @@
 """Feature interpretations (LLM-written explanations and their scores) and text search over them.
 
 The release's column names are unknown, so they are settings. Search is BM25 over the
-explanations with a tokenizer that folds plurals, so "pleural effusions" finds "effusion".
+explanations with a tokenizer that folds plurals, so "pleural effusions" finds "effusion"; a
+query word that no label has also matches the label words nearest to it in spelling
+(rapidfuzz), weighted by that similarity, so "pacemakr" finds "pacemaker". Equal scores go to
+the higher interpretation score. ``suggest`` names the labels nearest to a query that matched
+nothing.
 """
 
 from __future__ import annotations
@@ -17,8 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rapidfuzz import fuzz, process
+
 BM25_K1 = 1.5
 BM25_B = 0.75
+# A query word unknown to the index matches label words at least this similar (0..100).
+FUZZY_CUTOFF = 80.0
+FUZZY_ALTERNATIVES = 3
 _WORD_SPLIT = re.compile(r"[^a-z0-9]+")
 _STOPWORDS = frozenset(
     {
@@ -123,12 +132,27 @@ class FeatureCatalogue:
     def search(self, query: str, limit: int = 10) -> list[tuple[FeatureInterpretation, float]]:
         """Best-matching interpretations with their BM25 scores, best first.
 
-        Ties are broken by feature index; an empty or stopword-only query finds nothing.
+        Equal scores go to the higher interpretation score (unscored last), then the lower
+        feature index; an empty or stopword-only query finds nothing.
         """
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        ranked = self._index.rank(tokenize(query))[:limit]
-        return [(self._by_feature[feature], score) for feature, score in ranked]
+        ranked = sorted(
+            self._index.rank(self._index.expand(tokenize(query))),
+            key=lambda item: (-round(item[1], 9), -self._score_of(item[0]), item[0]),
+        )
+        return [(self._by_feature[feature], score) for feature, score in ranked[:limit]]
+
+    def suggest(self, query: str, limit: int = 3) -> list[str]:
+        """The labels nearest to ``query`` in spelling, best first (for a search that found
+        nothing)."""
+        labels = {item.explanation for item in self._by_feature.values() if item.explanation}
+        matches = process.extract(query, sorted(labels), scorer=fuzz.WRatio, limit=limit)
+        return [label for label, _, _ in matches]
+
+    def _score_of(self, feature: int) -> float:
+        score = self._by_feature[feature].score
+        return -math.inf if score is None else score
 
 
 class _Bm25Index:
@@ -143,13 +167,34 @@ class _Bm25Index:
         total = sum(self._lengths.values())
         self._average_length = total / len(documents) if documents else 0.0
 
-    def rank(self, query_terms: list[str]) -> list[tuple[int, float]]:
+    def expand(self, query_terms: list[str]) -> dict[str, float]:
+        """Query terms with weights: a known term weighs 1; an unknown one is replaced by the
+        indexed terms nearest in spelling, each weighted by its similarity."""
+        weighted: dict[str, float] = {}
+        vocabulary = sorted(self._postings)
+        for term in query_terms:
+            if term in self._postings:
+                weighted[term] = max(weighted.get(term, 0.0), 1.0)
+                continue
+            near = process.extract(
+                term,
+                vocabulary,
+                scorer=fuzz.ratio,
+                score_cutoff=FUZZY_CUTOFF,
+                limit=FUZZY_ALTERNATIVES,
+            )
+            for word, similarity, _ in near:
+                weighted[word] = max(weighted.get(word, 0.0), similarity / 100)
+        return weighted
+
+    def rank(self, query_terms: dict[str, float]) -> list[tuple[int, float]]:
         scores: dict[int, float] = {}
-        for term in dict.fromkeys(query_terms):  # unique, in order
+        for term, weight in query_terms.items():
             postings = self._postings.get(term, {})
             idf = self._idf(len(postings))
             for doc, count in postings.items():
-                scores[doc] = scores.get(doc, 0.0) + idf * self._saturation(count, doc)
+                score = weight * idf * self._saturation(count, doc)
+                scores[doc] = scores.get(doc, 0.0) + score
         return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
 
     def _idf(self, document_frequency: int) -> float:

@@ -4,8 +4,9 @@ Materialises the world demo (once, cached), starts ``maira-sae-server serve --de
 loopback, calls every RPC with the ``maira-sae`` command line (the client SDK underneath) on
 two generated studies, one with a pacemaker and one without: finds the pacemaker-labelled
 feature, shows where it fires on the film (a heat map, and its hottest patch against where the
-device is drawn), clamps it while writing the report of the study without one, and stops the
-server with SIGTERM as Kubernetes would.
+device is drawn) and its dashboard page (the held-out films where it fires hardest, its logit
+effects), clamps it while writing the report of the study without one, and stops the server
+with SIGTERM as Kubernetes would.
 """
 
 from __future__ import annotations
@@ -123,8 +124,9 @@ def _tour(target: str, output: Path) -> None:
     )  # fmt: skip
     with Client(target) as sdk:
         feature, peak = _top_pacemaker_feature(sdk, with_device, paced)
-    _section(f"GetFeature {feature}")
-    client("feature", str(feature))
+    _section(f"GetFeature {feature}: its dashboard (100 held-out studies) and logit effects")
+    page = output / f"feature-{feature}.html"
+    client("feature", str(feature), "--html", str(page))
     _section("Encode: per-token SAE features of the study with its findings teacher-forced")
     client(
         "encode", *study, "--response", with_device.findings,
@@ -137,7 +139,7 @@ def _tour(target: str, output: Path) -> None:
         "generate", "--frontal", str(clear), "--indication", without.indication,
         "--max-new-tokens", "48", "--steer", f"{feature}:clamp:{strength:.1f}@{STEER_SCOPE}",
     )  # fmt: skip
-    print(f"\npictures: {heatmap} and {html}")
+    print(f"\npictures: {heatmap}, {html} and the dashboard page {page}")
 
 
 def _top_pacemaker_feature(sdk: Client, study: WorldStudy, frontal: Path) -> tuple[int, float]:

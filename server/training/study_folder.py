@@ -35,16 +35,21 @@ class FolderStudy:
 
 def read_study_folder(folder: Path) -> list[FolderStudy]:
     """Every study under ``folder``; ``ValueError`` names the first subfolder that is not one."""
+    return [read_study(child) for child in study_folders(folder)]
+
+
+def study_folders(folder: Path) -> list[Path]:
+    """The study subfolders of ``folder``, in name order (to read them one at a time)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a folder")
-    studies = [_read_study(child) for child in sorted(folder.iterdir()) if child.is_dir()]
-    if not studies:
+    children = [child for child in sorted(folder.iterdir()) if child.is_dir()]
+    if not children:
         raise ValueError(f"{folder}: no study subfolders")
-    return studies
+    return children
 
 
-def _read_study(folder: Path) -> FolderStudy:
+def read_study(folder: Path) -> FolderStudy:
     frontal = _image(folder, "frontal")
     if frontal is None:
         raise ValueError(f"{folder}: no frontal image (frontal{'|'.join(IMAGE_EXTENSIONS)})")

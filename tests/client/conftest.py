@@ -33,3 +33,18 @@ def study(frontal_png: Path) -> Study:
 def client(demo_server):
     with Client(demo_server.target, timeout_s=60) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def world_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real server on 127.0.0.1 serving the synthetic world demo (what ``serve --demo``
+    serves): a trained model and SAE with interpretations and shipped dashboards."""
+    from maira_sae.server.demo.layout import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
+    from maira_sae.server.demo.random_checkpoint import DemoCheckpoint
+    from maira_sae.server.demo.world.materialise import ensure_world_demo
+    from tests.support.servers import demo_config, running_server
+
+    root = ensure_world_demo(tmp_path_factory.mktemp("world-demo") / "demo")
+    demo = DemoCheckpoint(root, root / MODEL_FOLDER, root / SAE_FOLDER, root / INTERPRETATIONS_FILE)
+    with running_server(demo_config(demo)) as server:
+        yield server

@@ -96,9 +96,30 @@ def test_scores_follow_bm25():
     assert [score for _, score in results] == pytest.approx([bm25(3, 4), bm25(1, 2)])
 
 
-def test_ties_break_by_feature_index():
-    catalogue = FeatureCatalogue(FeatureInterpretation(i, "pacemaker", None) for i in (7, 3, 5))
-    assert features(catalogue.search("pacemaker")) == [3, 5, 7]
+def test_ties_go_to_the_higher_interpretation_score_then_the_lower_index():
+    scores = {7: 0.9, 3: None, 5: 0.4, 9: 0.9}
+    catalogue = FeatureCatalogue(
+        FeatureInterpretation(i, "pacemaker", s) for i, s in scores.items()
+    )
+    assert features(catalogue.search("pacemaker")) == [7, 9, 5, 3]
+
+
+def test_a_misspelt_word_finds_the_labels_spelt_nearly_so(catalogue):
+    exact = catalogue.search("pacemaker")
+    typo = catalogue.search("pacemakr")
+    assert features(typo) == features(exact)
+    assert all(0 < t < e for (_, t), (_, e) in zip(typo, exact, strict=True))  # weighed down
+    assert catalogue.search("xylophone") == []
+
+
+def test_suggestions_name_the_nearest_labels():
+    catalogue = FeatureCatalogue(
+        FeatureInterpretation(i, label, 0.5)
+        for i, label in enumerate(("pacemaker lead", "pleural effusion", "rib fracture"))
+    )
+    assert catalogue.suggest("pleural efusions", limit=1) == ["pleural effusion"]
+    assert len(catalogue.suggest("anything", limit=2)) == 2
+    assert FeatureCatalogue.empty().suggest("pacemaker") == []
 
 
 def test_tokenizer_folds_plurals():

@@ -32,6 +32,7 @@ from maira_sae.sae.training import (
     default_group_sizes,
     train_matryoshka_sae,
 )
+from maira_sae.server.demo.world.dashboard import write_world_dashboard
 from maira_sae.server.demo.world.materialise import ARTIFACT_DIR, LM_NAME, write_artifact
 from maira_sae.server.demo.world.model_spec import SAE_LAYER, TEXT_LAYERS
 from maira_sae.server.demo.world.reports import CONCEPTS
@@ -109,6 +110,7 @@ def build(settings: BuildSettings, output: Path, work_dir: Path) -> dict[str, An
         lambda path: write_interpretations(path, labels),
         provenance,
     )
+    write_world_dashboard(output)
     print(f"artifact written to {output} in {time.perf_counter() - started:.0f} s")
     return provenance
 

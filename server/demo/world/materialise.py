@@ -49,7 +49,17 @@ def write_artifact(
     write_weights(model, folder / MODEL_FOLDER, dtype=torch.float16)
     write_dictionary_learning(sae, folder / SAE_FOLDER, lm_name=LM_NAME)
     write_interpretations(folder / INTERPRETATIONS_FILE)
-    record = {**provenance, "torch": torch.__version__, "files": _digests(folder)}
+    _write_provenance(folder, {**provenance, "torch": torch.__version__})
+
+
+def record_digests(folder: Path) -> None:
+    """Refresh provenance.json's file digests after files were added (the dashboard)."""
+    provenance = json.loads((folder / PROVENANCE_FILE).read_text(encoding="utf-8"))
+    _write_provenance(folder, provenance)
+
+
+def _write_provenance(folder: Path, provenance: dict[str, Any]) -> None:
+    record = {**provenance, "files": _digests(folder)}
     (folder / PROVENANCE_FILE).write_text(
         json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )

@@ -41,6 +41,8 @@ def test_the_demo_tour_calls_every_rpc_and_stops_the_server_cleanly(tmp_path):
     assert "pacemaker" in concepts_in_text(steered.group(1))
     assert (tmp_path / "out" / "top-features.png").stat().st_size > 0
     assert "<html" in (tmp_path / "out" / "top-features.html").read_text().lower()
+    (page,) = (tmp_path / "out").glob("feature-*.html")
+    assert "data:image/png;base64," in page.read_text()  # the dashboard's films
     server_log = (tmp_path / "out" / "server.log").read_text()
     assert "Traceback" not in server_log
     assert "Pacemaker check" not in server_log, "request text must never reach the logs"

@@ -11,12 +11,13 @@ import pytest
 
 from maira_sae.sae.formats import load_sae
 from maira_sae.server.demo.layout import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
+from maira_sae.server.demo.world.dashboard import write_world_dashboard
 from maira_sae.server.demo.world.evaluation import greedy_reports, score_reports
 from maira_sae.server.demo.world.materialise import ARTIFACT_DIR, ensure_world_demo, write_artifact
 from maira_sae.server.demo.world.model_spec import SAE_LAYER, TEXT_LAYERS
 from maira_sae.server.demo.world.reports import concepts_in_text
 from maira_sae.server.demo.world.studies import generate_study, world_dataset
-from maira_sae.server.maira2.checkpoint import load_maira2, validate_sae_for_model
+from maira_sae.server.maira2.checkpoint import INDEX_FILE, load_maira2, validate_sae_for_model
 
 # Studies no build step saw: the model trains on data seed 1000, is scored on 1001, the SAE
 # uses 2000.
@@ -41,6 +42,19 @@ def test_the_demo_has_the_demo_checkpoint_layout_and_loads(world_demo, loaded):
     validate_sae_for_model(sae.d_model, sae.metadata.layer, model.config)
     assert model.config.patch_grid == (8, 8)
     assert model.config.num_text_layers == TEXT_LAYERS > SAE_LAYER + 1  # block 15 mid-depth
+
+
+def test_the_demo_has_the_released_snapshots_file_schema(world_demo):
+    """Tensor names as transformers 4.x wrote the real snapshot, RoPE in its 4.x form, the chat
+    template where the original reads it."""
+    folder = world_demo / MODEL_FOLDER
+    weight_map = json.loads((folder / INDEX_FILE).read_text())["weight_map"]
+    assert "vision_tower.encoder.layer.0.attention.attention.query.weight" in weight_map
+    assert not [name for name in weight_map if "_proj" in name and "vision_tower" in name]
+    text = json.loads((folder / "config.json").read_text())["text_config"]
+    assert text["rope_scaling"] == {"factor": 1.5, "type": "linear"}
+    assert "rope_parameters" not in text
+    assert "chat_template" in json.loads((folder / "tokenizer_config.json").read_text())
 
 
 def test_greedy_reports_name_a_pacemaker_when_there_is_one(loaded):
@@ -70,7 +84,8 @@ def test_held_out_concept_f1(loaded):
 
 
 def test_writing_the_loaded_artifact_gives_the_committed_bytes(world_demo, loaded, tmp_path):
-    """float16 -> float32 -> float16 is exact, so the writer reproduces the committed files."""
+    """float16 -> float32 -> float16 is exact, so the writer reproduces the committed files,
+    the dashboard built from them included."""
     model, _ = loaded
     sae = load_sae(world_demo / SAE_FOLDER)
     provenance = {
@@ -83,6 +98,7 @@ def test_writing_the_loaded_artifact_gives_the_committed_bytes(world_demo, loade
         lambda path: shutil.copyfile(world_demo / INTERPRETATIONS_FILE, path),
         provenance,
     )
+    write_world_dashboard(tmp_path / "again")
     assert _hashes(tmp_path / "again") == _hashes(ARTIFACT_DIR)
 
 

@@ -1,0 +1,472 @@
+"""Build an SAE's feature dashboards over a set of studies, through the server's own hooks.
+
+Every study is run as the server runs it (processor, block-output capture at the SAE's layer,
+threshold encode), and for every feature the build accumulates: on how many tokens of each kind
+it fires, a histogram of its non-zero activations, the ``top_k`` studies where it fires hardest
+(each at its peak token), and a
+uniform sample of its firing tokens (a bottom-k sketch over seeded random keys) from which the
+lower-quantile examples are drawn at the end. The file format is ``maira_sae.sae.dashboard``.
+
+Resumable: the state is written every ``save_every`` studies, and a build that finds a state of
+the same SAE, studies and settings continues after its last saved study. Random keys are drawn
+per study from the seed, so a resumed build equals an uninterrupted one. Patient data: by
+default only study ids and token positions are stored; ``with_content`` adds each example's
+heat map and text context and downscaled films.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from maira_sae.sae import dashboard as fmt
+from maira_sae.sae.model import MatryoshkaSAE
+from maira_sae.server.engine.capture import capture_batch
+from maira_sae.server.engine.types import DEFAULT_TOKEN_KINDS
+from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
+from maira_sae.server.maira2.processor import Maira2Processor, ModelInputs
+from maira_sae.server.maira2.study import Study, Task
+from maira_sae.server.maira2.tokens import TokenKind
+
+KINDS = tuple(kind for kind in TokenKind if kind in DEFAULT_TOKEN_KINDS)
+_MAX_IMAGES = 3
+
+
+@dataclass(frozen=True)
+class DashboardStudy:
+    study_id: str
+    study: Study
+    report: str | None = None  # teacher-forced when given, so report tokens count too
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    top_k: int = 20
+    quantiles: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)
+    sample_size: int = 64
+    context: int = 4
+    with_content: bool = False
+    thumbnail_side: int = 128
+    batch_size: int = 4
+    save_every: int = 32
+    seed: int = 0
+
+
+def build_dashboard(
+    model: Maira2ForConditionalGeneration,
+    processor: Maira2Processor,
+    sae: MatryoshkaSAE,
+    layer: int,
+    studies: Sequence[DashboardStudy],
+    out: Path,
+    settings: DashboardSettings = DashboardSettings(),
+    *,
+    task: Task | None = None,
+    study_ids: Sequence[str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write (or finish) the dashboard of ``sae`` over ``studies`` into ``out`` (findings
+    reports by default). ``studies`` may read each study on access: each is read once, and
+    ``study_ids`` spares reading them all for their ids."""
+    task = task or Task()
+    ids = list(study_ids) if study_ids is not None else [s.study_id for s in studies]
+    identity = _identity(sae, layer, ids, settings, processor.patch_grid)
+    state = fmt.read_state(out)
+    builder = _Builder(sae.d_sae, processor.patch_grid, len(studies), settings)
+    done = 0
+    if state is not None:
+        if not _same_build(state[0], identity):
+            raise ValueError(
+                f"{out} holds a dashboard of another SAE, study set or settings; remove it or "
+                "choose another output folder"
+            )
+        if state[0]["complete"]:
+            return out
+        builder.restore(state[1], state[0])
+        done = state[0]["studies_done"]
+    bar = tqdm(total=len(studies), initial=done, disable=not progress, desc="dashboard")
+    for start in range(done, len(studies), settings.batch_size):
+        chunk = range(start, min(start + settings.batch_size, len(studies)))
+        read = [studies[i] for i in chunk]
+        inputs = [processor.process(s.study, task, s.report) for s in read]
+        residuals = capture_batch(model, inputs, {layer}, pad_token_id=processor.pad_token_id)
+        for index, study, study_inputs, by_layer in zip(
+            chunk, read, inputs, residuals, strict=True
+        ):
+            codes = sae.encode(by_layer[layer]).float().cpu()
+            builder.add(index, study_inputs, codes, study.study)
+        done = chunk.stop
+        bar.update(len(chunk))
+        if done < len(studies) and done // settings.save_every > start // settings.save_every:
+            _save(out, identity, builder, done, complete=False)
+    bar.close()
+    _save(out, identity, builder, done, complete=True)
+    return out
+
+
+def _identity(
+    sae: MatryoshkaSAE,
+    layer: int,
+    study_ids: list[str],
+    settings: DashboardSettings,
+    grid: tuple[int, int],
+) -> dict[str, Any]:
+    return {
+        "d_sae": sae.d_sae,
+        "sae_sha256": _fingerprint(sae),
+        "layer": layer,
+        "study_ids": study_ids,
+        "kinds": [kind.value for kind in KINDS],
+        "histogram_edges": [float(edge) for edge in fmt.histogram_edges()],
+        "top_k": settings.top_k,
+        "quantiles": list(settings.quantiles),
+        "grid": list(grid),
+        "context": settings.context,
+        "has_content": settings.with_content,
+        # what changes the result (batch size and save interval do not)
+        "settings": {
+            key: value
+            for key, value in dataclasses.asdict(settings).items()
+            if key not in ("batch_size", "save_every")
+        },
+    }
+
+
+def _fingerprint(sae: MatryoshkaSAE) -> str:
+    """A digest of the SAE's weights: a saved state of another SAE is never resumed."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(sae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _same_build(saved: dict[str, Any], identity: dict[str, Any]) -> bool:
+    as_saved = json.loads(json.dumps(identity))  # tuples read back as lists
+    return all(saved.get(key) == value for key, value in as_saved.items())
+
+
+def _save(
+    out: Path, identity: dict[str, Any], builder: _Builder, done: int, *, complete: bool
+) -> None:
+    metadata = {
+        **identity,
+        "tokens_by_kind": builder.tokens_by_kind(),
+        "studies_done": done,
+        "complete": complete,
+    }
+    fmt.write_dashboard(out, metadata, builder.tensors(final=complete))
+
+
+class _Builder:
+    """The running statistics of every feature (CPU tensors)."""
+
+    def __init__(
+        self, d_sae: int, grid: tuple[int, int], num_studies: int, settings: DashboardSettings
+    ) -> None:
+        self._settings = settings
+        self._grid = grid
+        self._edges = torch.tensor(fmt.histogram_edges()[1:-1], dtype=torch.float32)
+        self._num_bins = len(self._edges) + 1
+        self._tokens = torch.zeros(len(KINDS), dtype=torch.int64)
+        self._firing = torch.zeros(len(KINDS), d_sae, dtype=torch.int64)
+        self._histogram = torch.zeros(d_sae, self._num_bins, dtype=torch.int64)
+        self._top = _Examples.empty(
+            d_sae, settings.top_k, grid, settings.context, content=settings.with_content
+        )
+        self._sample = _Examples.empty(d_sae, settings.sample_size, grid, 0, content=False)
+        self._sample_key = torch.full((d_sae, settings.sample_size), math.inf)
+        side = settings.thumbnail_side
+        self._thumbnails = (
+            np.zeros((num_studies, _MAX_IMAGES, side, side), dtype=np.uint8)
+            if settings.with_content
+            else None
+        )
+
+    def add(self, index: int, inputs: ModelInputs, codes: torch.Tensor, study: Study) -> None:
+        """One study's codes [tokens, d_sae] (every position of its sequence)."""
+        tokens = inputs.tokens
+        kept = [t for t in tokens if t.kind in DEFAULT_TOKEN_KINDS]
+        rows = torch.tensor([t.position for t in kept], dtype=torch.long)
+        kind = torch.tensor([KINDS.index(t.kind) for t in kept], dtype=torch.long)
+        values = codes[rows]  # [kept, d_sae]
+        fires = values > 0
+        self._tokens += torch.bincount(kind, minlength=len(KINDS))
+        self._firing.index_add_(0, kind, fires.long())
+        token, feature = fires.nonzero(as_tuple=True)
+        bins = torch.bucketize(values[token, feature], self._edges, right=True)
+        self._histogram.view(-1).index_add_(
+            0, feature * self._num_bins + bins, torch.ones_like(bins)
+        )
+        meta = _TokenMeta.of(index, kept, kind)
+        candidates = torch.where(fires, values, torch.tensor(-math.inf)).T  # [d_sae, kept]
+        self._top.merge(candidates, meta, codes, inputs, self._settings.with_content)
+        generator = torch.Generator().manual_seed(self._settings.seed * 1_000_003 + index)
+        keys = torch.rand(candidates.shape, generator=generator)
+        keys = torch.where(fires.T, keys, torch.tensor(math.inf))
+        self._sample_key = self._sample.merge_by_key(keys, self._sample_key, candidates, meta)
+        if self._thumbnails is not None:
+            for image_index, (_, pixels) in enumerate(study.images()):
+                self._thumbnails[index, image_index] = _thumbnail(
+                    pixels, self._settings.thumbnail_side
+                )
+
+    def tokens_by_kind(self) -> dict[str, int]:
+        return {kind.value: int(n) for kind, n in zip(KINDS, self._tokens.tolist(), strict=True)}
+
+    def tensors(self, *, final: bool) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {
+            "firing_by_kind": self._firing.numpy(),
+            "histogram": self._histogram.numpy(),
+            **self._top.arrays("top", content=self._settings.with_content),
+        }
+        if final:
+            out |= self._quantile_examples().arrays("quantile", content=False)
+        else:
+            out |= self._sample.arrays("sample", content=False)
+            out["sample_key"] = self._sample_key.numpy()
+        if self._thumbnails is not None:
+            out["thumbnails"] = self._thumbnails
+        return out
+
+    def restore(self, tensors: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
+        self._tokens = torch.tensor([metadata["tokens_by_kind"][k.value] for k in KINDS])
+        self._firing = torch.from_numpy(tensors["firing_by_kind"].copy())
+        self._histogram = torch.from_numpy(tensors["histogram"].copy())
+        self._top = _Examples.restore(tensors, "top")
+        self._sample = _Examples.restore(tensors, "sample")
+        self._sample_key = torch.from_numpy(tensors["sample_key"].copy())
+        if self._thumbnails is not None:
+            self._thumbnails = tensors["thumbnails"].copy()
+
+    def _quantile_examples(self) -> _Examples:
+        """From each feature's sample, sorted by value: the tokens at the quantiles."""
+        quantiles = self._settings.quantiles
+        sample = self._sample
+        valid = torch.isfinite(self._sample_key)
+        values = torch.where(valid, sample.fields["value"], torch.tensor(math.inf))
+        order = values.argsort(dim=1)  # ascending; empty slots last
+        count = valid.sum(dim=1, keepdim=True)
+        ranks = torch.tensor(quantiles).view(1, -1) * (count - 1).clamp(min=0)
+        picks = order.gather(1, ranks.round().long())
+        picked = sample.take(picks)
+        empty = (count == 0).expand_as(picks)
+        picked.fields["value"][empty] = math.nan
+        return picked
+
+
+@dataclass
+class _TokenMeta:
+    """Example fields of one study's kept tokens ([kept] each)."""
+
+    study: torch.Tensor
+    position: torch.Tensor
+    kind: torch.Tensor
+    image: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+
+    @classmethod
+    def of(cls, index: int, kept: list[Any], kind: torch.Tensor) -> _TokenMeta:
+        def column(values: Iterator[int]) -> torch.Tensor:
+            return torch.tensor(list(values), dtype=torch.long)
+
+        return cls(
+            study=torch.full((len(kept),), index, dtype=torch.long),
+            position=column(t.position for t in kept),
+            kind=kind,
+            image=column(-1 if t.image_index is None else t.image_index for t in kept),
+            row=column(-1 if t.grid_row is None else t.grid_row for t in kept),
+            col=column(-1 if t.grid_col is None else t.grid_col for t in kept),
+        )
+
+    def gather(self, token: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Fields of the tokens at ``token`` [F, n] (indices into the kept tokens)."""
+        return {
+            name: getattr(self, name)[token]
+            for name in ("study", "position", "kind", "image", "row", "col")
+        }
+
+
+_DTYPES = {
+    "value": np.float32,
+    "study": np.int32,
+    "position": np.int32,
+    "kind": np.int8,
+    "image": np.int16,
+    "row": np.int16,
+    "col": np.int16,
+}
+
+
+class _Examples:
+    """A fixed number of example slots per feature: fields [F, n]; empty slots value -inf."""
+
+    def __init__(self, fields: dict[str, torch.Tensor], extra: dict[str, torch.Tensor]) -> None:
+        self.fields = fields
+        self.extra = extra  # heatmap [F, n, rows, cols], context ids/values [F, n, window]
+
+    @classmethod
+    def empty(
+        cls, d_sae: int, slots: int, grid: tuple[int, int], context: int, *, content: bool
+    ) -> _Examples:
+        fields = {name: torch.full((d_sae, slots), -1, dtype=torch.long) for name in _DTYPES}
+        fields["value"] = torch.full((d_sae, slots), -math.inf)
+        extra = {}
+        if content:
+            window = 2 * context + 1
+            extra = {
+                "heatmap": torch.zeros(d_sae, slots, *grid),
+                "context_ids": torch.full((d_sae, slots, window), -1, dtype=torch.long),
+                "context_values": torch.zeros(d_sae, slots, window),
+            }
+        return cls(fields, extra)
+
+    @classmethod
+    def restore(cls, tensors: dict[str, np.ndarray], group: str) -> _Examples:
+        fields = {
+            name: torch.from_numpy(tensors[f"{group}_{name}"].astype(np.int64))
+            for name in _DTYPES
+            if name != "value"
+        }
+        value = torch.from_numpy(tensors[f"{group}_value"].astype(np.float32))
+        fields["value"] = torch.nan_to_num(value, nan=-math.inf)
+        extra = {
+            name: torch.from_numpy(tensors[f"{group}_{name}"].astype(np.float32))
+            for name in ("heatmap", "context_values")
+            if f"{group}_{name}" in tensors
+        }
+        if f"{group}_context_ids" in tensors:
+            extra["context_ids"] = torch.from_numpy(
+                tensors[f"{group}_context_ids"].astype(np.int64)
+            )
+        return cls(fields, extra)
+
+    def merge(
+        self,
+        candidates: torch.Tensor,
+        meta: _TokenMeta,
+        codes: torch.Tensor,
+        inputs: ModelInputs,
+        content: bool,
+    ) -> None:
+        """Keep the strongest of the current slots and this study's strongest token of each
+        feature (``candidates`` [F, kept]): one example per study, so the top examples are
+        the studies where the feature fires hardest, each at its peak token."""
+        slots = self.fields["value"].shape[1]
+        best = candidates.topk(1, dim=1)
+        new = {"value": best.values, **meta.gather(best.indices)}
+        new_extra = _content_of(new, codes, inputs, self.extra) if content and self.extra else {}
+        self._keep(torch.cat([self.fields["value"], best.values], dim=1), new, new_extra, slots)
+
+    def merge_by_key(
+        self,
+        keys: torch.Tensor,
+        current_keys: torch.Tensor,
+        candidates: torch.Tensor,
+        meta: _TokenMeta,
+    ) -> torch.Tensor:
+        """Keep the slots with the smallest random keys (a uniform sample); returns the keys."""
+        slots = current_keys.shape[1]
+        best = keys.topk(min(slots, keys.shape[1]), dim=1, largest=False)
+        new = {"value": candidates.gather(1, best.indices), **meta.gather(best.indices)}
+        all_keys = torch.cat([current_keys, best.values], dim=1)
+        order = self._keep(-all_keys, new, {}, slots)
+        return all_keys.gather(1, order)
+
+    def _keep(
+        self,
+        score: torch.Tensor,
+        new: dict[str, torch.Tensor],
+        new_extra: dict[str, torch.Tensor],
+        slots: int,
+    ) -> torch.Tensor:
+        order = score.topk(slots, dim=1).indices
+        for name in self.fields:
+            both = torch.cat([self.fields[name], new[name]], dim=1)
+            self.fields[name] = both.gather(1, order)
+        for name, tensor in self.extra.items():
+            both = torch.cat([tensor, new_extra[name]], dim=1)
+            index = order.view(*order.shape, *([1] * (tensor.dim() - 2))).expand(
+                -1, -1, *tensor.shape[2:]
+            )
+            self.extra[name] = both.gather(1, index)
+        return order
+
+    def take(self, picks: torch.Tensor) -> _Examples:
+        return _Examples({name: t.gather(1, picks) for name, t in self.fields.items()}, {})
+
+    def arrays(self, group: str, *, content: bool) -> dict[str, np.ndarray]:
+        value = self.fields["value"]
+        out = {
+            f"{group}_value": torch.where(torch.isfinite(value), value, math.nan).numpy(),
+            **{
+                f"{group}_{name}": self.fields[name].numpy().astype(dtype)
+                for name, dtype in _DTYPES.items()
+                if name != "value"
+            },
+        }
+        if content:
+            out[f"{group}_heatmap"] = self.extra["heatmap"].numpy().astype(np.float16)
+            out[f"{group}_context_ids"] = self.extra["context_ids"].numpy().astype(np.int32)
+            out[f"{group}_context_values"] = self.extra["context_values"].numpy().astype(np.float16)
+        return out
+
+
+def _content_of(
+    new: dict[str, torch.Tensor],
+    codes: torch.Tensor,
+    inputs: ModelInputs,
+    extra: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """Heat maps of patch candidates and text windows of text candidates [F, n, ...]."""
+    features = torch.arange(codes.shape[1]).view(-1, 1).expand_as(new["position"])
+    rows, cols = extra["heatmap"].shape[2:]
+    starts = _image_starts(inputs)
+    image = new["image"].clamp(min=0)
+    first = starts[image]  # [F, n]: where each candidate's image begins
+    patch = first.unsqueeze(-1) + torch.arange(rows * cols)
+    heatmap = codes.T[features.unsqueeze(-1), patch.clamp(max=codes.shape[0] - 1)]
+    heatmap = heatmap * (new["image"] >= 0).unsqueeze(-1)
+    window = extra["context_ids"].shape[2]
+    offsets = torch.arange(window) - window // 2
+    where = new["position"].unsqueeze(-1) + offsets
+    inside = (where >= 0) & (where < codes.shape[0]) & (new["image"] < 0).unsqueeze(-1)
+    where = where.clamp(0, codes.shape[0] - 1)
+    ids = torch.where(inside, inputs.input_ids[where], -1)
+    values = torch.where(inside, codes.T[features.unsqueeze(-1), where], 0.0)
+    return {"heatmap": heatmap.view(*heatmap.shape[:2], rows, cols), "context_ids": ids,
+            "context_values": values}  # fmt: skip
+
+
+def _image_starts(inputs: ModelInputs) -> torch.Tensor:
+    starts = [0] * _MAX_IMAGES
+    for token in inputs.tokens:
+        if token.image_index is not None and token.grid_row == 0 and token.grid_col == 0:
+            starts[token.image_index] = token.position
+    return torch.tensor(starts, dtype=torch.long)
+
+
+def _thumbnail(pixels: np.ndarray, side: int) -> np.ndarray:
+    """The image as MAIRA-2 sees it (greyscale, min-max to 8 bits, centre square), downscaled."""
+    values = pixels.astype(np.float64)
+    if values.ndim == 3:
+        values = values.mean(axis=2)
+    low, high = float(values.min()), float(values.max())
+    scaled = (values - low) / (high - low) * 255 if high > low else np.zeros_like(values)
+    height, width = scaled.shape
+    crop = min(height, width)
+    top, left = (height - crop) // 2, (width - crop) // 2
+    square = Image.fromarray(scaled[top : top + crop, left : left + crop].astype(np.uint8))
+    return np.asarray(square.resize((side, side), Image.Resampling.BICUBIC))
