@@ -17,6 +17,8 @@ from typing import Any
 
 from bench import (
     batching,
+    concurrency,
+    encode_many,
     first_token,
     sae_encode,
     service_overhead,
@@ -34,6 +36,8 @@ SERVICE_BENCHES: dict[str, ServiceBench] = {
     "steering_overhead": steering_overhead.run,
     "variants": variants.run,
     "first_token": first_token.run,
+    "encode_many": encode_many.run,
+    "concurrency": concurrency.run,
 }
 ALL = (*SERVICE_BENCHES, "sae_encode")
 

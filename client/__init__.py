@@ -2,17 +2,21 @@
 
 ``Client`` (blocking) and ``AsyncClient`` (asyncio) have the same methods and return the typed
 results of ``maira_sae.client.results``; studies are built with ``Study.of`` or
-``Study.from_files``; pictures live in ``maira_sae.client.pictures``.
+``Study.from_files``; pictures live in ``maira_sae.client.pictures`` and a feature's dashboard
+page in ``maira_sae.client.feature_page``; ``encode_many`` encodes a dataset and
+``EncodeResult.to_sparse/to_numpy/to_frame`` turn results into arrays (the ``arrays`` extra).
 """
 
 from maira_sae.client.aio import AsyncClient, AsyncGenerationStream
 from maira_sae.client.connection import Connection, RetryPolicy, TlsFiles, read_token_file
+from maira_sae.client.dicom import DicomOptions
 from maira_sae.client.errors import (
     AuthenticationError,
     CallCancelledError,
     DeadlineExceededError,
     InvalidRequestError,
     MairaSaeError,
+    MissingExtraError,
     NotFoundError,
     ServerBusyError,
     ServerError,
@@ -34,8 +38,12 @@ from maira_sae.client.requests import (
 from maira_sae.client.results import (
     Box,
     BoxCoordinates,
+    ContextToken,
+    DicomDecoding,
     EncodeResult,
     Feature,
+    FeatureDashboard,
+    FeatureExample,
     FeatureMatch,
     FeatureScore,
     FinishReason,
@@ -43,6 +51,7 @@ from maira_sae.client.results import (
     GroundedPhrase,
     ImageGrid,
     ImageRole,
+    KindDensity,
     Limits,
     ModelInfo,
     ReconstructionQuality,
@@ -53,6 +62,7 @@ from maira_sae.client.results import (
     TokenActivations,
     TokenEvent,
     TokenKind,
+    TokenLogit,
     TopFeaturesResult,
     VariantResult,
     Versions,
@@ -70,9 +80,14 @@ __all__ = [
     "CallCancelledError",
     "Client",
     "Connection",
+    "ContextToken",
     "DeadlineExceededError",
+    "DicomDecoding",
+    "DicomOptions",
     "EncodeResult",
     "Feature",
+    "FeatureDashboard",
+    "FeatureExample",
     "FeatureMatch",
     "FeatureScore",
     "FinishReason",
@@ -85,9 +100,11 @@ __all__ = [
     "ImageRole",
     "Intervention",
     "InvalidRequestError",
+    "KindDensity",
     "Limits",
     "MairaSaeError",
     "MediaType",
+    "MissingExtraError",
     "ModelInfo",
     "NotFoundError",
     "PositionScope",
@@ -109,6 +126,7 @@ __all__ = [
     "TokenEvent",
     "TokenFilter",
     "TokenKind",
+    "TokenLogit",
     "TokenRange",
     "TopFeaturesResult",
     "UnavailableError",

@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from google.protobuf.message import Message
 
 from maira_sae.client.images import MediaType
@@ -25,8 +26,12 @@ from maira_sae.client.requests import (
 from maira_sae.client.results import (
     Box,
     BoxCoordinates,
+    ContextToken,
+    DicomDecoding,
     EncodeResult,
     Feature,
+    FeatureDashboard,
+    FeatureExample,
     FeatureMatch,
     FeatureScore,
     FinishReason,
@@ -34,6 +39,7 @@ from maira_sae.client.results import (
     GroundedPhrase,
     ImageGrid,
     ImageRole,
+    KindDensity,
     Limits,
     ModelInfo,
     ReconstructionQuality,
@@ -44,6 +50,7 @@ from maira_sae.client.results import (
     TokenActivations,
     TokenEvent,
     TokenKind,
+    TokenLogit,
     TopFeaturesResult,
     VariantResult,
     Versions,
@@ -172,6 +179,7 @@ def top_features_request(
     token_filter: TokenFilter | None,
     k: int,
     labelled_only: bool = False,
+    matryoshka_level: int = 0,
 ) -> pb.TopFeaturesRequest:
     return pb.TopFeaturesRequest(
         study=study_to_proto(study),
@@ -182,6 +190,7 @@ def top_features_request(
         token_filter=_token_filter(token_filter),
         k=k,
         labelled_only=labelled_only,
+        matryoshka_level=matryoshka_level,
     )
 
 
@@ -225,8 +234,17 @@ def generate_request(
     )
 
 
-def feature_request(feature: int, sae_id: str) -> pb.GetFeatureRequest:
-    return pb.GetFeatureRequest(sae_id=sae_id, feature=feature)
+def feature_request(
+    feature: int, sae_id: str, *, include_decoder_row: bool = False, num_logits: int = 0
+) -> pb.GetFeatureRequest:
+    if feature < 0:
+        raise ValueError(f"feature must be >= 0 (features are numbered from 0), got {feature}")
+    return pb.GetFeatureRequest(
+        sae_id=sae_id,
+        feature=feature,
+        include_decoder_row=include_decoder_row,
+        num_logits=num_logits,
+    )
 
 
 def search_request(query: str, limit: int, sae_id: str) -> pb.SearchFeaturesRequest:
@@ -280,6 +298,12 @@ def encode_result(message: pb.EncodeResponse) -> EncodeResult:
     )
 
 
+def _image_grid(grid: pb.ImageGrid) -> ImageGrid:
+    return ImageGrid(
+        image_index=grid.image_index, rows=grid.rows, cols=grid.cols, values=tuple(grid.values)
+    )
+
+
 def top_features_result(message: pb.TopFeaturesResponse) -> TopFeaturesResult:
     return TopFeaturesResult(
         sae_id=message.sae_id,
@@ -291,15 +315,7 @@ def top_features_result(message: pb.TopFeaturesResponse) -> TopFeaturesResult:
                 label=_optional(item, "label"),
                 interpretation_score=_optional(item, "interpretation_score"),
                 token_positions=tuple(item.token_positions),
-                image_grids=tuple(
-                    ImageGrid(
-                        image_index=grid.image_index,
-                        rows=grid.rows,
-                        cols=grid.cols,
-                        values=tuple(grid.values),
-                    )
-                    for grid in item.image_grids
-                ),
+                image_grids=tuple(_image_grid(grid) for grid in item.image_grids),
             )
             for item in message.features
         ),
@@ -313,7 +329,8 @@ def _coordinates(message: pb.BoxCoordinates) -> BoxCoordinates:
     )
 
 
-def generate_event(message: pb.GenerateEvent) -> GenerateEvent:
+def generate_event(message: pb.GenerateEvent, names: Sequence[str] = ()) -> GenerateEvent:
+    """One stream message; ``names`` are the request's variant names, by index."""
     index = message.variant_index
     if message.WhichOneof("event") == "token":
         token = message.token
@@ -323,6 +340,7 @@ def generate_event(message: pb.GenerateEvent) -> GenerateEvent:
     finished = message.finished
     return VariantResult(
         variant_index=index,
+        name=names[index] if index < len(names) else "",
         text=finished.text,
         finish_reason=_FINISH_REASONS_BACK[finished.finish_reason],
         num_tokens=finished.num_tokens,
@@ -354,6 +372,7 @@ def info_result(message: pb.InfoResponse) -> ServerInfo:
             patch_grid_rows=m.patch_grid_rows,
             patch_grid_cols=m.patch_grid_cols,
             demo=m.demo,
+            image_features=m.image_features,
         ),
         saes=tuple(
             SaeInfo(
@@ -374,7 +393,61 @@ def info_result(message: pb.InfoResponse) -> ServerInfo:
         versions=Versions(
             maira_sae=versions.maira_sae, torch=versions.torch, transformers=versions.transformers
         ),
+        dicom=DicomDecoding(
+            modalities=tuple(message.dicom.modalities),
+            modality_lut=message.dicom.modality_lut,
+            voi_lut=message.dicom.voi_lut,
+            monochrome1_inverted=message.dicom.monochrome1_inverted,
+            description=message.dicom.description,
+        ),
     )
+
+
+def _token_logits(messages: Sequence[pb.TokenLogit]) -> tuple[TokenLogit, ...]:
+    return tuple(TokenLogit(token_id=m.token_id, text=m.text, logit=m.logit) for m in messages)
+
+
+def _example(message: pb.FeatureExample) -> FeatureExample:
+    return FeatureExample(
+        study_id=message.study_id,
+        position=message.position,
+        kind=_TOKEN_KINDS_BACK[message.kind],
+        value=message.value,
+        image_index=_optional(message, "image_index"),
+        grid_row=_optional(message, "grid_row"),
+        grid_col=_optional(message, "grid_col"),
+        quantile=_optional(message, "quantile"),
+        heatmap=_image_grid(message.heatmap) if message.HasField("heatmap") else None,
+        thumbnail_png=message.thumbnail_png or None,
+        context=tuple(
+            ContextToken(text=t.text, value=t.value, is_example=t.is_example)
+            for t in message.context
+        ),
+    )
+
+
+def _dashboard(message: pb.FeatureDashboard) -> FeatureDashboard:
+    return FeatureDashboard(
+        num_studies=message.num_studies,
+        num_tokens=message.num_tokens,
+        density=message.density,
+        density_by_kind=tuple(
+            KindDensity(kind=_TOKEN_KINDS_BACK[d.kind], density=d.density)
+            for d in message.density_by_kind
+        ),
+        histogram_edges=tuple(message.histogram_edges),
+        histogram_counts=tuple(message.histogram_counts),
+        top_examples=tuple(_example(e) for e in message.top_examples),
+        quantile_examples=tuple(_example(e) for e in message.quantile_examples),
+    )
+
+
+def _decoder_row(message: pb.Feature) -> np.ndarray | None:
+    if not message.decoder_row:
+        return None
+    row = np.array(message.decoder_row, dtype=np.float32)
+    row.flags.writeable = False  # the result is frozen
+    return row
 
 
 def feature_result(message: pb.Feature) -> Feature:
@@ -383,6 +456,11 @@ def feature_result(message: pb.Feature) -> Feature:
         label=_optional(message, "label"),
         interpretation_score=_optional(message, "interpretation_score"),
         decoder_norm=message.decoder_norm,
+        dashboard=_dashboard(message.dashboard) if message.has_dashboard else None,
+        dashboard_note=message.dashboard_note,
+        promoted_tokens=_token_logits(message.promoted_tokens),
+        suppressed_tokens=_token_logits(message.suppressed_tokens),
+        decoder_row=_decoder_row(message),
     )
 
 
@@ -393,4 +471,6 @@ def search_result(message: pb.SearchFeaturesResponse) -> SearchResult:
             FeatureMatch(feature=feature_result(match.feature), score=match.score)
             for match in message.matches
         ),
+        suggestions=tuple(message.suggestions),
+        note=message.note,
     )

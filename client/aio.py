@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from maira_sae.client import _convert
 from maira_sae.client._base import ClientBase, health_request, health_status, variant_results
+from maira_sae.client.batch import DEFAULT_CONCURRENCY, map_in_tasks
 from maira_sae.client.errors import error_from_rpc
 from maira_sae.client.requests import (
     Aggregation,
@@ -37,8 +38,9 @@ class AsyncGenerationStream:
     """The events of one GenerateSteered call, for ``async for``. ``close()`` (or leaving an
     ``async with`` block) cancels the call on the server."""
 
-    def __init__(self, call: grpc.aio.UnaryStreamCall) -> None:
+    def __init__(self, call: grpc.aio.UnaryStreamCall, names: Sequence[str] = ()) -> None:
         self._call = call
+        self._names = tuple(names)  # the variants' names, by index
         self._messages = call.__aiter__()
         self._closed = False
 
@@ -49,7 +51,7 @@ class AsyncGenerationStream:
         if self._closed:
             raise StopAsyncIteration
         try:
-            return _convert.generate_event(await self._messages.__anext__())
+            return _convert.generate_event(await self._messages.__anext__(), self._names)
         except grpc.RpcError as error:
             raise error_from_rpc(error) from None
 
@@ -123,6 +125,24 @@ class AsyncClient(ClientBase):
         )
         return await self._unary(self._stub.Encode, request, _convert.encode_result, timeout)
 
+    async def encode_many(
+        self,
+        studies: Iterable[Study],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        progress: bool = True,
+        **encode_args: Any,
+    ) -> list[EncodeResult]:
+        """``encode`` of every study in order, at most ``concurrency`` at once (see
+        ``Client.encode_many``)."""
+        return await map_in_tasks(
+            lambda study: self.encode(study, **encode_args),
+            studies,
+            concurrency=concurrency,
+            progress=progress,
+            what="encode",
+        )
+
     async def top_features(
         self,
         study: Study,
@@ -134,10 +154,12 @@ class AsyncClient(ClientBase):
         sae_id: str = "",
         token_filter: TokenFilter | None = None,
         labelled_only: bool = False,
+        matryoshka_level: int = 0,
         timeout: float | None = None,
     ) -> TopFeaturesResult:
         """The k (0: 20) features scoring highest over the selected tokens, and where; with
-        ``labelled_only``, among the features the SAE's interpretations label."""
+        ``labelled_only``, among the features the SAE's interpretations label; with
+        ``matryoshka_level`` n, among the first n Matryoshka groups' features (0: all)."""
         request = _convert.top_features_request(
             study,
             task=task,
@@ -147,6 +169,7 @@ class AsyncClient(ClientBase):
             token_filter=token_filter,
             k=k,
             labelled_only=labelled_only,
+            matryoshka_level=matryoshka_level,
         )
         return await self._unary(
             self._stub.TopFeatures, request, _convert.top_features_result, timeout
@@ -167,7 +190,7 @@ class AsyncClient(ClientBase):
             study, variants=variants, task=task, settings=settings, sae_id=sae_id
         )
         call = self._stub.GenerateSteered(request, **self._call_options(timeout))
-        return AsyncGenerationStream(call)
+        return AsyncGenerationStream(call, [variant.name for variant in variants])
 
     async def generate_texts(
         self, study: Study, variants: Sequence[Variant] = (), **options: Any
@@ -181,9 +204,19 @@ class AsyncClient(ClientBase):
         return await self._unary(self._stub.GetInfo, request, _convert.info_result, timeout)
 
     async def feature(
-        self, feature: int, *, sae_id: str = "", timeout: float | None = None
+        self,
+        feature: int,
+        *,
+        sae_id: str = "",
+        include_decoder_row: bool = False,
+        num_logits: int = 10,
+        timeout: float | None = None,
     ) -> Feature:
-        request = _convert.feature_request(feature, sae_id)
+        """One feature: label, decoder norm, logit effects, dashboard, decoder row on request
+        (see ``Client.feature``)."""
+        request = _convert.feature_request(
+            feature, sae_id, include_decoder_row=include_decoder_row, num_logits=num_logits
+        )
         return await self._unary(self._stub.GetFeature, request, _convert.feature_result, timeout)
 
     async def search_features(

@@ -1,17 +1,25 @@
 """Typed results of every call: frozen dataclasses, never protobuf.
 
 ``to_dict()`` on each gives plain JSON-ready data (enums as their string values, tuples as
-lists), so ``json.dumps(result.to_dict())`` works without pandas or protobuf.
+lists, numpy arrays as lists, bytes as base64 text), so ``json.dumps(result.to_dict())``
+works without pandas or protobuf.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import enum
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from maira_sae.client.dicom import DicomOptions
+
+if TYPE_CHECKING:
+    import pandas
+    import scipy.sparse
 
 
 def _plain(value: Any) -> Any:
@@ -21,6 +29,10 @@ def _plain(value: Any) -> Any:
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple | list):
         return [_plain(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
     return value
 
 
@@ -99,6 +111,30 @@ class EncodeResult(_Result):
     total_tokens: int  # the whole sequence, before the token filter
     quality: ReconstructionQuality
 
+    # Arrays (the ``arrays`` extra: scipy, pandas); see maira_sae.client.arrays.
+
+    def to_sparse(self, sae: SaeInfo | None = None) -> scipy.sparse.csr_array:
+        """Tokens x features as a scipy.sparse CSR array of float32 activations, rows in token
+        order. Its width is the SAE's d_sae with ``sae`` (from ``ServerInfo.sae``), else the
+        highest feature that fired plus one."""
+        from maira_sae.client import arrays
+
+        return arrays.to_sparse(self, sae)
+
+    def to_numpy(self, sae: SaeInfo | None = None, *, level: int | None = None) -> np.ndarray:
+        """Tokens x features as a dense float32 array; with ``level`` only the features of the
+        first ``level`` Matryoshka groups (their sizes come from ``sae``)."""
+        from maira_sae.client import arrays
+
+        return arrays.to_numpy(self, sae, level=level)
+
+    def to_frame(self) -> pandas.DataFrame:
+        """The tokens as a pandas DataFrame, one row per token: position, token_id, text, kind,
+        image_index, image_role, grid_row, grid_col, and num_active (features that fired)."""
+        from maira_sae.client import arrays
+
+        return arrays.to_frame(self)
+
 
 @dataclass(frozen=True)
 class ImageGrid(_Result):
@@ -174,9 +210,11 @@ class GroundedPhrase(_Result):
 
 @dataclass(frozen=True)
 class VariantResult(_Result):
-    """The last event of a variant: its whole report."""
+    """The last event of a variant: its whole report. ``name`` is the name the request gave
+    the variant ("" when it gave none, or gave no variants: the baseline)."""
 
     variant_index: int
+    name: str
     text: str
     finish_reason: FinishReason
     num_tokens: int
@@ -203,6 +241,7 @@ class ModelInfo(_Result):
     patch_grid_rows: int
     patch_grid_cols: int
     demo: bool
+    image_features: str  # the vision output fed to the projector (see the server's README)
 
 
 @dataclass(frozen=True)
@@ -242,20 +281,117 @@ class Versions(_Result):
 
 
 @dataclass(frozen=True)
+class DicomDecoding(_Result):
+    """How the server turns DICOM into greyscale (``client.dicom`` has the details)."""
+
+    modalities: tuple[str, ...]  # accepted Modality values; empty: any
+    modality_lut: bool  # Rescale Slope/Intercept or Modality LUT
+    voi_lut: bool  # the file's first VOI LUT or window
+    monochrome1_inverted: bool
+    description: str
+
+    def options(self) -> DicomOptions:
+        """The same settings for decoding here (``StudyImage.pixels(dicom=...)``)."""
+        return DicomOptions(modalities=frozenset(self.modalities) or None, apply_voi=self.voi_lut)
+
+
+@dataclass(frozen=True)
 class ServerInfo(_Result):
     model: ModelInfo
     saes: tuple[SaeInfo, ...]
-    default_sae_id: str
+    default_sae_id: str  # the SAE a call with an empty sae_id uses
     limits: Limits
     versions: Versions
+    dicom: DicomDecoding
+
+    def sae(self, sae_id: str = "") -> SaeInfo:
+        """The SAE with this id; "" the default one. KeyError names the ids served."""
+        wanted = sae_id or self.default_sae_id
+        for sae in self.saes:
+            if sae.id == wanted:
+                return sae
+        raise KeyError(f"no SAE {wanted!r}; this server has {[s.id for s in self.saes]}")
+
+
+@dataclass(frozen=True)
+class TokenLogit(_Result):
+    """One token of a feature's logit effects."""
+
+    token_id: int
+    text: str  # the token's piece, "▁" shown as a space
+    logit: float  # change of its logit per unit of the feature's decoder direction
+
+
+@dataclass(frozen=True)
+class KindDensity(_Result):
+    kind: TokenKind
+    density: float  # fraction of the tokens of that kind on which the feature fires
+
+
+@dataclass(frozen=True)
+class ContextToken(_Result):
+    text: str
+    value: float  # the feature's activation on it
+    is_example: bool  # the example token itself
+
+
+@dataclass(frozen=True)
+class FeatureExample(_Result):
+    """One token where the feature fired, in one study of the dashboard's study set. Image
+    patches carry their image and grid cell; ``heatmap`` and ``thumbnail_png`` are present only
+    when the dashboard was built with content (studies hold patient data), ``context`` for text
+    tokens."""
+
+    study_id: str  # the study's folder name in the dashboard's study set
+    position: int  # absolute token position in that study's prompt + response
+    kind: TokenKind
+    value: float
+    image_index: int | None = None
+    grid_row: int | None = None
+    grid_col: int | None = None
+    quantile: float | None = None  # quantile examples: the quantile of the non-zero values
+    heatmap: ImageGrid | None = None  # the feature over that example's image
+    thumbnail_png: bytes | None = field(default=None, repr=False)  # 8-bit greyscale PNG
+    context: tuple[ContextToken, ...] = ()
+
+
+@dataclass(frozen=True)
+class FeatureDashboard(_Result):
+    """A feature's statistics over the studies its dashboard was built from."""
+
+    num_studies: int
+    num_tokens: int
+    density: float  # fraction of tokens on which the feature fires
+    density_by_kind: tuple[KindDensity, ...]
+    histogram_edges: tuple[float, ...]  # counts[i] fall in [edges[i], edges[i + 1])
+    histogram_counts: tuple[int, ...]  # of its non-zero activations
+    top_examples: tuple[FeatureExample, ...]  # by decreasing value
+    quantile_examples: tuple[FeatureExample, ...]  # from lower quantiles, by decreasing value
+
+    def density_of(self, kind: TokenKind) -> float | None:
+        """The density among tokens of one kind; None when the dashboard has none of them."""
+        return next((d.density for d in self.density_by_kind if d.kind is kind), None)
 
 
 @dataclass(frozen=True)
 class Feature(_Result):
+    """One feature. GetFeature fills everything; a search match only the first four fields.
+    ``dashboard`` is None where none was built (``dashboard_note`` says why and how to build
+    one); ``decoder_row`` (d_model float32, read-only) only when asked for."""
+
     feature: int
     label: str | None  # None when the SAE has no interpretation for it
     interpretation_score: float | None
     decoder_norm: float
+    dashboard: FeatureDashboard | None = None
+    dashboard_note: str = ""
+    promoted_tokens: tuple[TokenLogit, ...] = ()  # logit effects: raised most first
+    suppressed_tokens: tuple[TokenLogit, ...] = ()  # lowered most first
+    decoder_row: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def has_dashboard(self) -> bool:
+        return self.dashboard is not None
 
 
 @dataclass(frozen=True)
@@ -267,4 +403,6 @@ class FeatureMatch(_Result):
 @dataclass(frozen=True)
 class SearchResult(_Result):
     sae_id: str
-    matches: tuple[FeatureMatch, ...]  # by decreasing score
+    matches: tuple[FeatureMatch, ...]  # by decreasing score, ties by interpretation score
+    suggestions: tuple[str, ...] = ()  # when nothing matched: the labels nearest the query
+    note: str = ""  # when nothing matched: a sentence saying so

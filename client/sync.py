@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from maira_sae.client import _convert
 from maira_sae.client._base import ClientBase, health_request, health_status, variant_results
+from maira_sae.client.batch import DEFAULT_CONCURRENCY, map_in_threads
 from maira_sae.client.errors import error_from_rpc
 from maira_sae.client.requests import (
     Aggregation,
@@ -38,8 +39,9 @@ class GenerationStream:
     each variant, then a ``VariantResult`` per variant. ``close()`` (or leaving a ``with``
     block) cancels the call on the server."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, names: Sequence[str] = ()) -> None:
         self._call = call  # a grpc call that is also an iterator of GenerateEvent messages
+        self._names = tuple(names)  # the variants' names, by index
         self._closed = False
 
     def __iter__(self) -> Iterator[GenerateEvent]:
@@ -49,7 +51,7 @@ class GenerationStream:
         if self._closed:
             raise StopIteration
         try:
-            return _convert.generate_event(next(self._call))
+            return _convert.generate_event(next(self._call), self._names)
         except grpc.RpcError as error:
             raise error_from_rpc(error) from None
 
@@ -122,6 +124,24 @@ class Client(ClientBase):
         )
         return self._unary(self._stub.Encode, request, _convert.encode_result, timeout)
 
+    def encode_many(
+        self,
+        studies: Iterable[Study],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        progress: bool = True,
+        **encode_args: Any,
+    ) -> list[EncodeResult]:
+        """``encode`` of every study, ``encode_args`` for each, at most ``concurrency`` calls
+        in flight; results in the studies' order, progress on stderr (see client/batch.py)."""
+        return map_in_threads(
+            lambda study: self.encode(study, **encode_args),
+            studies,
+            concurrency=concurrency,
+            progress=progress,
+            what="encode",
+        )
+
     def top_features(
         self,
         study: Study,
@@ -133,10 +153,12 @@ class Client(ClientBase):
         sae_id: str = "",
         token_filter: TokenFilter | None = None,
         labelled_only: bool = False,
+        matryoshka_level: int = 0,
         timeout: float | None = None,
     ) -> TopFeaturesResult:
         """The k (0: 20) features scoring highest over the selected tokens, and where; with
-        ``labelled_only``, among the features the SAE's interpretations label."""
+        ``labelled_only``, among the features the SAE's interpretations label; with
+        ``matryoshka_level`` n, among the first n Matryoshka groups' features (0: all)."""
         request = _convert.top_features_request(
             study,
             task=task,
@@ -146,6 +168,7 @@ class Client(ClientBase):
             token_filter=token_filter,
             k=k,
             labelled_only=labelled_only,
+            matryoshka_level=matryoshka_level,
         )
         return self._unary(self._stub.TopFeatures, request, _convert.top_features_result, timeout)
 
@@ -163,7 +186,8 @@ class Client(ClientBase):
         request = _convert.generate_request(
             study, variants=variants, task=task, settings=settings, sae_id=sae_id
         )
-        return GenerationStream(self._stub.GenerateSteered(request, **self._call_options(timeout)))
+        call = self._stub.GenerateSteered(request, **self._call_options(timeout))
+        return GenerationStream(call, [variant.name for variant in variants])
 
     def generate_texts(
         self, study: Study, variants: Sequence[Variant] = (), **options: Any
@@ -176,8 +200,21 @@ class Client(ClientBase):
         request = _convert.info_request()
         return self._unary(self._stub.GetInfo, request, _convert.info_result, timeout)
 
-    def feature(self, feature: int, *, sae_id: str = "", timeout: float | None = None) -> Feature:
-        request = _convert.feature_request(feature, sae_id)
+    def feature(
+        self,
+        feature: int,
+        *,
+        sae_id: str = "",
+        include_decoder_row: bool = False,
+        num_logits: int = 10,
+        timeout: float | None = None,
+    ) -> Feature:
+        """One feature: label, decoder norm, logit effects (``num_logits`` promoted and
+        suppressed tokens), its dashboard where one was built, and with
+        ``include_decoder_row`` its decoder row (d_model float32)."""
+        request = _convert.feature_request(
+            feature, sae_id, include_decoder_row=include_decoder_row, num_logits=num_logits
+        )
         return self._unary(self._stub.GetFeature, request, _convert.feature_result, timeout)
 
     def search_features(

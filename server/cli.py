@@ -4,6 +4,8 @@
     maira-sae-server serve --demo                  # the synthetic world demo (tiny, trained)
     maira-sae-server make-demo DIR [--random]
     maira-sae-server train-sae --model PATH --studies FOLDER --out DIR
+    maira-sae-server build-dashboard --model PATH --sae SAE --studies FOLDER [--thumbnails]
+    maira-sae-server check-snapshot PATH_OR_HUB_ID [--json]   # will it load? (no weights read)
 
 Settings come from defaults < config file < MAIRA_SAE_* environment variables < flags
 (``maira-sae-server serve --help`` lists them all).
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -22,6 +25,7 @@ from maira_sae.server.service.config import ConfigError
 from maira_sae.server.service.config_sources import add_arguments, config_from_sources
 from maira_sae.server.service.logs import configure_logging
 from maira_sae.server.training.cli import add_train_sae_command, run_train_sae
+from maira_sae.server.training.dashboard_cli import add_build_dashboard_command, run_build_dashboard
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,7 +52,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     make_demo.add_argument("--seed", type=int, default=0, help="of the random checkpoint")
     add_train_sae_command(commands)
+    add_build_dashboard_command(commands)
+    check = commands.add_parser(
+        "check-snapshot",
+        help="say whether the server will load a MAIRA-2 snapshot, reading only its config,"
+        " index and tokenizer files (a hub id downloads only those)",
+    )
+    check.add_argument("snapshot", help="a local folder or a hub id such as microsoft/maira-2")
+    check.add_argument("--json", action="store_true", help="print the findings as JSON")
     return parser
+
+
+def _check_snapshot(snapshot: str, *, as_json: bool) -> int:
+    from maira_sae.server.maira2.config import CheckpointError
+    from maira_sae.server.maira2.preflight import check_snapshot, format_report
+
+    try:
+        report = check_snapshot(snapshot)
+    except CheckpointError as error:
+        print(f"maira-sae-server: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+    return 0 if report.will_load else 1
 
 
 def _make_demo(directory: Path, *, random: bool, seed: int) -> int:
@@ -73,8 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "train-sae":
         return run_train_sae(args)
+    if args.command == "build-dashboard":
+        return run_build_dashboard(args)
     if args.command == "make-demo":
         return _make_demo(args.directory, random=args.random, seed=args.seed)
+    if args.command == "check-snapshot":
+        return _check_snapshot(args.snapshot, as_json=args.json)
     try:
         config = config_from_sources(args, os.environ)
     except ConfigError as error:

@@ -12,26 +12,35 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import TypeVar
 
+import numpy as np
 import torch
 
 from maira_sae.sae.catalogue import FeatureCatalogue
+from maira_sae.sae.dashboard import Dashboard, Example, FeatureStats
 from maira_sae.sae.model import FeatureOutOfRange, MatryoshkaSAE
 from maira_sae.sae.steering import validate_intervention
 from maira_sae.server.engine.capture import capture_batch
+from maira_sae.server.engine.decode_batch import DecodeBatch
 from maira_sae.server.engine.features import (
     accepted_positions,
     reconstruction_quality,
     sparse_codes,
     top_feature_scores,
 )
-from maira_sae.server.engine.generation import generate_rows
+from maira_sae.server.engine.generation import GenerationCall
+from maira_sae.server.engine.logit_effects import LogitEffects
+from maira_sae.server.engine.token_limits import TokenLimits
 from maira_sae.server.engine.types import (
     EncodeRequest,
     EncodeResult,
     FeatureDescription,
+    FeatureDetails,
     FeatureSearchResult,
+    FinishReason,
     GenerateRequest,
     GenerationEvent,
     TopFeaturesRequest,
@@ -44,6 +53,7 @@ from maira_sae.server.errors import (
     NotFound,
     OutOfRange,
     ResourceExhausted,
+    echo,
 )
 from maira_sae.server.maira2.grounding import parse_grounded_output
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
@@ -52,6 +62,9 @@ from maira_sae.server.maira2.study import TaskKind
 
 AnalysisRequest = EncodeRequest | TopFeaturesRequest
 AnalysisResult = EncodeResult | TopFeaturesResult
+R = TypeVar("R", EncodeRequest, TopFeaturesRequest, GenerateRequest)
+
+_NO_PIXELS = np.zeros((0, 0), dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,7 @@ class SaeEntry:
     sae: MatryoshkaSAE
     catalogue: FeatureCatalogue
     layer: int
+    dashboard: Dashboard | None = None  # built offline (maira-sae-server build-dashboard)
 
 
 @dataclass(frozen=True)
@@ -88,7 +102,9 @@ class Engine:
         saes: Sequence[SaeEntry],
         *,
         default_sae_id: str | None = None,
+        token_limits: TokenLimits | None = None,
     ) -> None:
+        """``token_limits`` default to the model's context length for both limits."""
         if not saes:
             raise ValueError("the engine needs at least one SAE")
         self.model = model
@@ -98,6 +114,10 @@ class Engine:
         if self.default_sae_id not in self._saes:
             raise ValueError(f"default SAE {self.default_sae_id!r} is not among the SAEs")
         self._eos_token_ids = frozenset({processor.eos_token_id})
+        context_length = model.config.text_config.max_position_embeddings
+        self.token_limits = token_limits or TokenLimits(context_length, context_length)
+        self._logit_effects = LogitEffects(model, processor.token_text)
+        self._finishers: dict[int, Callable[[], None]] = {}  # id(call) -> send its results
         self._decoder_norms = {
             entry.sae_id: entry.sae.W_dec.float().norm(dim=1).tolist() for entry in saes
         }
@@ -111,13 +131,13 @@ class Engine:
         entry = self._saes.get(sae_id or self.default_sae_id)
         if entry is None:
             known = ", ".join(sorted(self._saes))
-            raise NotFound(f"unknown sae_id {sae_id!r}; this server has: {known}")
+            raise NotFound(f"unknown sae_id {echo(sae_id)}; this server has: {known}")
         return entry
 
     def check_analysis(self, request: AnalysisRequest) -> SaeEntry:
         """Validate what only the engine knows (SAE id, Matryoshka level) before queueing."""
         entry = self.sae(request.sae_id)
-        if isinstance(request, EncodeRequest) and request.matryoshka_level is not None:
+        if request.matryoshka_level is not None:
             levels = entry.sae.num_levels
             if not 1 <= request.matryoshka_level <= levels:
                 raise OutOfRange(
@@ -145,22 +165,53 @@ class Engine:
                     raise InvalidArgument(f"{where}: {error}") from error
         return entry
 
-    def feature(self, sae_id: str, feature: int) -> FeatureDescription:
-        """One feature of an SAE ("" is the default one); OutOfRange past its dictionary."""
+    def feature(
+        self, sae_id: str, feature: int, *, num_logits: int = 10, decoder_row: bool = False
+    ) -> FeatureDetails:
+        """One feature of an SAE ("" is the default one): its label, dashboard page, logit
+        effects and optionally its decoder row; OutOfRange past its dictionary. Runs torch
+        (the logit effects): call it from a worker thread."""
         entry = self.sae(sae_id)
         try:
             entry.sae.check_feature(feature)
         except FeatureOutOfRange as error:
             raise _feature_out_of_range(entry, error, "feature") from error
-        return self._describe(entry, feature)
+        dashboard = entry.dashboard.feature(feature) if entry.dashboard is not None else None
+        return FeatureDetails(
+            description=self._describe(entry, feature),
+            dashboard=dashboard,
+            dashboard_note=""
+            if dashboard is not None
+            else f"SAE {entry.sae_id!r} has no dashboard: build one with maira-sae-server "
+            "build-dashboard and set saes.dashboard_path (or put it in the SAE folder's "
+            "dashboard/)",
+            logit_effect=self._logit_effects.of(entry.sae_id, entry.sae, feature, num_logits),
+            decoder_row=(
+                tuple(entry.sae.W_dec[feature].float().cpu().tolist()) if decoder_row else None
+            ),
+            token_texts={
+                token: self.processor.token_text(token)
+                for example in _examples(dashboard)
+                for token, _, _ in example.context
+            },
+        )
 
     def search_features(self, sae_id: str, query: str, limit: int) -> FeatureSearchResult:
-        """Text search over an SAE's interpretations, best match first."""
+        """Text search over an SAE's interpretations, best match first; when nothing matches,
+        the nearest labels as suggestions."""
         entry = self.sae(sae_id)
         matches = entry.catalogue.search(query, limit)
+        if matches or not len(entry.catalogue):
+            note = "" if matches else f"SAE {entry.sae_id!r} has no interpretations to search"
+            suggestions: tuple[str, ...] = ()
+        else:
+            suggestions = tuple(entry.catalogue.suggest(query))
+            note = "no label matches the query; the nearest labels are suggested"
         return FeatureSearchResult(
             sae_id=entry.sae_id,
             matches=tuple((self._describe(entry, item.feature), score) for item, score in matches),
+            suggestions=suggestions,
+            note=note,
         )
 
     def _describe(self, entry: SaeEntry, feature: int) -> FeatureDescription:
@@ -175,13 +226,14 @@ class Engine:
         thread may do, so the engine thread only runs the model."""
         entry = self.check_analysis(request)
         inputs = self.processor.process(request.study, request.task, request.response)
-        return PreparedAnalysis(request, entry, inputs)
+        self.token_limits.check(inputs)
+        return PreparedAnalysis(_without_pixels(request), entry, inputs)
 
     def prepare_generation(self, request: GenerateRequest) -> PreparedGeneration:
         entry = self.check_generate(request)
-        return PreparedGeneration(
-            request, entry, self.processor.process(request.study, request.task)
-        )
+        inputs = self.processor.process(request.study, request.task)
+        self.token_limits.check(inputs, request.settings.max_new_tokens)
+        return PreparedGeneration(_without_pixels(request), entry, inputs)
 
     def analyse(self, batch: Sequence[PreparedAnalysis]) -> list[AnalysisResult]:
         """Encode and TopFeatures requests as one forward pass; one result per request."""
@@ -209,7 +261,7 @@ class Engine:
                 total_tokens=len(tokens),
                 quality=reconstruction_quality(entry.sae, residual[positions], features[positions]),
             )
-        features = entry.sae.encode(residual)
+        features = entry.sae.encode(residual, level=request.matryoshka_level)
         return TopFeaturesResult(
             sae_id=entry.sae_id,
             layer=entry.layer,
@@ -226,30 +278,84 @@ class Engine:
             total_tokens=len(tokens),
         )
 
+    def new_batch(self) -> DecodeBatch:
+        """An empty set of running generations, decoded together step by step."""
+        return DecodeBatch(self.model)
+
+    def begin(
+        self,
+        batch: DecodeBatch,
+        prepared: PreparedGeneration,
+        emit: Callable[[GenerationEvent], None],
+    ) -> GenerationCall:
+        """Prefill a call and add its rows to ``batch``; its tokens come with the next steps,
+        then one VariantFinished per variant."""
+        request, entry, inputs = prepared.request, prepared.entry, prepared.inputs
+        call = GenerationCall(
+            self.model,
+            inputs,
+            request.variants,
+            request.settings,
+            sae=entry.sae,
+            steer_layer=entry.layer,
+            eos_token_ids=self._eos_token_ids,
+            decode=self.processor.decode_generated,
+            emit=emit,
+        )
+        with _out_of_memory_is_retryable():
+            batch.join(call, call.prefill())
+        self._finishers[id(call)] = partial(
+            self._finish, call, emit, inputs, request.task.kind is not TaskKind.FINDINGS
+        )
+        return call
+
+    def step(self, batch: DecodeBatch) -> list[GenerationCall]:
+        """One decode step for every row of ``batch``; returns the calls that ended (their
+        VariantFinished events are sent)."""
+        with _out_of_memory_is_retryable():
+            ended = batch.step()
+        for call in ended:
+            self._finishers.pop(id(call))()
+        return ended
+
+    def stop(self, batch: DecodeBatch, call: GenerationCall, reason: FinishReason) -> None:
+        """End a running call now (cancel, deadline): its rows leave the batch at once."""
+        call.stop(reason)
+        batch.remove(call)
+        self._finishers.pop(id(call))()
+
+    def forget(self, batch: DecodeBatch) -> None:
+        """Drop every call of a batch that failed (its callers are told by the scheduler)."""
+        for call in batch.calls:
+            self._finishers.pop(id(call), None)
+
     def generate(
         self,
         prepared: PreparedGeneration,
         emit: Callable[[GenerationEvent], None],
         should_stop: Callable[[], bool],
     ) -> None:
-        """Generate every variant in one batch; emits tokens as they come, then one
-        VariantFinished per variant."""
-        request, entry, inputs = prepared.request, prepared.entry, prepared.inputs
-        with _out_of_memory_is_retryable():
-            rows = generate_rows(
-                self.model,
-                inputs,
-                request.variants,
-                request.settings,
-                sae=entry.sae,
-                steer_layer=entry.layer,
-                eos_token_ids=self._eos_token_ids,
-                decode=self.processor.decode_generated,
-                emit=emit,
-                should_stop=should_stop,
-            )
-        grounded = request.task.kind is not TaskKind.FINDINGS
-        for row in rows:
+        """One call from prefill to its last token on a batch of its own (offline use; the
+        scheduler interleaves calls with ``begin``/``step``/``stop``)."""
+        batch = self.new_batch()
+        call = self.begin(batch, prepared, emit)
+        try:
+            while not call.done:
+                if should_stop():
+                    self.stop(batch, call, FinishReason.CANCELLED)
+                    return
+                self.step(batch)
+        finally:
+            self.forget(batch)
+
+    def _finish(
+        self,
+        call: GenerationCall,
+        emit: Callable[[GenerationEvent], None],
+        inputs: ModelInputs,
+        grounded: bool,
+    ) -> None:
+        for row in call.results():
             phrases, parse_ok = (
                 parse_grounded_output(row.text, inputs.images[0]) if grounded else ((), True)
             )
@@ -263,6 +369,13 @@ class Engine:
                     parse_ok=parse_ok,
                 )
             )
+
+
+def _without_pixels(request: R) -> R:
+    """The request as it waits in the queue: its model inputs are built, so the decoded images
+    (up to hundreds of MB each) are let go; only ``pixel_values`` stay."""
+    study = replace(request.study, frontal=_NO_PIXELS, lateral=None, prior=None)
+    return replace(request, study=study)
 
 
 def _feature_out_of_range(entry: SaeEntry, error: FeatureOutOfRange, where: str) -> OutOfRange:
@@ -281,3 +394,9 @@ def _out_of_memory_is_retryable() -> Iterator[None]:
         raise ResourceExhausted(
             "the accelerator ran out of memory for this batch; retry"
         ) from error
+
+
+def _examples(dashboard: FeatureStats | None) -> tuple[Example, ...]:
+    if dashboard is None:
+        return ()
+    return dashboard.top_examples + dashboard.quantile_examples

@@ -1,20 +1,33 @@
-"""The decode loop: one prefill, then one KV-cached step per token, every variant a batch row.
+"""One GenerateSteered call between decode steps: its rows, its steering, its sampler.
 
-Steering hooks stay on for the whole loop; each forward tells the steerer which absolute
-positions it covers, so an intervention scoped to the prompt, the generated tokens, the image
-patches or explicit ranges lands exactly there, with or without the cache.
+Every variant of a call is a row. ``GenerationCall.prefill`` runs the prompt; from then on the
+call's rows live in a ``DecodeBatch`` (``decode_batch``) beside the rows of other calls, and
+each decode step hands the call the logits of its rows still running: ``take`` samples their
+next tokens, streams them and retires the rows that end (EOS, length), so a finished variant
+costs nothing more. The call ends when its last row does, or when it is stopped (cancel,
+deadline).
+
+The variants of a call share one prompt, so the prefill is shared: when no intervention
+touches a prompt position the whole prompt runs once (vision tower included) and its cache is
+repeated per row; otherwise it runs once up to the steering layer, and from there as one row
+per variant. Positions no intervention selects are bit-for-bit unedited, so skipping the edit
+where it selects nothing changes nothing. Each forward tells the steerer which absolute
+position it covers, so an intervention scoped to the prompt, the generated tokens, the image
+patches or explicit ranges lands exactly there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 
 from maira_sae.sae.model import MatryoshkaSAE
 from maira_sae.server.engine.detokenize import IncrementalDecoder
-from maira_sae.server.engine.hooks import edit_residuals
+from maira_sae.server.engine.hooks import branch_batch, edit_residuals
 from maira_sae.server.engine.sampling import RowSampler
 from maira_sae.server.engine.steering_plan import ChunkSteerer, SteeringPlan
 from maira_sae.server.engine.types import (
@@ -45,85 +58,135 @@ class _Row:
     finish_reason: FinishReason | None = None
 
 
-def generate_rows(
-    model: Maira2ForConditionalGeneration,
-    inputs: ModelInputs,
-    variants: Sequence[Variant],
-    settings: GenerationSettings,
-    *,
-    sae: MatryoshkaSAE | None,
-    steer_layer: int,
-    eos_token_ids: frozenset[int],
-    decode: Callable[[Sequence[int]], str],
-    emit: Callable[[GenerationEvent], None],
-    should_stop: Callable[[], bool],
-) -> list[RowResult]:
-    """Generate every variant of one study as one batch, streaming tokens through ``emit``."""
-    device = model.device
-    batch = len(variants)
-    prompt_length = int(inputs.input_ids.shape[0])
-    plan = SteeringPlan(variants, inputs.tokens)
-    steerer = None if plan.is_empty else ChunkSteerer(plan, sae)
-    sampler = RowSampler(
-        rows=batch,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        seed=settings.seed,
-        device=device,
-    )
-    rows = [_Row(IncrementalDecoder(decode)) for _ in variants]
-    edits = {} if steerer is None else {steer_layer: steerer}
+@dataclass(frozen=True)
+class Prefilled:
+    """A call's prompt run: the KV cache of its rows and the logits of their first token."""
 
-    with torch.inference_mode(), edit_residuals(model.decoder_layers, edits):
-        output = model(
-            input_ids=inputs.input_ids.to(device).unsqueeze(0).expand(batch, -1),
-            pixel_values=inputs.pixel_values.to(device, model.dtype).repeat(batch, 1, 1, 1),
-            use_cache=True,
-            logits_to_keep=1,
+    cache: Any  # transformers' DynamicCache, batch = the call's rows
+    logits: torch.Tensor  # [rows, vocab]
+    length: int  # cached positions per row (the prompt's length)
+
+
+class GenerationCall:
+    """The state of one call's rows between decode steps (owned by the engine thread)."""
+
+    def __init__(
+        self,
+        model: Maira2ForConditionalGeneration,
+        inputs: ModelInputs,
+        variants: Sequence[Variant],
+        settings: GenerationSettings,
+        *,
+        sae: MatryoshkaSAE | None,
+        steer_layer: int,
+        eos_token_ids: frozenset[int],
+        decode: Callable[[Sequence[int]], str],
+        emit: Callable[[GenerationEvent], None],
+    ) -> None:
+        self._model = model
+        self._inputs = inputs
+        self._settings = settings
+        self._eos_token_ids = eos_token_ids
+        self._emit = emit
+        self.steer_layer = steer_layer
+        self.prompt_length = int(inputs.input_ids.shape[0])
+        self._plan = SteeringPlan(variants, inputs.tokens)
+        self._steerer = None if self._plan.is_empty else ChunkSteerer(self._plan, sae)
+        self._sampler = RowSampler(
+            rows=len(variants),
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            seed=settings.seed,
+            device=model.device,
         )
-        for step in range(settings.max_new_tokens):
-            next_tokens = sampler(output.logits[:, -1, :])
-            _advance_rows(rows, next_tokens.tolist(), prompt_length + step, eos_token_ids, emit)
-            if all(row.finish_reason is not None for row in rows):
-                break
-            if should_stop():
-                _finish_open_rows(rows, FinishReason.CANCELLED)
-                break
-            if step + 1 == settings.max_new_tokens:
-                break
-            if steerer is not None:
-                steerer.set_chunk(prompt_length + step)
-            output = model(
-                input_ids=next_tokens.unsqueeze(1),
-                cache=output.cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-    _finish_open_rows(rows, FinishReason.LENGTH)
-    return [
-        RowResult(index, row.decoder.text, row.finish_reason or FinishReason.LENGTH, row.num_tokens)
-        for index, row in enumerate(rows)
-    ]
+        self._rows = [_Row(IncrementalDecoder(decode)) for _ in variants]
+        self.active: list[int] = list(range(len(variants)))  # rows still generating, in order
+        self.generated = 0  # tokens generated per row so far (the decode step count)
+        self.next_tokens: torch.Tensor | None = None  # [active]: the tokens the next step feeds
+
+    @property
+    def done(self) -> bool:
+        return not self.active
+
+    @property
+    def position(self) -> int:
+        """The absolute position of the tokens the next forward feeds."""
+        return self.prompt_length + self.generated - 1
+
+    @property
+    def steerer(self) -> ChunkSteerer | None:
+        return self._steerer
+
+    def prefill(self) -> Prefilled:
+        """Run the prompt for every row (shared where the rows do not differ yet)."""
+        rows = len(self._rows)
+        branch = self.steer_layer if self._plan.touches_prompt else None
+        edits = {} if self._steerer is None or branch is None else {self.steer_layer: self._steerer}
+        with torch.inference_mode(), edit_residuals(self._model.decoder_layers, edits):
+            output = _shared_prefill(self._model, self._inputs, rows, branch)
+        return Prefilled(output.cache, output.logits[:, -1, :], self.prompt_length)
+
+    def take(self, logits: torch.Tensor) -> list[int]:
+        """Sample the next token of each active row from its ``logits [active, vocab]``,
+        stream them and retire the rows that end; returns the positions (within the rows that
+        were active) of the rows that go on, whose tokens are now ``next_tokens``."""
+        tokens = self._sampler(logits, self.active).tolist()
+        position = self.prompt_length + self.generated
+        self.generated += 1
+        last = self.generated == self._settings.max_new_tokens
+        going_on: list[int] = []
+        for slot, (row_index, token_id) in enumerate(zip(self.active, tokens, strict=True)):
+            row = self._rows[row_index]
+            if token_id in self._eos_token_ids:
+                row.finish_reason = FinishReason.EOS
+                continue
+            row.num_tokens += 1
+            self._emit(GeneratedToken(row_index, position, token_id, row.decoder.push(token_id)))
+            if last:
+                row.finish_reason = FinishReason.LENGTH
+            else:
+                going_on.append(slot)
+        self.next_tokens = torch.tensor([tokens[slot] for slot in going_on], dtype=torch.long)
+        self.active = [self.active[slot] for slot in going_on]
+        if self._steerer is not None:
+            self._steerer.set_rows(self.active)
+        return going_on
+
+    def stop(self, reason: FinishReason) -> None:
+        """End every row still running with ``reason`` (cancel, deadline)."""
+        for row_index in self.active:
+            self._rows[row_index].finish_reason = reason
+        self.active = []
+
+    def results(self) -> list[RowResult]:
+        return [
+            RowResult(index, row.decoder.text, row.finish_reason or FinishReason.LENGTH,
+                      row.num_tokens)
+            for index, row in enumerate(self._rows)
+        ]  # fmt: skip
 
 
-def _advance_rows(
-    rows: list[_Row],
-    token_ids: list[int],
-    position: int,
-    eos_token_ids: frozenset[int],
-    emit: Callable[[GenerationEvent], None],
-) -> None:
-    for index, (row, token_id) in enumerate(zip(rows, token_ids, strict=True)):
-        if row.finish_reason is not None:
-            continue
-        if token_id in eos_token_ids:
-            row.finish_reason = FinishReason.EOS
-            continue
-        row.num_tokens += 1
-        emit(GeneratedToken(index, position, token_id, row.decoder.push(token_id)))
-
-
-def _finish_open_rows(rows: list[_Row], reason: FinishReason) -> None:
-    for row in rows:
-        if row.finish_reason is None:
-            row.finish_reason = reason
+def _shared_prefill(
+    model: Maira2ForConditionalGeneration, inputs: ModelInputs, rows: int, branch: int | None
+) -> Any:
+    """The prompt's forward for ``rows`` identical rows, computed once below ``branch`` (the
+    whole prompt when ``branch`` is None); the output's cache and logits have ``rows`` rows."""
+    device = model.device
+    forward = partial(
+        model,
+        input_ids=inputs.input_ids.to(device).unsqueeze(0),
+        pixel_values=inputs.pixel_values.to(device, model.dtype),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    shared_layers = model.num_text_layers if branch is None else branch
+    if branch is None:
+        output = forward()
+        output.logits = output.logits.expand(rows, -1, -1)
+    else:
+        with branch_batch(model.decoder_layers, branch, rows):
+            output = forward()
+    if rows > 1:
+        for layer in output.cache.layers[:shared_layers]:
+            layer.batch_repeat_interleave(rows)
+    return output

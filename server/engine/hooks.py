@@ -79,6 +79,26 @@ def edit_residuals(
             handle.remove()
 
 
+@contextmanager
+def branch_batch(decoder_layers: nn.ModuleList, layer: int, rows: int) -> Iterator[None]:
+    """Run the blocks below ``layer`` on one row and repeat its hidden states into ``rows``
+    rows as they enter block ``layer``: rows identical up to there are computed once.
+
+    The blocks' other inputs (mask, positions, rotary embeddings) keep batch 1 and broadcast;
+    afterwards the KV cache of the blocks below ``layer`` has batch 1 and must be repeated.
+    """
+
+    def hook(_module: nn.Module, args: tuple) -> tuple:
+        hidden, *rest = args
+        return (hidden.expand(rows, *hidden.shape[1:]).contiguous(), *rest)
+
+    handle = decoder_layers[layer].register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def run_until_stopped(forward: Callable[[], object]) -> None:
     """Run a forward pass that a capture hook may cut short with StopForward."""
     try:

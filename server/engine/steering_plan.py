@@ -16,6 +16,7 @@ import torch
 from maira_sae.sae.interventions import Intervention
 from maira_sae.sae.model import MatryoshkaSAE
 from maira_sae.sae.steering import SteeringEdit
+from maira_sae.server.engine.token_ranges import RangeSet
 from maira_sae.server.engine.types import PositionScope, ScopedIntervention, Variant
 from maira_sae.server.maira2.tokens import TokenInfo, TokenKind
 
@@ -24,6 +25,7 @@ from maira_sae.server.maira2.tokens import TokenInfo, TokenKind
 class _RowIntervention:
     row: int
     scoped: ScopedIntervention
+    ranges: RangeSet  # scoped.ranges, merged once for every chunk's test
 
 
 class SteeringPlan:
@@ -36,7 +38,7 @@ class SteeringPlan:
             [token.kind is TokenKind.IMAGE_PATCH for token in prompt_tokens], dtype=torch.bool
         )
         self._items = tuple(
-            _RowIntervention(row, scoped)
+            _RowIntervention(row, scoped, RangeSet(scoped.ranges))
             for row, variant in enumerate(variants)
             for scoped in variant.interventions
         )
@@ -54,6 +56,13 @@ class SteeringPlan:
         return self._prompt_length
 
     @property
+    def touches_prompt(self) -> bool:
+        """True when some intervention selects a prompt position: rows then differ from the
+        steering layer on during the prefill."""
+        positions = torch.arange(self._prompt_length)
+        return any(bool(self._positions_in_scope(item, positions).any()) for item in self._items)
+
+    @property
     def same_on_every_generated_position(self) -> bool:
         """True when every scope selects all generated positions or none (no explicit ranges):
         one mask then serves every decode step."""
@@ -64,14 +73,12 @@ class SteeringPlan:
         positions = torch.arange(start, start + length)
         masks = torch.zeros(len(self._items), self._batch, length, dtype=torch.bool)
         for index, item in enumerate(self._items):
-            masks[index, item.row] = self._positions_in_scope(item.scoped, positions)
+            masks[index, item.row] = self._positions_in_scope(item, positions)
         return masks.to(device)
 
-    def _positions_in_scope(
-        self, scoped: ScopedIntervention, positions: torch.Tensor
-    ) -> torch.Tensor:
+    def _positions_in_scope(self, item: _RowIntervention, positions: torch.Tensor) -> torch.Tensor:
         in_prompt = positions < self._prompt_length
-        scope = scoped.scope
+        scope = item.scoped.scope
         if scope is PositionScope.ALL:
             return torch.ones_like(positions, dtype=torch.bool)
         if scope is PositionScope.PROMPT:
@@ -84,10 +91,7 @@ class SteeringPlan:
             return is_image
         if scope is PositionScope.TEXT:
             return ~is_image
-        selected = torch.zeros_like(positions, dtype=torch.bool)
-        for token_range in scoped.ranges:
-            selected |= (positions >= token_range.start) & (positions < token_range.end)
-        return selected
+        return item.ranges.contains(positions)
 
 
 class ChunkSteerer:
@@ -102,18 +106,26 @@ class ChunkSteerer:
         self._plan = plan
         self._sae = sae
         self._start = 0
+        self._rows: torch.Tensor | None = None  # the plan's rows in the hidden states; None: all
         self._edit: SteeringEdit | None = None
         self._decode_masks: torch.Tensor | None = None
 
     def set_chunk(self, start: int) -> None:
         self._start = start
 
+    def set_rows(self, rows: list[int]) -> None:
+        """The plan's rows the next hidden states hold, in order (rows that ended are gone)."""
+        self._rows = torch.tensor(rows, dtype=torch.long)
+
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         if self._edit is None:
             self._edit = SteeringEdit(
                 self._plan.interventions, self._sae, hidden.shape[-1], hidden.device
             )
-        return self._edit.apply(hidden, self._masks(hidden.shape[1], hidden.device))
+        masks = self._masks(hidden.shape[1], hidden.device)
+        if self._rows is not None and len(self._rows) != masks.shape[1]:
+            masks = masks[:, self._rows.to(masks.device)]
+        return self._edit.apply(hidden, masks)
 
     def _masks(self, length: int, device: torch.device) -> torch.Tensor:
         plan = self._plan

@@ -7,6 +7,7 @@ import enum
 from dataclasses import dataclass, field
 
 from maira_sae.sae.catalogue import FeatureInterpretation
+from maira_sae.sae.dashboard import FeatureStats
 from maira_sae.sae.interventions import Intervention
 
 # Grounded phrases belong to the model layer (its parser makes them); results carry them.
@@ -33,17 +34,7 @@ class TokenFilter:
     kinds: frozenset[TokenKind] = DEFAULT_TOKEN_KINDS
     image_indices: frozenset[int] | None = None  # restrict IMAGE_PATCH tokens to these images
     ranges: tuple[TokenRange, ...] = ()  # if set, only positions inside one of the ranges
-
-    def accepts(self, token: TokenInfo) -> bool:
-        if token.kind not in self.kinds:
-            return False
-        if (
-            token.kind is TokenKind.IMAGE_PATCH
-            and self.image_indices is not None
-            and token.image_index not in self.image_indices
-        ):
-            return False
-        return not self.ranges or any(r.start <= token.position < r.end for r in self.ranges)
+    # Applied by engine.features.accepted_positions, vectorised.
 
 
 class PositionScope(enum.Enum):
@@ -133,6 +124,7 @@ class TopFeaturesRequest:
     token_filter: TokenFilter = field(default_factory=TokenFilter)
     k: int = 20
     labelled_only: bool = False  # rank only the features the catalogue interprets
+    matryoshka_level: int | None = None  # rank the first n groups only; None means every group
 
 
 @dataclass(frozen=True)
@@ -210,6 +202,34 @@ class FeatureDescription:
 
 
 @dataclass(frozen=True)
+class TokenLogit:
+    token_id: int
+    text: str
+    logit: float
+
+
+@dataclass(frozen=True)
+class LogitEffect:
+    promoted: tuple[TokenLogit, ...]  # largest logit first
+    suppressed: tuple[TokenLogit, ...]  # most negative first
+
+
+@dataclass(frozen=True)
+class FeatureDetails:
+    """What GetFeature says of one feature: its description, its dashboard page (None with a
+    note saying why), its logit effects and, when asked, its decoder row."""
+
+    description: FeatureDescription
+    dashboard: FeatureStats | None
+    dashboard_note: str
+    logit_effect: LogitEffect
+    decoder_row: tuple[float, ...] | None
+    token_texts: dict[int, str] = field(default_factory=dict)  # of the examples' contexts
+
+
+@dataclass(frozen=True)
 class FeatureSearchResult:
     sae_id: str
     matches: tuple[tuple[FeatureDescription, float], ...]  # best first, with the match score
+    suggestions: tuple[str, ...] = ()  # when nothing matched: the nearest labels
+    note: str = ""

@@ -10,9 +10,11 @@ flight get ``serving.drain_grace_s`` to finish, and the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -20,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from maira_sae.server.engine.scheduler import Scheduler
+from maira_sae.server.engine.scheduler import DecodeLimits, Scheduler
 from maira_sae.server.engine.types import (
     EncodeRequest,
     GenerateRequest,
@@ -62,13 +64,15 @@ class MairaSaeServer:
         self._scheduler: Scheduler | None = None
         self._health_server: grpc.aio.Server | None = None
         self._server: grpc.aio.Server | None = None
+        self._servicer: MairaSaeServicer | None = None
         self.ports: BoundPorts | None = None
         self.health_port: int | None = None  # bound before the model loads
 
     async def start(self) -> BoundPorts:
         serving = self.config.serving
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        metrics_port = self.metrics.serve(serving.metrics_port, _metrics_host(serving.host))
+        with _bind_failure_is_startup_error("serving.metrics_port", serving.metrics_port):
+            metrics_port = self.metrics.serve(serving.metrics_port, _metrics_host(serving.host))
         health_port = await self._start_health_server()
         self.runtime = await asyncio.to_thread(load_runtime, self.config, self.metrics)
         batching = self.config.batching
@@ -77,6 +81,12 @@ class MairaSaeServer:
             queue_size=batching.queue_size,
             max_batch_size=batching.max_batch_size,
             batch_window_s=batching.batch_window_ms / 1000,
+            stream_buffer_events=batching.stream_buffer_events,
+            limits=DecodeLimits(
+                max_rows=batching.max_decode_rows,
+                max_kv_positions=batching.max_kv_positions,
+                prefill_token_budget=batching.prefill_token_budget,
+            ),
             observer=self.metrics,
         )
         self._scheduler.start()
@@ -97,6 +107,8 @@ class MairaSaeServer:
             await self._server.stop(grace)
         if self._scheduler is not None:
             await asyncio.to_thread(self._scheduler.close)
+        if self._servicer is not None:
+            self._servicer.close()
         if self._health_server is not None:
             # A probe's Check takes microseconds: a short grace lets those in flight finish
             # instead of being cancelled (which grpc logs as an ERROR traceback).
@@ -112,9 +124,10 @@ class MairaSaeServer:
         port = self.config.serving.health_port
         if port < 0:
             return None
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        bound = server.add_insecure_port(f"{self.config.serving.host}:{port}")
+        with _bind_failure_is_startup_error("serving.health_port", port):
+            bound = server.add_insecure_port(f"{self.config.serving.host}:{port}")
         await server.start()
         self._health_server = server
         self.health_port = bound
@@ -139,11 +152,15 @@ class MairaSaeServer:
             options=self.config.grpc_server_options(),
         )
         info = to_proto.info_to_proto(
-            self.runtime.model, self.runtime.saes, self.config, self.runtime.versions
+            self.runtime.model,
+            self.runtime.saes,
+            self.config,
+            self.runtime.versions,
+            self.runtime.engine.token_limits,
+            self.runtime.engine.default_sae_id,
         )
-        pb_grpc.add_MairaSaeServicer_to_server(
-            MairaSaeServicer(self.runtime.engine, self._scheduler, self.config, info), server
-        )
+        self._servicer = MairaSaeServicer(self.runtime.engine, self._scheduler, self.config, info)
+        pb_grpc.add_MairaSaeServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -155,14 +172,26 @@ class MairaSaeServer:
         )
         address = f"{self.config.serving.host}:{self.config.serving.grpc_port}"
         credentials = _server_credentials(self.config)
-        port = (
-            server.add_secure_port(address, credentials)
-            if credentials is not None
-            else server.add_insecure_port(address)
-        )
+        with _bind_failure_is_startup_error("serving.grpc_port", self.config.serving.grpc_port):
+            port = (
+                server.add_secure_port(address, credentials)
+                if credentials is not None
+                else server.add_insecure_port(address)
+            )
         await server.start()
         self._server = server
         return port
+
+
+@contextlib.contextmanager
+def _bind_failure_is_startup_error(setting: str, port: int) -> Iterator[None]:
+    """A port that cannot be bound (in use, no permission) fails start-up with one line
+    naming the setting, like every other start-up failure. grpc raises RuntimeError for it,
+    the metrics HTTP server OSError."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        raise StartupError(f"cannot bind {setting} {port}: {error}") from error
 
 
 def _metrics_host(grpc_host: str) -> str:

@@ -13,10 +13,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from maira_sae.client.dicom import DicomOptions
+
 MIB = 1024 * 1024
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _DTYPES = ("auto", "bfloat16", "float16", "float32")
+_IMAGE_FEATURES = ("feature_maps", "hidden_states")  # maira2.config.ImageFeatures
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _SAE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -120,6 +123,14 @@ class ModelConfig:
         default="auto",
         metadata=_help("auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16, float32"),
     )
+    image_features: str = field(
+        default="feature_maps",
+        metadata=_help(
+            "vision output fed to the projector: feature_maps (after Dinov2's final LayerNorm,"
+            " as the first release of MAIRA-2's code) or hidden_states (before it, as the later"
+            " release); use the one your SAEs were trained with"
+        ),
+    )
     demo: bool = field(
         default=False, metadata=_help("serve the tiny demo checkpoint instead of the real model")
     )
@@ -139,6 +150,11 @@ class ModelConfig:
         _require(
             self.dtype in _DTYPES,
             f"model.dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}",
+        )
+        _require(
+            self.image_features in _IMAGE_FEATURES,
+            f"model.image_features must be one of {', '.join(_IMAGE_FEATURES)}, "
+            f"got {self.image_features!r}",
         )
 
 
@@ -168,11 +184,49 @@ class LimitsConfig:
     max_abs_strength: float = field(
         default=1e4, metadata=_help("largest |value| of an intervention")
     )
+    max_prompt_tokens: int = field(
+        default=0,
+        metadata=_help(
+            "largest prompt, in tokens after tokenising (image patches included); 0: the"
+            " model's context length (text_config.max_position_embeddings)"
+        ),
+    )
+    max_sequence_tokens: int = field(
+        default=0,
+        metadata=_help(
+            "largest prompt + teacher-forced response + max_new_tokens, in tokens; 0: the"
+            " model's context length"
+        ),
+    )
+    max_token_ranges: int = field(
+        default=64, metadata=_help("ranges per TokenFilter and per Intervention")
+    )
+    max_image_aspect_ratio: float = field(
+        default=8.0, metadata=_help("largest long side / short side of a decoded image")
+    )
+    image_memory_bytes: int = field(
+        default=2048 * MIB,
+        metadata=_help(
+            "decoded-image working memory that all requests being prepared may hold at once;"
+            " past it RESOURCE_EXHAUSTED"
+        ),
+    )
+    max_id_chars: int = field(default=128, metadata=_help("characters of an sae_id"))
 
     def __post_init__(self) -> None:
+        token_limits = ("max_prompt_tokens", "max_sequence_tokens")
         _require_positive(
             "limits",
-            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+            **{
+                f.name: getattr(self, f.name)
+                for f in dataclasses.fields(self)
+                if f.name not in token_limits
+            },
+        )
+        _require_non_negative("limits", **{name: getattr(self, name) for name in token_limits})
+        _require(
+            self.max_image_aspect_ratio >= 1,
+            f"limits.max_image_aspect_ratio must be >= 1, got {self.max_image_aspect_ratio}",
         )
         _require(
             self.default_max_new_tokens <= self.max_new_tokens,
@@ -184,20 +238,101 @@ class LimitsConfig:
 @dataclass(frozen=True)
 class BatchingConfig:
     max_batch_size: int = field(
-        default=8, metadata=_help("rows the engine runs in one forward pass")
+        default=8,
+        metadata=_help("Encode/TopFeatures requests in one forward pass; variants per call"),
+    )
+    max_decode_rows: int = field(
+        default=32,
+        metadata=_help(
+            "generation rows (variants of all running calls) decoded together in one step;"
+            " calls beyond it wait for rows to end"
+        ),
+    )
+    max_kv_positions: int = field(
+        default=262_144,
+        metadata=_help(
+            "KV-cache positions of all running rows together (rows x the longest row, padding"
+            " included; a row is prompt + max_new_tokens): bounds the cache's memory"
+        ),
+    )
+    prefill_token_budget: int = field(
+        default=8192,
+        metadata=_help(
+            "prompt tokens prefilled between two decode steps (at least one prompt): how long"
+            " a new call may delay the running streams"
+        ),
     )
     batch_window_ms: float = field(
         default=5.0, metadata=_help("how long the scheduler waits to fill a batch")
     )
     queue_size: int = field(
-        default=64, metadata=_help("requests that may wait; past it RESOURCE_EXHAUSTED")
+        default=64,
+        metadata=_help(
+            "requests admitted at once (being prepared, queued or running); past it"
+            " RESOURCE_EXHAUSTED, before any image is decoded"
+        ),
+    )
+    prepare_workers: int = field(
+        default=2,
+        metadata=_help("threads that decode images and tokenise admitted requests"),
+    )
+    stream_buffer_events: int = field(
+        default=512,
+        metadata=_help(
+            "events a GenerateSteered stream may hold unsent; past it the call's rows stop"
+            " and it ends RESOURCE_EXHAUSTED (a client that does not read)"
+        ),
     )
 
     def __post_init__(self) -> None:
         _require_positive(
-            "batching", max_batch_size=self.max_batch_size, queue_size=self.queue_size
+            "batching",
+            max_batch_size=self.max_batch_size,
+            max_decode_rows=self.max_decode_rows,
+            max_kv_positions=self.max_kv_positions,
+            prefill_token_budget=self.prefill_token_budget,
+            queue_size=self.queue_size,
+            prepare_workers=self.prepare_workers,
+            stream_buffer_events=self.stream_buffer_events,
         )
         _require_non_negative("batching", batch_window_ms=self.batch_window_ms)
+
+
+@dataclass(frozen=True)
+class DicomConfig:
+    """Which DICOM files the server takes and how it windows them (see client/dicom.py)."""
+
+    modalities: str = field(
+        default="CR,DX,DR",
+        metadata=_help(
+            "comma-separated Modality values accepted (chest radiographs); other modalities"
+            " are refused naming theirs; * accepts any"
+        ),
+    )
+    apply_voi: bool = field(
+        default=True,
+        metadata=_help(
+            "apply the file's first VOI LUT or window (the site's display); off keeps the whole"
+            " rescaled range"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        _require(
+            self.modalities.strip() == "*" or bool(self._modality_set()),
+            f"dicom.modalities must list modalities (e.g. CR,DX,DR) or be *, got "
+            f"{self.modalities!r}",
+        )
+
+    def _modality_set(self) -> frozenset[str]:
+        return frozenset(m.strip().upper() for m in self.modalities.split(",") if m.strip())
+
+    def options(self) -> DicomOptions:
+        """The decoder's options for these settings."""
+        any_modality = self.modalities.strip() == "*"
+        return DicomOptions(
+            modalities=None if any_modality else self._modality_set(), apply_voi=self.apply_voi
+        )
 
 
 @dataclass(frozen=True)
@@ -261,6 +396,9 @@ class SaeSpec:
     threshold: float | None = None  # overrides the saved encode threshold
     input_scale: float = 1.0  # residual activations are multiplied by this before encoding
     layer: int | None = None  # overrides the hook layer of the SAE's config
+    # The feature dashboards (maira-sae-server build-dashboard); None: the SAE folder's
+    # dashboard/ when it has one.
+    dashboard_path: Path | None = None
 
     def __post_init__(self) -> None:
         _require(
@@ -285,6 +423,7 @@ class ServerConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    dicom: DicomConfig = field(default_factory=DicomConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     saes: tuple[SaeSpec, ...] = ()
@@ -321,6 +460,8 @@ class ServerConfig:
             ("grpc.keepalive_timeout_ms", int(k.timeout_s * ms)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", int(k.min_ping_interval_s * ms)),
+            # A port in use must fail start-up, not be shared with whatever holds it.
+            ("grpc.so_reuseport", 0),
         ]
         if k.max_connection_age_s > 0:
             options += [

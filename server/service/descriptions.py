@@ -19,6 +19,7 @@ class ModelDescription:
     patch_grid_rows: int
     patch_grid_cols: int
     demo: bool
+    image_features: str
 
 
 @dataclass(frozen=True)

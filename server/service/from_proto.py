@@ -28,6 +28,7 @@ from maira_sae.client.images import (
     decode_image,
 )
 from maira_sae.sae.interventions import Intervention, SteeringMode
+from maira_sae.server.engine.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE
 from maira_sae.server.engine.types import (
     DEFAULT_TOKEN_KINDS,
     Aggregation,
@@ -44,7 +45,7 @@ from maira_sae.server.engine.types import (
 from maira_sae.server.errors import InvalidArgument, OutOfRange
 from maira_sae.server.maira2.study import Study, Task, TaskKind
 from maira_sae.server.maira2.tokens import TokenKind
-from maira_sae.server.service.config import LimitsConfig
+from maira_sae.server.service.config import DicomConfig, LimitsConfig
 from maira_sae.v1 import maira_sae_pb2 as pb
 
 DecodeImage = Callable[[bytes, MediaType | None, str], np.ndarray]
@@ -52,6 +53,7 @@ DecodeImage = Callable[[bytes, MediaType | None, str], np.ndarray]
 ImageDecodeError for an unusable image. ``image_decoder(limits)`` builds the server's."""
 
 DEFAULT_TOP_K = 20  # TopFeaturesRequest.k and SearchFeaturesRequest.limit when 0
+DEFAULT_NUM_LOGITS = 10  # GetFeatureRequest.num_logits when 0
 
 # Which server setting each image decoding limit comes from (max_side is fixed).
 _IMAGE_LIMIT_SETTINGS = {
@@ -140,6 +142,12 @@ def _text(value: str, limits: LimitsConfig, where: str) -> str:
     return value
 
 
+def sae_id_from_proto(value: str, limits: LimitsConfig) -> str:
+    """An ``sae_id`` ("" is the default SAE), short enough to name in an error message."""
+    _limit(len(value), limits.max_id_chars, "the length of sae_id", "max_id_chars")
+    return value
+
+
 def _optional_text(msg: Message, name: str, limits: LimitsConfig, prefix: str = "") -> str | None:
     """An ``optional string`` field: None when absent (the prompt then reads "N/A")."""
     if not msg.HasField(name):
@@ -147,7 +155,10 @@ def _optional_text(msg: Message, name: str, limits: LimitsConfig, prefix: str = 
     return _text(getattr(msg, name), limits, f"{prefix}{name}")
 
 
-def _ranges(msgs: Sequence[pb.TokenRange], where: str) -> tuple[TokenRange, ...]:
+def _ranges(
+    msgs: Sequence[pb.TokenRange], limits: LimitsConfig, where: str
+) -> tuple[TokenRange, ...]:
+    _limit(len(msgs), limits.max_token_ranges, f"the number of {where}", "max_token_ranges")
     for i, r in enumerate(msgs):
         if r.start >= r.end:
             raise InvalidArgument(
@@ -180,9 +191,21 @@ def study_from_proto(msg: pb.Study, limits: LimitsConfig, decode: DecodeImage) -
             raise OutOfRange(f"{err} (server limit {setting})") from err
         except ImageDecodeError as err:
             raise InvalidArgument(str(err)) from err
+        _check_aspect_ratio(pixels[name], limits, f"study.{name}")
     return Study(
         frontal=pixels["frontal"], lateral=pixels.get("lateral"), prior=pixels.get("prior"), **texts
     )
+
+
+def _check_aspect_ratio(pixels: np.ndarray, limits: LimitsConfig, where: str) -> None:
+    """Resizing scales the short side to the model's size: a thin strip would grow huge."""
+    height, width = pixels.shape[:2]
+    ratio = max(height, width) / max(min(height, width), 1)
+    if ratio > limits.max_image_aspect_ratio:
+        raise OutOfRange(
+            f"{where} is {width}x{height}, an aspect ratio of {ratio:.4g}, over "
+            f"limits.max_image_aspect_ratio = {limits.max_image_aspect_ratio:g}"
+        )
 
 
 def _checked_image(image: pb.Image, limits: LimitsConfig, name: str) -> MediaType | None:
@@ -199,14 +222,16 @@ def _checked_image(image: pb.Image, limits: LimitsConfig, name: str) -> MediaTyp
     return _enum(image.media_type, _MEDIA_TYPES, f"study.{name}.media_type", unspecified=None)
 
 
-def image_decoder(limits: LimitsConfig) -> DecodeImage:
-    """The server's decoder: ``maira_sae.client.images.decode_image`` under these limits."""
+def image_decoder(limits: LimitsConfig, dicom: DicomConfig | None = None) -> DecodeImage:
+    """The server's decoder: ``maira_sae.client.images.decode_image`` under these limits and
+    DICOM settings (default: ``DicomConfig()``)."""
     decode_limits = DecodeLimits(
         max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels
     )
+    dicom_options = (dicom or DicomConfig()).options()
 
     def decode(data: bytes, media_type: MediaType | None, name: str) -> np.ndarray:
-        return decode_image(data, media_type, name=name, limits=decode_limits)
+        return decode_image(data, media_type, name=name, limits=decode_limits, dicom=dicom_options)
 
     return decode
 
@@ -237,7 +262,7 @@ def token_filter_from_proto(msg: pb.TokenFilter, limits: LimitsConfig) -> TokenF
     return TokenFilter(
         kinds=kinds or DEFAULT_TOKEN_KINDS,
         image_indices=frozenset(msg.image_indices) or None,
-        ranges=_ranges(msg.ranges, "token_filter.ranges"),
+        ranges=_ranges(msg.ranges, limits, "token_filter.ranges"),
     )
 
 
@@ -248,7 +273,7 @@ def encode_request_from_proto(
     return EncodeRequest(
         task=task_from_proto(msg.task, limits),
         response=_optional_text(msg, "response", limits),
-        sae_id=msg.sae_id,
+        sae_id=sae_id_from_proto(msg.sae_id, limits),
         token_filter=token_filter_from_proto(msg.token_filter, limits),
         top_k_per_token=msg.top_k_per_token,
         matryoshka_level=msg.matryoshka_level or None,
@@ -263,11 +288,12 @@ def top_features_request_from_proto(
     return TopFeaturesRequest(
         task=task_from_proto(msg.task, limits),
         response=_optional_text(msg, "response", limits),
-        sae_id=msg.sae_id,
+        sae_id=sae_id_from_proto(msg.sae_id, limits),
         aggregation=_enum(msg.aggregation, _AGGREGATIONS, "aggregation", Aggregation.MAX),
         token_filter=token_filter_from_proto(msg.token_filter, limits),
         k=msg.k or DEFAULT_TOP_K,
         labelled_only=msg.labelled_only,
+        matryoshka_level=msg.matryoshka_level or None,
         study=study_from_proto(msg.study, limits, decode),
     )
 
@@ -277,8 +303,11 @@ def settings_from_proto(msg: pb.GenerationSettings, limits: LimitsConfig) -> Gen
     temperature 0 is greedy."""
     _limit(msg.max_new_tokens, limits.max_new_tokens, "settings.max_new_tokens", "max_new_tokens")
     temperature = _finite(msg.temperature, "settings.temperature")
-    if temperature < 0:
-        raise OutOfRange(f"settings.temperature must be >= 0 (0 is greedy), got {temperature}")
+    if temperature != 0 and not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
+        raise OutOfRange(
+            f"settings.temperature must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, "
+            f"{MAX_TEMPERATURE:g}], got {temperature:g}"
+        )
     top_p = _finite(msg.top_p, "settings.top_p") or 1.0
     if not 0 < top_p <= 1:
         raise OutOfRange(f"settings.top_p must be in (0, 1] (0 means 1.0), got {top_p}")
@@ -301,7 +330,7 @@ def intervention_from_proto(
             "in absolute value"
         )
     scope = _enum(msg.scope, _POSITION_SCOPES, f"{where}.scope", unspecified=PositionScope.ALL)
-    ranges = _ranges(msg.ranges, f"{where}.ranges")
+    ranges = _ranges(msg.ranges, limits, f"{where}.ranges")
     if (scope is PositionScope.RANGES) != bool(ranges):
         raise InvalidArgument(
             f"{where}.ranges must be set exactly when scope is POSITION_SCOPE_RANGES"
@@ -349,7 +378,7 @@ def generate_request_from_proto(
         task=task_from_proto(msg.task, limits),
         settings=settings_from_proto(msg.settings, limits),
         variants=variants or (Variant(),),
-        sae_id=msg.sae_id,
+        sae_id=sae_id_from_proto(msg.sae_id, limits),
         study=study_from_proto(msg.study, limits, decode),
     )
 
@@ -360,9 +389,26 @@ class SearchQuery(NamedTuple):
     limit: int
 
 
+class FeatureQuery(NamedTuple):
+    sae_id: str
+    feature: int
+    num_logits: int
+    decoder_row: bool
+
+
+def feature_query_from_proto(msg: pb.GetFeatureRequest, limits: LimitsConfig) -> FeatureQuery:
+    _limit(msg.num_logits, limits.max_top_k, "num_logits", "max_top_k")
+    return FeatureQuery(
+        sae_id=sae_id_from_proto(msg.sae_id, limits),
+        feature=msg.feature,
+        num_logits=msg.num_logits or DEFAULT_NUM_LOGITS,
+        decoder_row=msg.include_decoder_row,
+    )
+
+
 def search_query_from_proto(msg: pb.SearchFeaturesRequest, limits: LimitsConfig) -> SearchQuery:
     query = _text(msg.query, limits, "query")
     if not query.strip():
         raise InvalidArgument("query is required: words to look for in feature labels")
     _limit(msg.limit, limits.max_top_k, "limit", "max_top_k")
-    return SearchQuery(msg.sae_id, query, msg.limit or DEFAULT_TOP_K)
+    return SearchQuery(sae_id_from_proto(msg.sae_id, limits), query, msg.limit or DEFAULT_TOP_K)

@@ -62,6 +62,33 @@ class Metrics:
             "Seconds the engine thread spent running batches; rate() of it is the busy ratio.",
             registry=r,
         )
+        self._active_rows = Gauge(
+            f"{PREFIX}_active_rows",
+            "Generation rows (variants of running calls) in the decode batch.",
+            registry=r,
+        )
+        self._kv_positions = Gauge(
+            f"{PREFIX}_kv_positions_in_use",
+            "KV-cache positions held by the decode batch (rows x cached positions).",
+            registry=r,
+        )
+        self._waiting_prefill_tokens = Gauge(
+            f"{PREFIX}_waiting_prefill_tokens",
+            "Prompt tokens of admitted generations waiting for their prefill.",
+            registry=r,
+        )
+        self._step_duration = Histogram(
+            f"{PREFIX}_decode_step_seconds",
+            "Time of one decode step of the whole batch.",
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+            registry=r,
+        )
+        self._tokens_per_step = Histogram(
+            f"{PREFIX}_tokens_per_step",
+            "Rows decoded by one step (the tokens it produced, at most).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
         self._model_load = Gauge(
             f"{PREFIX}_model_load_seconds", "Time the model took to load.", registry=r
         )
@@ -99,6 +126,15 @@ class Metrics:
 
     def tokens_generated(self, count: int) -> None:
         self._generated_tokens.inc(count)
+
+    def decode_step(self, rows: int, kv_positions: int, seconds: float) -> None:
+        self._step_duration.observe(seconds)
+        self._tokens_per_step.observe(rows)
+
+    def decode_batch(self, rows: int, kv_positions: int, waiting_prefill_tokens: int) -> None:
+        self._active_rows.set(rows)
+        self._kv_positions.set(kv_positions)
+        self._waiting_prefill_tokens.set(waiting_prefill_tokens)
 
     # Start-up
 

@@ -19,10 +19,13 @@ import transformers
 
 import maira_sae
 from maira_sae.sae.catalogue import FeatureCatalogue
+from maira_sae.sae.dashboard import DEFAULT_FOLDER as DEFAULT_DASHBOARD_FOLDER
+from maira_sae.sae.dashboard import Dashboard
 from maira_sae.sae.formats import SaeFormatError, load_sae
 from maira_sae.server.demo.layout import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
 from maira_sae.server.demo.world.materialise import ensure_world_demo
 from maira_sae.server.engine.engine import Engine, SaeEntry
+from maira_sae.server.engine.token_limits import TokenLimits
 from maira_sae.server.maira2.checkpoint import (
     load_maira2,
     resolve_device,
@@ -30,7 +33,7 @@ from maira_sae.server.maira2.checkpoint import (
     resolve_snapshot,
     validate_sae_for_model,
 )
-from maira_sae.server.maira2.config import CheckpointError, Maira2Config
+from maira_sae.server.maira2.config import CheckpointError, ImageFeatures, Maira2Config
 from maira_sae.server.maira2.processor import Maira2Processor
 from maira_sae.server.service.config import ModelConfig, SaeSpec, ServerConfig
 from maira_sae.server.service.descriptions import ModelDescription, SaeDescription
@@ -58,7 +61,12 @@ def load_runtime(config: ServerConfig, metrics: Metrics) -> Runtime:
     device = resolve_device(config.model.device)
     try:
         started = time.perf_counter()
-        loaded = load_maira2(model_path, device=device, dtype=resolve_dtype(config.model.dtype))
+        loaded = load_maira2(
+            model_path,
+            device=device,
+            dtype=resolve_dtype(config.model.dtype),
+            image_features=ImageFeatures(config.model.image_features),
+        )
         metrics.model_loaded(time.perf_counter() - started)
         maira = loaded.config
         processor = Maira2Processor.for_model(loaded.snapshot_dir, maira)
@@ -66,7 +74,15 @@ def load_runtime(config: ServerConfig, metrics: Metrics) -> Runtime:
     except (CheckpointError, SaeFormatError, OSError, ValueError) as error:
         raise StartupError(str(error)) from error
     engine = Engine(
-        loaded.model, processor, entries, default_sae_id=config.resolved_default_sae_id or None
+        loaded.model,
+        processor,
+        entries,
+        default_sae_id=config.resolved_default_sae_id or None,
+        token_limits=TokenLimits.resolve(
+            max_prompt_tokens=config.limits.max_prompt_tokens,
+            max_sequence_tokens=config.limits.max_sequence_tokens,
+            context_length=maira.text.max_position_embeddings,
+        ),
     )
     rows, cols = maira.patch_grid
     return Runtime(
@@ -82,6 +98,7 @@ def load_runtime(config: ServerConfig, metrics: Metrics) -> Runtime:
             patch_grid_rows=rows,
             patch_grid_cols=cols,
             demo=config.model.demo,
+            image_features=maira.image_features.value,
         ),
         saes=tuple(_describe(entry) for entry in entries),
         versions={
@@ -121,8 +138,9 @@ def _load_sae(
     spec: SaeSpec, maira: Maira2Config, device: torch.device, metrics: Metrics
 ) -> SaeEntry:
     started = time.perf_counter()
+    folder = _sae_folder(spec.path)
     sae = load_sae(
-        _sae_folder(spec.path),
+        folder,
         device=device,
         threshold=spec.threshold,
         layer=spec.layer,
@@ -150,8 +168,22 @@ def _load_sae(
             f"{spec.interpretations_path}: features {beyond[:5]} are out of range: SAE "
             f"{spec.id!r} has features 0..{sae.d_sae - 1}"
         )
+    dashboard = _load_dashboard(spec, folder, sae.d_sae)
     metrics.sae_loaded(spec.id, time.perf_counter() - started)
-    return SaeEntry(sae_id=spec.id, sae=sae, catalogue=catalogue, layer=layer)
+    return SaeEntry(sae_id=spec.id, sae=sae, catalogue=catalogue, layer=layer, dashboard=dashboard)
+
+
+def _load_dashboard(spec: SaeSpec, sae_folder: Path, d_sae: int) -> Dashboard | None:
+    """The configured dashboard (which must load), else the SAE folder's, else None."""
+    folder = spec.dashboard_path or sae_folder / DEFAULT_DASHBOARD_FOLDER
+    if spec.dashboard_path is None and not folder.is_dir():
+        return None
+    dashboard = Dashboard.load(folder)
+    if dashboard.d_sae != d_sae:
+        raise StartupError(
+            f"{folder}: a dashboard of {dashboard.d_sae} features; SAE {spec.id!r} has {d_sae}"
+        )
+    return dashboard
 
 
 def _sae_folder(path: Path) -> Path:

@@ -1,22 +1,28 @@
 """The gRPC servicer: protobuf in, domain objects to the engine and scheduler, protobuf out.
 
-Thin on purpose (the only logic is which converter and which queue): conversion, which decodes
-images, runs in a worker thread so the event loop stays free; errors are domain errors that the
+Thin on purpose (the only logic is which converter and which queue). A call first takes its
+place in the scheduler (so a full server refuses it before any work), then conversion, which
+decodes images within the shared image memory budget, and preparation run on a few worker
+threads so the event loop and the engine thread stay free; errors are domain errors that the
 error-mapping interceptor turns into status codes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import grpc
 
 from maira_sae.server.engine.engine import Engine
 from maira_sae.server.engine.scheduler import Scheduler, deadline_from_timeout
-from maira_sae.server.service import from_proto, to_proto
+from maira_sae.server.service import feature_to_proto, from_proto, to_proto
 from maira_sae.server.service.config import ServerConfig
+from maira_sae.server.service.image_memory import ImageMemoryBudget
 from maira_sae.v1 import maira_sae_pb2 as pb
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
 
@@ -35,48 +41,71 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
         self._engine = engine
         self._scheduler = scheduler
         self._limits = config.limits
-        self._decode = from_proto.image_decoder(config.limits)
+        self._decode = from_proto.image_decoder(config.limits, config.dicom)
+        self._image_memory = ImageMemoryBudget(
+            config.limits.image_memory_bytes, config.limits.max_image_pixels
+        )
+        self._workers = ThreadPoolExecutor(
+            config.batching.prepare_workers, thread_name_prefix="maira-sae-prepare"
+        )
         self._info = info
+
+    def close(self) -> None:
+        """Stop the preparation threads (after the server has stopped taking calls)."""
+        self._workers.shutdown(wait=False, cancel_futures=True)
+
+    async def _in_worker(self, work: Callable[[], T]) -> T:
+        """``work`` on a preparation thread, with this call's context (its request id)."""
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._workers, context.run, work)
 
     async def _prepare(
         self, converter: Callable[..., R], message: object, prepare: Callable[[R], T]
     ) -> T:
-        """Convert (decoding images) and prepare model inputs in a worker thread."""
+        """Convert (decoding images) and prepare model inputs on a preparation thread, within
+        the image memory budget; the decoded images are let go before it returns."""
 
         def work() -> T:
-            return prepare(converter(message, self._limits, self._decode))
+            with self._image_memory.hold() as hold:
+                decode = hold.decoder(self._decode)
+                return prepare(converter(message, self._limits, decode))
 
-        return await asyncio.to_thread(work)
+        return await self._in_worker(work)
 
     async def Encode(  # noqa: N802
         self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> pb.EncodeResponse:
-        prepared = await self._prepare(
-            from_proto.encode_request_from_proto, request, self._engine.prepare_analysis
-        )
-        deadline = deadline_from_timeout(context.time_remaining)
-        result = await self._scheduler.analyse(prepared, deadline)
+        with self._scheduler.admit() as admission:
+            prepared = await self._prepare(
+                from_proto.encode_request_from_proto, request, self._engine.prepare_analysis
+            )
+            deadline = deadline_from_timeout(context.time_remaining)
+            result = await self._scheduler.analyse(prepared, deadline, admission)
         return await asyncio.to_thread(to_proto.encode_result_to_proto, result)
 
     async def TopFeatures(  # noqa: N802
         self, request: pb.TopFeaturesRequest, context: grpc.aio.ServicerContext
     ) -> pb.TopFeaturesResponse:
-        prepared = await self._prepare(
-            from_proto.top_features_request_from_proto, request, self._engine.prepare_analysis
-        )
-        deadline = deadline_from_timeout(context.time_remaining)
-        result = await self._scheduler.analyse(prepared, deadline)
+        with self._scheduler.admit() as admission:
+            prepared = await self._prepare(
+                from_proto.top_features_request_from_proto, request, self._engine.prepare_analysis
+            )
+            deadline = deadline_from_timeout(context.time_remaining)
+            result = await self._scheduler.analyse(prepared, deadline, admission)
         return to_proto.top_features_result_to_proto(result)
 
     async def GenerateSteered(  # noqa: N802
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateEvent]:
-        prepared = await self._prepare(
-            from_proto.generate_request_from_proto, request, self._engine.prepare_generation
-        )
-        events = self._scheduler.generate(prepared, deadline_from_timeout(context.time_remaining))
-        async for event in events:
-            yield to_proto.generation_event_to_proto(event)
+        with self._scheduler.admit() as admission:
+            prepared = await self._prepare(
+                from_proto.generate_request_from_proto, request, self._engine.prepare_generation
+            )
+            deadline = deadline_from_timeout(context.time_remaining)
+            events = self._scheduler.generate(prepared, deadline, admission)
+            async with contextlib.aclosing(events):  # closed here, not by the GC elsewhere
+                async for event in events:
+                    yield to_proto.generation_event_to_proto(event)
 
     async def GetInfo(  # noqa: N802
         self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext
@@ -86,7 +115,15 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
     async def GetFeature(  # noqa: N802
         self, request: pb.GetFeatureRequest, context: grpc.aio.ServicerContext
     ) -> pb.Feature:
-        return to_proto.feature_to_proto(self._engine.feature(request.sae_id, request.feature))
+        query = from_proto.feature_query_from_proto(request, self._limits)
+        details = await asyncio.to_thread(  # the logit effects run torch
+            self._engine.feature,
+            query.sae_id,
+            query.feature,
+            num_logits=query.num_logits,
+            decoder_row=query.decoder_row,
+        )
+        return await asyncio.to_thread(feature_to_proto.feature_details_to_proto, details)
 
     async def SearchFeatures(  # noqa: N802
         self, request: pb.SearchFeaturesRequest, context: grpc.aio.ServicerContext

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from maira_sae.server.engine.token_limits import TokenLimits
 from maira_sae.server.engine.types import (
     EncodeResult,
     FeatureDescription,
@@ -159,6 +160,8 @@ def search_response_to_proto(result: FeatureSearchResult) -> pb.SearchFeaturesRe
             pb.FeatureMatch(feature=feature_to_proto(description), score=score)
             for description, score in result.matches
         ],
+        suggestions=result.suggestions,
+        note=result.note,
     )
 
 
@@ -167,9 +170,14 @@ def info_to_proto(
     saes: Sequence[SaeDescription],
     config: ServerConfig,
     versions: Mapping[str, str],
+    token_limits: TokenLimits,
+    default_sae_id: str,
 ) -> pb.InfoResponse:
-    """``versions`` maps maira_sae, torch and transformers to their version strings."""
+    """``versions`` maps maira_sae, torch and transformers to their version strings;
+    ``token_limits`` are the engine's, resolved against the model's context length;
+    ``default_sae_id`` is the engine's (the config's may be empty: ``serve --demo``)."""
     limits, batching = config.limits, config.batching
+    dicom = config.dicom.options()
     return pb.InfoResponse(
         model=pb.ModelInfo(**vars(model)),
         saes=[
@@ -179,7 +187,7 @@ def info_to_proto(
             )
             for sae in saes
         ],
-        default_sae_id=config.resolved_default_sae_id,
+        default_sae_id=default_sae_id,
         limits=pb.Limits(
             max_image_bytes=limits.max_image_bytes,
             max_image_pixels=limits.max_image_pixels,
@@ -193,6 +201,23 @@ def info_to_proto(
             max_abs_strength=limits.max_abs_strength,
             max_batch_size=batching.max_batch_size,
             queue_size=batching.queue_size,
+            max_prompt_tokens=token_limits.max_prompt_tokens,
+            max_sequence_tokens=token_limits.max_sequence_tokens,
+            max_token_ranges=limits.max_token_ranges,
+            max_image_aspect_ratio=limits.max_image_aspect_ratio,
+            image_memory_bytes=limits.image_memory_bytes,
+            max_id_chars=limits.max_id_chars,
+            stream_buffer_events=batching.stream_buffer_events,
+            max_decode_rows=batching.max_decode_rows,
+            max_kv_positions=batching.max_kv_positions,
+            prefill_token_budget=batching.prefill_token_budget,
         ),
         versions=pb.Versions(**versions),
+        dicom=pb.DicomDecoding(
+            modalities=sorted(dicom.modalities or ()),
+            modality_lut=True,
+            voi_lut=dicom.apply_voi,
+            monochrome1_inverted=True,
+            description=dicom.describe(),
+        ),
     )

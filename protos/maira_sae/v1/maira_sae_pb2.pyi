@@ -274,7 +274,7 @@ class EncodeResponse(_message.Message):
     def __init__(self, sae_id: _Optional[str] = ..., layer: _Optional[int] = ..., tokens: _Optional[_Iterable[_Union[TokenActivations, _Mapping]]] = ..., total_tokens: _Optional[int] = ..., quality: _Optional[_Union[ReconstructionQuality, _Mapping]] = ...) -> None: ...
 
 class TopFeaturesRequest(_message.Message):
-    __slots__ = ("study", "task", "response", "sae_id", "aggregation", "token_filter", "k", "labelled_only")
+    __slots__ = ("study", "task", "response", "sae_id", "aggregation", "token_filter", "k", "labelled_only", "matryoshka_level")
     STUDY_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
@@ -283,6 +283,7 @@ class TopFeaturesRequest(_message.Message):
     TOKEN_FILTER_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     LABELLED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    MATRYOSHKA_LEVEL_FIELD_NUMBER: _ClassVar[int]
     study: Study
     task: Task
     response: str
@@ -291,7 +292,8 @@ class TopFeaturesRequest(_message.Message):
     token_filter: TokenFilter
     k: int
     labelled_only: bool
-    def __init__(self, study: _Optional[_Union[Study, _Mapping]] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., response: _Optional[str] = ..., sae_id: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., token_filter: _Optional[_Union[TokenFilter, _Mapping]] = ..., k: _Optional[int] = ..., labelled_only: _Optional[bool] = ...) -> None: ...
+    matryoshka_level: int
+    def __init__(self, study: _Optional[_Union[Study, _Mapping]] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., response: _Optional[str] = ..., sae_id: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., token_filter: _Optional[_Union[TokenFilter, _Mapping]] = ..., k: _Optional[int] = ..., labelled_only: _Optional[bool] = ..., matryoshka_level: _Optional[int] = ...) -> None: ...
 
 class ImageGrid(_message.Message):
     __slots__ = ("image_index", "rows", "cols", "values")
@@ -414,7 +416,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "path", "dtype", "device", "num_layers", "hidden_size", "image_tokens_per_image", "patch_grid_rows", "patch_grid_cols", "demo")
+    __slots__ = ("name", "path", "dtype", "device", "num_layers", "hidden_size", "image_tokens_per_image", "patch_grid_rows", "patch_grid_cols", "demo", "image_features")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -425,6 +427,7 @@ class ModelInfo(_message.Message):
     PATCH_GRID_ROWS_FIELD_NUMBER: _ClassVar[int]
     PATCH_GRID_COLS_FIELD_NUMBER: _ClassVar[int]
     DEMO_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FEATURES_FIELD_NUMBER: _ClassVar[int]
     name: str
     path: str
     dtype: str
@@ -435,7 +438,8 @@ class ModelInfo(_message.Message):
     patch_grid_rows: int
     patch_grid_cols: int
     demo: bool
-    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., image_tokens_per_image: _Optional[int] = ..., patch_grid_rows: _Optional[int] = ..., patch_grid_cols: _Optional[int] = ..., demo: _Optional[bool] = ...) -> None: ...
+    image_features: str
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., image_tokens_per_image: _Optional[int] = ..., patch_grid_rows: _Optional[int] = ..., patch_grid_cols: _Optional[int] = ..., demo: _Optional[bool] = ..., image_features: _Optional[str] = ...) -> None: ...
 
 class SaeInfo(_message.Message):
     __slots__ = ("id", "layer", "hook_point", "d_model", "d_sae", "group_sizes", "has_interpretations", "num_interpretations", "source_format")
@@ -460,7 +464,7 @@ class SaeInfo(_message.Message):
     def __init__(self, id: _Optional[str] = ..., layer: _Optional[int] = ..., hook_point: _Optional[str] = ..., d_model: _Optional[int] = ..., d_sae: _Optional[int] = ..., group_sizes: _Optional[_Iterable[int]] = ..., has_interpretations: _Optional[bool] = ..., num_interpretations: _Optional[int] = ..., source_format: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_image_bytes", "max_image_pixels", "max_images", "max_text_chars", "max_new_tokens", "default_max_new_tokens", "max_variants", "max_interventions_per_variant", "max_top_k", "max_abs_strength", "max_batch_size", "queue_size")
+    __slots__ = ("max_image_bytes", "max_image_pixels", "max_images", "max_text_chars", "max_new_tokens", "default_max_new_tokens", "max_variants", "max_interventions_per_variant", "max_top_k", "max_abs_strength", "max_batch_size", "queue_size", "max_prompt_tokens", "max_sequence_tokens", "max_token_ranges", "max_image_aspect_ratio", "image_memory_bytes", "max_id_chars", "stream_buffer_events", "max_decode_rows", "max_kv_positions", "prefill_token_budget")
     MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -473,6 +477,16 @@ class Limits(_message.Message):
     MAX_ABS_STRENGTH_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQUENCE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKEN_RANGES_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_ASPECT_RATIO_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ID_CHARS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_BUFFER_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DECODE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    MAX_KV_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
     max_image_bytes: int
     max_image_pixels: int
     max_images: int
@@ -485,7 +499,17 @@ class Limits(_message.Message):
     max_abs_strength: float
     max_batch_size: int
     queue_size: int
-    def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_images: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_variants: _Optional[int] = ..., max_interventions_per_variant: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_abs_strength: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., queue_size: _Optional[int] = ...) -> None: ...
+    max_prompt_tokens: int
+    max_sequence_tokens: int
+    max_token_ranges: int
+    max_image_aspect_ratio: float
+    image_memory_bytes: int
+    max_id_chars: int
+    stream_buffer_events: int
+    max_decode_rows: int
+    max_kv_positions: int
+    prefill_token_budget: int
+    def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_images: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_variants: _Optional[int] = ..., max_interventions_per_variant: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_abs_strength: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., max_sequence_tokens: _Optional[int] = ..., max_token_ranges: _Optional[int] = ..., max_image_aspect_ratio: _Optional[float] = ..., image_memory_bytes: _Optional[int] = ..., max_id_chars: _Optional[int] = ..., stream_buffer_events: _Optional[int] = ..., max_decode_rows: _Optional[int] = ..., max_kv_positions: _Optional[int] = ..., prefill_token_budget: _Optional[int] = ...) -> None: ...
 
 class Versions(_message.Message):
     __slots__ = ("maira_sae", "torch", "transformers")
@@ -497,39 +521,145 @@ class Versions(_message.Message):
     transformers: str
     def __init__(self, maira_sae: _Optional[str] = ..., torch: _Optional[str] = ..., transformers: _Optional[str] = ...) -> None: ...
 
+class DicomDecoding(_message.Message):
+    __slots__ = ("modalities", "modality_lut", "voi_lut", "monochrome1_inverted", "description")
+    MODALITIES_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_LUT_FIELD_NUMBER: _ClassVar[int]
+    VOI_LUT_FIELD_NUMBER: _ClassVar[int]
+    MONOCHROME1_INVERTED_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    modalities: _containers.RepeatedScalarFieldContainer[str]
+    modality_lut: bool
+    voi_lut: bool
+    monochrome1_inverted: bool
+    description: str
+    def __init__(self, modalities: _Optional[_Iterable[str]] = ..., modality_lut: _Optional[bool] = ..., voi_lut: _Optional[bool] = ..., monochrome1_inverted: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
+
 class InfoResponse(_message.Message):
-    __slots__ = ("model", "saes", "default_sae_id", "limits", "versions")
+    __slots__ = ("model", "saes", "default_sae_id", "limits", "versions", "dicom")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SAES_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_SAE_ID_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    DICOM_FIELD_NUMBER: _ClassVar[int]
     model: ModelInfo
     saes: _containers.RepeatedCompositeFieldContainer[SaeInfo]
     default_sae_id: str
     limits: Limits
     versions: Versions
-    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., saes: _Optional[_Iterable[_Union[SaeInfo, _Mapping]]] = ..., default_sae_id: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., versions: _Optional[_Union[Versions, _Mapping]] = ...) -> None: ...
+    dicom: DicomDecoding
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., saes: _Optional[_Iterable[_Union[SaeInfo, _Mapping]]] = ..., default_sae_id: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., versions: _Optional[_Union[Versions, _Mapping]] = ..., dicom: _Optional[_Union[DicomDecoding, _Mapping]] = ...) -> None: ...
 
 class GetFeatureRequest(_message.Message):
-    __slots__ = ("sae_id", "feature")
+    __slots__ = ("sae_id", "feature", "include_decoder_row", "num_logits")
     SAE_ID_FIELD_NUMBER: _ClassVar[int]
     FEATURE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DECODER_ROW_FIELD_NUMBER: _ClassVar[int]
+    NUM_LOGITS_FIELD_NUMBER: _ClassVar[int]
     sae_id: str
     feature: int
-    def __init__(self, sae_id: _Optional[str] = ..., feature: _Optional[int] = ...) -> None: ...
+    include_decoder_row: bool
+    num_logits: int
+    def __init__(self, sae_id: _Optional[str] = ..., feature: _Optional[int] = ..., include_decoder_row: _Optional[bool] = ..., num_logits: _Optional[int] = ...) -> None: ...
 
 class Feature(_message.Message):
-    __slots__ = ("feature", "label", "interpretation_score", "decoder_norm")
+    __slots__ = ("feature", "label", "interpretation_score", "decoder_norm", "dashboard", "has_dashboard", "dashboard_note", "promoted_tokens", "suppressed_tokens", "decoder_row")
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     INTERPRETATION_SCORE_FIELD_NUMBER: _ClassVar[int]
     DECODER_NORM_FIELD_NUMBER: _ClassVar[int]
+    DASHBOARD_FIELD_NUMBER: _ClassVar[int]
+    HAS_DASHBOARD_FIELD_NUMBER: _ClassVar[int]
+    DASHBOARD_NOTE_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DECODER_ROW_FIELD_NUMBER: _ClassVar[int]
     feature: int
     label: str
     interpretation_score: float
     decoder_norm: float
-    def __init__(self, feature: _Optional[int] = ..., label: _Optional[str] = ..., interpretation_score: _Optional[float] = ..., decoder_norm: _Optional[float] = ...) -> None: ...
+    dashboard: FeatureDashboard
+    has_dashboard: bool
+    dashboard_note: str
+    promoted_tokens: _containers.RepeatedCompositeFieldContainer[TokenLogit]
+    suppressed_tokens: _containers.RepeatedCompositeFieldContainer[TokenLogit]
+    decoder_row: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, feature: _Optional[int] = ..., label: _Optional[str] = ..., interpretation_score: _Optional[float] = ..., decoder_norm: _Optional[float] = ..., dashboard: _Optional[_Union[FeatureDashboard, _Mapping]] = ..., has_dashboard: _Optional[bool] = ..., dashboard_note: _Optional[str] = ..., promoted_tokens: _Optional[_Iterable[_Union[TokenLogit, _Mapping]]] = ..., suppressed_tokens: _Optional[_Iterable[_Union[TokenLogit, _Mapping]]] = ..., decoder_row: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class TokenLogit(_message.Message):
+    __slots__ = ("token_id", "text", "logit")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_FIELD_NUMBER: _ClassVar[int]
+    token_id: int
+    text: str
+    logit: float
+    def __init__(self, token_id: _Optional[int] = ..., text: _Optional[str] = ..., logit: _Optional[float] = ...) -> None: ...
+
+class FeatureDashboard(_message.Message):
+    __slots__ = ("num_studies", "num_tokens", "density", "density_by_kind", "histogram_edges", "histogram_counts", "top_examples", "quantile_examples")
+    NUM_STUDIES_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DENSITY_FIELD_NUMBER: _ClassVar[int]
+    DENSITY_BY_KIND_FIELD_NUMBER: _ClassVar[int]
+    HISTOGRAM_EDGES_FIELD_NUMBER: _ClassVar[int]
+    HISTOGRAM_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    TOP_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    QUANTILE_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    num_studies: int
+    num_tokens: int
+    density: float
+    density_by_kind: _containers.RepeatedCompositeFieldContainer[KindDensity]
+    histogram_edges: _containers.RepeatedScalarFieldContainer[float]
+    histogram_counts: _containers.RepeatedScalarFieldContainer[int]
+    top_examples: _containers.RepeatedCompositeFieldContainer[FeatureExample]
+    quantile_examples: _containers.RepeatedCompositeFieldContainer[FeatureExample]
+    def __init__(self, num_studies: _Optional[int] = ..., num_tokens: _Optional[int] = ..., density: _Optional[float] = ..., density_by_kind: _Optional[_Iterable[_Union[KindDensity, _Mapping]]] = ..., histogram_edges: _Optional[_Iterable[float]] = ..., histogram_counts: _Optional[_Iterable[int]] = ..., top_examples: _Optional[_Iterable[_Union[FeatureExample, _Mapping]]] = ..., quantile_examples: _Optional[_Iterable[_Union[FeatureExample, _Mapping]]] = ...) -> None: ...
+
+class KindDensity(_message.Message):
+    __slots__ = ("kind", "density")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DENSITY_FIELD_NUMBER: _ClassVar[int]
+    kind: TokenKind
+    density: float
+    def __init__(self, kind: _Optional[_Union[TokenKind, str]] = ..., density: _Optional[float] = ...) -> None: ...
+
+class FeatureExample(_message.Message):
+    __slots__ = ("study_id", "position", "kind", "value", "image_index", "grid_row", "grid_col", "quantile", "heatmap", "thumbnail_png", "context")
+    STUDY_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    GRID_ROW_FIELD_NUMBER: _ClassVar[int]
+    GRID_COL_FIELD_NUMBER: _ClassVar[int]
+    QUANTILE_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_PNG_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    study_id: str
+    position: int
+    kind: TokenKind
+    value: float
+    image_index: int
+    grid_row: int
+    grid_col: int
+    quantile: float
+    heatmap: ImageGrid
+    thumbnail_png: bytes
+    context: _containers.RepeatedCompositeFieldContainer[ContextToken]
+    def __init__(self, study_id: _Optional[str] = ..., position: _Optional[int] = ..., kind: _Optional[_Union[TokenKind, str]] = ..., value: _Optional[float] = ..., image_index: _Optional[int] = ..., grid_row: _Optional[int] = ..., grid_col: _Optional[int] = ..., quantile: _Optional[float] = ..., heatmap: _Optional[_Union[ImageGrid, _Mapping]] = ..., thumbnail_png: _Optional[bytes] = ..., context: _Optional[_Iterable[_Union[ContextToken, _Mapping]]] = ...) -> None: ...
+
+class ContextToken(_message.Message):
+    __slots__ = ("text", "value", "is_example")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    IS_EXAMPLE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    value: float
+    is_example: bool
+    def __init__(self, text: _Optional[str] = ..., value: _Optional[float] = ..., is_example: _Optional[bool] = ...) -> None: ...
 
 class SearchFeaturesRequest(_message.Message):
     __slots__ = ("sae_id", "query", "limit")
@@ -550,9 +680,13 @@ class FeatureMatch(_message.Message):
     def __init__(self, feature: _Optional[_Union[Feature, _Mapping]] = ..., score: _Optional[float] = ...) -> None: ...
 
 class SearchFeaturesResponse(_message.Message):
-    __slots__ = ("sae_id", "matches")
+    __slots__ = ("sae_id", "matches", "suggestions", "note")
     SAE_ID_FIELD_NUMBER: _ClassVar[int]
     MATCHES_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTIONS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     sae_id: str
     matches: _containers.RepeatedCompositeFieldContainer[FeatureMatch]
-    def __init__(self, sae_id: _Optional[str] = ..., matches: _Optional[_Iterable[_Union[FeatureMatch, _Mapping]]] = ...) -> None: ...
+    suggestions: _containers.RepeatedScalarFieldContainer[str]
+    note: str
+    def __init__(self, sae_id: _Optional[str] = ..., matches: _Optional[_Iterable[_Union[FeatureMatch, _Mapping]]] = ..., suggestions: _Optional[_Iterable[str]] = ..., note: _Optional[str] = ...) -> None: ...

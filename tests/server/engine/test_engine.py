@@ -109,6 +109,52 @@ def test_rows_in_one_batch_equal_the_same_rows_run_alone(engine, study, temperat
         assert together[0][0] != together[1][0], "a strong ADD must change the greedy tokens"
 
 
+@pytest.mark.parametrize("scope", [PositionScope.GENERATED, PositionScope.PROMPT])
+def test_shared_prefill_rows_equal_the_same_rows_run_alone(engine, study, scope):
+    """GENERATED: the whole prefill is shared; PROMPT: shared below the steering layer."""
+    variants = [
+        Variant(),
+        steer(SteeringMode.ADD, 30.0, scope),
+        steer(SteeringMode.CLAMP, 0, scope),
+    ]
+    together = run(engine, study, variants)
+    for index, variant in enumerate(variants):
+        assert together[index][0] == run(engine, study, [variant])[0][0], f"variant {index}"
+    assert together[0][0] != together[1][0], "the steered row must differ from the baseline"
+
+
+@pytest.mark.parametrize(
+    ("scope", "rows_per_block"),
+    [(PositionScope.GENERATED, {0: 1, 15: 1}), (PositionScope.ALL, {0: 1, 14: 1, 15: 3})],
+)
+def test_the_prompt_runs_once_per_call_up_to_where_the_variants_differ(
+    engine, study, scope, rows_per_block
+):
+    """Prefill rows seen by the vision tower and by decoder blocks, for a call of 3 variants."""
+    seen: dict[object, int] = {}
+
+    def record(key):
+        def hook(_module, args, output):
+            hidden = args[0] if key == "vision" else output
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            if hidden.shape[1] > 1:  # the prefill (decode steps have one position)
+                seen[key] = hidden.shape[0]
+
+        return hook
+
+    model = engine.model
+    handles = [model.model.vision_tower.register_forward_hook(record("vision"))]
+    handles += [  # rows of each block's output
+        model.decoder_layers[block].register_forward_hook(record(block)) for block in rows_per_block
+    ]
+    try:
+        run(engine, study, [Variant(), steer(SteeringMode.ADD, 30.0, scope), Variant()])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == {"vision": 1, **rows_per_block}
+
+
 def test_a_clamp_reaches_the_next_token_logits(engine, study):
     inputs = engine.prepare_generation(GenerateRequest(study=study)).inputs
     model, sae = engine.model, engine.sae("").sae
@@ -192,6 +238,6 @@ def test_interventions_are_checked_once_against_the_sae(engine, study, intervent
 
 def test_feature_lookup_range_is_the_saes(engine):
     d_sae = engine.sae("").sae.d_sae
-    assert engine.feature("", d_sae - 1).feature == d_sae - 1
+    assert engine.feature("", d_sae - 1).description.feature == d_sae - 1
     with pytest.raises(OutOfRange, match=f"feature {d_sae} is out of range: SAE '.*' has features"):
         engine.feature("", d_sae)

@@ -1,58 +1,25 @@
 """The scheduler on its own, in front of a fake engine: admission, batching, deadlines, drain,
-cancellation and failures, without a model."""
+cancellation and failures, and the step loop (analysis between decode steps, calls sharing
+steps, row limits), without a model."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pytest
 
-from maira_sae.server.engine.scheduler import Scheduler
-from maira_sae.server.engine.types import GeneratedToken, GenerationEvent
+from maira_sae.server.engine.scheduler import DecodeLimits, Scheduler
 from maira_sae.server.errors import (
     DeadlineExceeded,
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
 )
+from tests.support.fake_engine import FakeEngine, fake_prepared
 
 QUEUE_SIZE = 3
-
-
-class FakeEngine:
-    """Answers an analysis with its input; generates tokens until told to stop. ``gate`` holds
-    the engine thread inside a batch, so a test can fill the queue behind it."""
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.gate.set()
-        self.batches: list[list[object]] = []
-        self.generated = 0
-        self.fail_next = False
-
-    def analyse(self, batch: Sequence[object]) -> list[object]:
-        self.gate.wait(10)
-        self.batches.append(list(batch))
-        if self.fail_next:
-            self.fail_next = False
-            raise InvalidArgument("this batch is bad")
-        return [("result", item) for item in batch]
-
-    def generate(
-        self,
-        prepared: object,
-        emit: Callable[[GenerationEvent], None],
-        should_stop: Callable[[], bool],
-    ) -> None:
-        for position in range(1000):
-            if should_stop():
-                return
-            self.generated += 1
-            emit(GeneratedToken(variant_index=0, position=position, token_id=7, text="a"))
-            time.sleep(0.001)
 
 
 @pytest.fixture
@@ -135,7 +102,7 @@ def test_a_failed_batch_fails_its_requests_and_the_scheduler_keeps_serving(sched
 
 def test_closing_a_stream_stops_its_generation_at_the_next_token(scheduler, engine):
     async def scenario() -> None:
-        stream = scheduler.generate("prepared", None)
+        stream = scheduler.generate(fake_prepared(), None)
         received = [await anext(stream) for _ in range(3)]
         assert [event.position for event in received] == [0, 1, 2]
         await stream.aclose()
@@ -146,3 +113,71 @@ def test_closing_a_stream_stops_its_generation_at_the_next_token(scheduler, engi
     time.sleep(0.1)
     assert engine.generated == stopped_at < 1000
     assert asyncio.run(scheduler.analyse("next", None)) == ("result", "next")
+
+
+def test_an_analysis_runs_between_the_decode_steps_of_a_long_generation(scheduler, engine):
+    async def scenario() -> None:
+        stream = scheduler.generate(fake_prepared(max_new_tokens=2000), None)
+        await anext(stream)
+        assert await scheduler.analyse("between steps", None) == ("result", "between steps")
+        assert engine.generated < 2000  # the generation was still running
+        await stream.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_generations_share_each_decode_step(engine):
+    scheduler = Scheduler(engine, queue_size=8, max_batch_size=8, batch_window_s=0.0)
+    scheduler.start()
+
+    async def drain(tokens: int) -> int:
+        return len([event async for event in scheduler.generate(fake_prepared(
+            max_new_tokens=tokens), None)])  # fmt: skip
+
+    async def scenario() -> list[int]:
+        return await asyncio.gather(drain(200), drain(200), drain(50))
+
+    try:
+        assert asyncio.run(scenario()) == [200, 200, 50]
+    finally:
+        scheduler.close()
+    assert max(engine.steps) == 3  # the three calls' rows in one step
+    assert engine.steps[-1] < 3  # the short call's row left once it ended
+
+
+def test_calls_beyond_the_row_limit_wait_their_turn(engine):
+    limits = DecodeLimits(max_rows=2)
+    scheduler = Scheduler(engine, queue_size=8, max_batch_size=8, batch_window_s=0.0, limits=limits)
+    scheduler.start()
+
+    async def drain(rows: int, tokens: int) -> int:
+        prepared = fake_prepared(rows=rows, max_new_tokens=tokens)
+        return len([event async for event in scheduler.generate(prepared, None)])
+
+    async def scenario() -> list[int]:
+        return await asyncio.gather(drain(1, 100), drain(1, 100), drain(2, 20))
+
+    try:
+        assert asyncio.run(scenario()) == [100, 100, 20]
+    finally:
+        scheduler.close()
+    assert max(engine.steps) <= 2
+
+
+def test_a_cancelled_call_leaves_at_the_next_step_and_the_others_go_on(engine):
+    scheduler = Scheduler(engine, queue_size=8, max_batch_size=8, batch_window_s=0.0)
+    scheduler.start()
+
+    async def scenario() -> int:
+        keeper = scheduler.generate(fake_prepared(max_new_tokens=300), None)
+        leaver = scheduler.generate(fake_prepared(max_new_tokens=300), None)
+        await anext(keeper)
+        await anext(leaver)
+        await leaver.aclose()
+        return 1 + len([event async for event in keeper])
+
+    try:
+        assert asyncio.run(scenario()) == 300
+    finally:
+        scheduler.close()
+    assert engine.steps[-1] == 1 and engine.steps.count(2) < 50

@@ -40,6 +40,7 @@ def stub(demo_server):
 def test_get_info_reports_model_saes_and_limits(stub):
     info = stub.GetInfo(pb.GetInfoRequest())
     assert info.model.num_layers == 16
+    assert info.model.image_features == "feature_maps"
     assert info.model.image_tokens_per_image == 1369
     assert (info.model.patch_grid_rows, info.model.patch_grid_cols) == (37, 37)
     assert [sae.id for sae in info.saes] == ["demo-ef4-layer15"]
@@ -205,6 +206,12 @@ def test_get_feature_and_search(stub):
     feature = stub.GetFeature(pb.GetFeatureRequest(feature=matches[0].feature.feature))
     assert feature.label == matches[0].feature.label
     assert feature.decoder_norm == pytest.approx(1.0, abs=1e-4)
+    # The random demo ships no dashboard: the reply says so, it is not an error.
+    assert not feature.has_dashboard and not feature.HasField("dashboard")
+    assert (
+        "has no dashboard" in feature.dashboard_note and "build-dashboard" in feature.dashboard_note
+    )
+    assert len(feature.promoted_tokens) == len(feature.suppressed_tokens) == 10
 
 
 @pytest.mark.parametrize(

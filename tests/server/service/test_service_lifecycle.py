@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import grpc
@@ -177,27 +178,32 @@ def test_full_queue_is_resource_exhausted_with_retry_info_and_cancel_frees_the_s
 
 
 def test_expired_deadline_is_deadline_exceeded_and_the_model_never_runs(demo_checkpoint):
+    """An Encode queued behind a long-running batch expires; it never reaches the model."""
     with running_server(demo_config(demo_checkpoint)) as server:
         engine = server.server.runtime.engine
         analysed: list[int] = []
+        release = threading.Event()
         real_analyse = engine.analyse
 
         def counting_analyse(requests):
             analysed.append(len(requests))
+            release.wait(10)  # the first batch holds the engine thread
             return real_analyse(requests)
 
         engine.analyse = counting_analyse  # type: ignore[method-assign]
-        with grpc.insecure_channel(server.target) as channel:
+        with grpc.insecure_channel(server.target) as channel, ThreadPoolExecutor(1) as pool:
             stub = pb_grpc.MairaSaeStub(channel)
-            stream = stub.GenerateSteered(long_generation(150))
-            wait_for_first_event(stream)
+            blocker = pool.submit(stub.Encode, pb.EncodeRequest(study=demo_study()))
+            while not analysed:
+                time.sleep(0.01)
             with pytest.raises(grpc.RpcError) as error:
                 stub.Encode(pb.EncodeRequest(study=demo_study()), timeout=0.3)
             assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            list(stream)  # let the generation finish; the queued Encode comes up next
+            release.set()
+            assert blocker.result(10).total_tokens > 0
             stub.GetInfo(pb.GetInfoRequest())
             time.sleep(0.2)
-        assert analysed == [], "an expired request reached the model"
+        assert analysed == [1], "an expired request reached the model"
 
 
 def test_auth_required_but_health_open(demo_checkpoint):

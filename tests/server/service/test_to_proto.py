@@ -6,10 +6,11 @@ import pytest
 
 from maira_sae.sae.catalogue import FeatureInterpretation
 from maira_sae.server.engine import types as t
+from maira_sae.server.engine.token_limits import TokenLimits
 from maira_sae.server.maira2.study import ImageRole
 from maira_sae.server.maira2.tokens import TokenInfo, TokenKind
 from maira_sae.server.service import to_proto
-from maira_sae.server.service.config import SaeSpec, ServerConfig
+from maira_sae.server.service.config import DicomConfig, SaeSpec, ServerConfig
 from maira_sae.server.service.descriptions import ModelDescription, SaeDescription
 from maira_sae.v1 import maira_sae_pb2 as pb
 
@@ -100,20 +101,23 @@ def test_features_to_proto():
     assert search.matches[0].score == pytest.approx(3.2)
 
 
+MODEL = ModelDescription(
+    name="microsoft/maira-2",
+    path="/models/maira-2",
+    dtype="bfloat16",
+    device="cuda:0",
+    num_layers=32,
+    hidden_size=4096,
+    image_tokens_per_image=1369,
+    patch_grid_rows=37,
+    patch_grid_cols=37,
+    demo=False,
+    image_features="feature_maps",
+)
+
+
 def test_info_to_proto():
     config = ServerConfig(saes=(SaeSpec(id="f4", path="/x"),))
-    model = ModelDescription(
-        name="microsoft/maira-2",
-        path="/models/maira-2",
-        dtype="bfloat16",
-        device="cuda:0",
-        num_layers=32,
-        hidden_size=4096,
-        image_tokens_per_image=1369,
-        patch_grid_rows=37,
-        patch_grid_cols=37,
-        demo=False,
-    )
     sae = SaeDescription(
         id="f4",
         layer=15,
@@ -125,10 +129,22 @@ def test_info_to_proto():
         source_format="dictionary_learning",
     )
     versions = {"maira_sae": "0.1.0", "torch": "2.13", "transformers": "5.24"}
-    msg = to_proto.info_to_proto(model, [sae], config, versions)
+    token_limits = TokenLimits(max_prompt_tokens=4096, max_sequence_tokens=4000)
+    msg = to_proto.info_to_proto(MODEL, [sae], config, versions, token_limits, "f4")
+    assert (msg.limits.max_prompt_tokens, msg.limits.max_sequence_tokens) == (4096, 4000)
     assert msg.model.image_tokens_per_image == 1369
     assert msg.saes[0].has_interpretations and list(msg.saes[0].group_sizes) == [1024, 3072, 12288]
     assert msg.default_sae_id == "f4"
     assert msg.limits.max_new_tokens == 1024 and msg.limits.queue_size == 64
     assert msg.limits.max_abs_strength == 1e4
     assert msg.versions.transformers == "5.24"
+    assert list(msg.dicom.modalities) == ["CR", "DR", "DX"] and msg.dicom.voi_lut
+    assert "VOI LUT or window" in msg.dicom.description
+
+
+def test_info_reports_the_dicom_settings():
+    config = ServerConfig(dicom=DicomConfig(modalities="*", apply_voi=False))
+    token_limits = TokenLimits(max_prompt_tokens=4096, max_sequence_tokens=4000)
+    msg = to_proto.info_to_proto(MODEL, [], config, {}, token_limits, "demo")
+    assert msg.default_sae_id == "demo" and not msg.dicom.modalities
+    assert not msg.dicom.voi_lut and "no VOI LUT or window" in msg.dicom.description

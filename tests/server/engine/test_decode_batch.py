@@ -1,0 +1,132 @@
+"""Rows of different calls in one decode forward (demo checkpoint, float32): a call's tokens
+are the same alone or joined mid-flight beside calls of other prompt lengths and steering;
+rows leave as they end, and the cache shrinks with them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from maira_sae.sae.interventions import Intervention, SteeringMode
+from maira_sae.server.engine.engine import Engine
+from maira_sae.server.engine.types import (
+    FinishReason,
+    GeneratedToken,
+    GenerateRequest,
+    GenerationSettings,
+    ScopedIntervention,
+    Variant,
+    VariantFinished,
+)
+from maira_sae.server.maira2.study import Study
+from maira_sae.server.service.metrics import Metrics
+from maira_sae.server.service.runtime import load_runtime
+from maira_sae.server.service.warmup import synthetic_chest_image
+from tests.support.servers import demo_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def engine(demo_checkpoint) -> Engine:
+    return load_runtime(demo_config(demo_checkpoint), Metrics()).engine
+
+
+def add(value: float, feature: int = 3) -> Variant:
+    return Variant((ScopedIntervention(Intervention(SteeringMode.ADD, value, feature=feature)),))
+
+
+def request(study: Study, variants, tokens: int, **settings) -> GenerateRequest:
+    return GenerateRequest(
+        study=study,
+        variants=tuple(variants),
+        settings=GenerationSettings(max_new_tokens=tokens, **settings),
+    )
+
+
+SHORT = Study(frontal=synthetic_chest_image(), indication="Cough.")
+LONG = Study(
+    frontal=np.flipud(synthetic_chest_image()).copy(),
+    lateral=synthetic_chest_image(),
+    indication="Shortness of breath on exertion for two weeks, worse at night.",
+)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def __call__(self, event) -> None:
+        self.events.append(event)
+
+    def tokens(self, variant: int) -> list[int]:
+        return [
+            e.token_id
+            for e in self.events
+            if isinstance(e, GeneratedToken) and e.variant_index == variant
+        ]
+
+    def finished(self) -> dict[int, VariantFinished]:
+        return {e.variant_index: e for e in self.events if isinstance(e, VariantFinished)}
+
+
+def alone(engine: Engine, generate: GenerateRequest) -> Recorder:
+    recorder = Recorder()
+    engine.generate(engine.prepare_generation(generate), recorder, lambda: False)
+    return recorder
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_a_call_joining_mid_flight_generates_what_it_generates_alone(engine, temperature):
+    first = request(LONG, [Variant(), add(30.0)], 8, temperature=temperature, seed=5)
+    second = request(SHORT, [add(-20.0, feature=9), Variant()], 5, temperature=temperature)
+    batch = engine.new_batch()
+    a, b = Recorder(), Recorder()
+    engine.begin(batch, engine.prepare_generation(first), a)
+    for _ in range(3):
+        engine.step(batch)
+    engine.begin(batch, engine.prepare_generation(second), b)
+    assert batch.rows == 4
+    while batch.calls:
+        engine.step(batch)
+    for recorder, generate in ((a, first), (b, second)):
+        reference = alone(engine, generate)
+        for variant in range(2):
+            assert recorder.tokens(variant) == reference.tokens(variant), variant
+        assert recorder.finished() == reference.finished()
+
+
+def test_rows_leave_as_their_calls_end_and_the_cache_shrinks(engine):
+    batch = engine.new_batch()
+    long_call = engine.begin(
+        batch, engine.prepare_generation(request(LONG, [Variant()], 2)), Recorder()
+    )
+    short_call = engine.begin(
+        batch, engine.prepare_generation(request(SHORT, [Variant(), add(5.0)], 6)), Recorder()
+    )
+    width = batch.cached_positions
+    assert width == long_call.prompt_length  # the short prompt is left-padded to it
+    assert batch.rows == 3
+    engine.step(batch)
+    ended = engine.step(batch)
+    assert ended == [long_call] and batch.rows == 2
+    # the long prompt's extra columns are cut: only the short call's positions remain
+    assert batch.cached_positions == short_call.prompt_length + 2
+    while batch.calls:
+        engine.step(batch)
+    assert batch.rows == 0 and batch.cached_positions == 0
+
+
+def test_a_stopped_call_leaves_at_once_and_the_others_go_on_unchanged(engine):
+    steady = request(SHORT, [add(25.0)], 6)
+    batch = engine.new_batch()
+    kept, stopped = Recorder(), Recorder()
+    engine.begin(batch, engine.prepare_generation(steady), kept)
+    victim = engine.begin(batch, engine.prepare_generation(request(LONG, [Variant()], 50)), stopped)
+    engine.step(batch)
+    engine.stop(batch, victim, FinishReason.CANCELLED)
+    assert batch.rows == 1
+    assert stopped.finished()[0].finish_reason is FinishReason.CANCELLED
+    while batch.calls:
+        engine.step(batch)
+    assert kept.tokens(0) == alone(engine, steady).tokens(0)

@@ -1,0 +1,103 @@
+"""A model-free engine for scheduler tests: analyses echo their input, and every generation
+call emits one token per decode step until it reaches its length or is stopped."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+
+from maira_sae.server.engine.types import FinishReason, GeneratedToken, GenerationEvent
+from maira_sae.server.errors import InvalidArgument
+
+
+def fake_prepared(*, tokens: int = 10, rows: int = 1, max_new_tokens: int = 1000) -> object:
+    """What the scheduler reads of a prepared generation: its prompt, rows and length."""
+    return SimpleNamespace(
+        inputs=SimpleNamespace(tokens=[0] * tokens),
+        request=SimpleNamespace(
+            variants=[None] * rows, settings=SimpleNamespace(max_new_tokens=max_new_tokens)
+        ),
+    )
+
+
+class FakeCall:
+    def __init__(self, prepared: object, emit: Callable[[GenerationEvent], None]) -> None:
+        self.length = prepared.request.settings.max_new_tokens  # type: ignore[attr-defined]
+        self.rows = len(prepared.request.variants)  # type: ignore[attr-defined]
+        self.emit = emit
+        self.position = 0
+        self.finish: FinishReason | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish is not None
+
+
+class FakeBatch:
+    def __init__(self) -> None:
+        self._calls: list[FakeCall] = []
+
+    @property
+    def calls(self) -> tuple[FakeCall, ...]:
+        return tuple(self._calls)
+
+    @property
+    def rows(self) -> int:
+        return sum(call.rows for call in self._calls)
+
+    @property
+    def cached_positions(self) -> int:
+        return max((call.position for call in self._calls), default=0)
+
+
+class FakeEngine:
+    """``gate`` holds the engine thread inside an analysis, so a test can fill the queue."""
+
+    def __init__(self, *, step_delay_s: float = 0.001) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.batches: list[list[object]] = []
+        self.generated = 0
+        self.steps: list[int] = []  # rows of each decode step
+        self.fail_next = False
+        self._step_delay_s = step_delay_s
+
+    def analyse(self, batch: Sequence[object]) -> list[object]:
+        self.gate.wait(10)
+        self.batches.append(list(batch))
+        if self.fail_next:
+            self.fail_next = False
+            raise InvalidArgument("this batch is bad")
+        return [("result", item) for item in batch]
+
+    def new_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    def begin(
+        self, batch: FakeBatch, prepared: object, emit: Callable[[GenerationEvent], None]
+    ) -> FakeCall:
+        call = FakeCall(prepared, emit)
+        batch._calls.append(call)
+        return call
+
+    def step(self, batch: FakeBatch) -> list[FakeCall]:
+        threading.Event().wait(self._step_delay_s)
+        self.steps.append(batch.rows)
+        ended = []
+        for call in batch.calls:
+            self.generated += 1
+            call.emit(GeneratedToken(0, call.position, 7, "a"))
+            call.position += 1
+            if call.position == call.length:
+                call.finish = FinishReason.LENGTH
+                ended.append(call)
+        batch._calls = [call for call in batch._calls if not call.done]
+        return ended
+
+    def stop(self, batch: FakeBatch, call: FakeCall, reason: FinishReason) -> None:
+        call.finish = reason
+        batch._calls.remove(call)
+
+    def forget(self, batch: FakeBatch) -> None:
+        pass
