@@ -4,9 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= .cache/demo-checkpoint
-# lint-imports walks a package's folder, and maira_sae is assembled from several (package-dir):
-# it reads this tree of links instead, rebuilt at each run so it always shows the working tree.
-IMPORT_TREE := .cache/import-tree
+# maira_sae is assembled from several top-level folders (package-dir). Tools that walk a
+# package's folder (lint-imports, IDEs) need one tree: a tree of links to those folders, put on
+# the venv's path, so Python imports the working tree through it and new files show at once.
+IMPORT_TREE := $(CURDIR)/.cache/import-tree
 
 .PHONY: install demo test lint lint-imports proto clean bench bench-quick soak
 
@@ -16,6 +17,10 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first, pinned: an open range would pull a 5 GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[server,dev]'
+	rm -rf $(IMPORT_TREE) && mkdir -p $(IMPORT_TREE)/maira_sae
+	ln -s $(CURDIR)/protos/maira_sae/__init__.py $(CURDIR)/protos/maira_sae/v1 \
+		$(CURDIR)/sae $(CURDIR)/server $(CURDIR)/client $(IMPORT_TREE)/maira_sae/
+	echo $(IMPORT_TREE) > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/maira_sae_tree.pth"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,10 +37,7 @@ lint: install lint-imports
 	$(VENV)/bin/ruff format --check .
 
 lint-imports: install
-	rm -rf $(IMPORT_TREE) && mkdir -p $(IMPORT_TREE)/maira_sae
-	ln -s $(CURDIR)/protos/maira_sae/__init__.py $(CURDIR)/protos/maira_sae/v1 \
-		$(CURDIR)/sae $(CURDIR)/server $(CURDIR)/client $(IMPORT_TREE)/maira_sae/
-	PYTHONPATH=$(IMPORT_TREE) $(VENV)/bin/lint-imports
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(PY) -m bench.run_cpu --out .cache/bench/cpu.json

@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +38,9 @@ from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 from maira_sae.server.maira2.processor import Maira2Processor, ModelInputs
 from maira_sae.server.maira2.study import Study, Task
 from maira_sae.server.maira2.tokens import TokenKind
+from maira_sae.server.training.dashboard_slots import MAX_IMAGES, ExampleSlots, TokenMeta
 
 KINDS = tuple(kind for kind in TokenKind if kind in DEFAULT_TOKEN_KINDS)
-_MAX_IMAGES = 3
 
 
 @dataclass(frozen=True)
@@ -182,14 +182,14 @@ class _Builder:
         self._tokens = torch.zeros(len(KINDS), dtype=torch.int64)
         self._firing = torch.zeros(len(KINDS), d_sae, dtype=torch.int64)
         self._histogram = torch.zeros(d_sae, self._num_bins, dtype=torch.int64)
-        self._top = _Examples.empty(
+        self._top = ExampleSlots.empty(
             d_sae, settings.top_k, grid, settings.context, content=settings.with_content
         )
-        self._sample = _Examples.empty(d_sae, settings.sample_size, grid, 0, content=False)
+        self._sample = ExampleSlots.empty(d_sae, settings.sample_size, grid, 0, content=False)
         self._sample_key = torch.full((d_sae, settings.sample_size), math.inf)
         side = settings.thumbnail_side
         self._thumbnails = (
-            np.zeros((num_studies, _MAX_IMAGES, side, side), dtype=np.uint8)
+            np.zeros((num_studies, MAX_IMAGES, side, side), dtype=np.uint8)
             if settings.with_content
             else None
         )
@@ -209,7 +209,7 @@ class _Builder:
         self._histogram.view(-1).index_add_(
             0, feature * self._num_bins + bins, torch.ones_like(bins)
         )
-        meta = _TokenMeta.of(index, kept, kind)
+        meta = TokenMeta.of(index, kept, kind)
         candidates = torch.where(fires, values, torch.tensor(-math.inf)).T  # [d_sae, kept]
         self._top.merge(candidates, meta, codes, inputs, self._settings.with_content)
         generator = torch.Generator().manual_seed(self._settings.seed * 1_000_003 + index)
@@ -244,13 +244,13 @@ class _Builder:
         self._tokens = torch.tensor([metadata["tokens_by_kind"][k.value] for k in KINDS])
         self._firing = torch.from_numpy(tensors["firing_by_kind"].copy())
         self._histogram = torch.from_numpy(tensors["histogram"].copy())
-        self._top = _Examples.restore(tensors, "top")
-        self._sample = _Examples.restore(tensors, "sample")
+        self._top = ExampleSlots.restore(tensors, "top")
+        self._sample = ExampleSlots.restore(tensors, "sample")
         self._sample_key = torch.from_numpy(tensors["sample_key"].copy())
         if self._thumbnails is not None:
             self._thumbnails = tensors["thumbnails"].copy()
 
-    def _quantile_examples(self) -> _Examples:
+    def _quantile_examples(self) -> ExampleSlots:
         """From each feature's sample, sorted by value: the tokens at the quantiles."""
         quantiles = self._settings.quantiles
         sample = self._sample
@@ -264,198 +264,6 @@ class _Builder:
         empty = (count == 0).expand_as(picks)
         picked.fields["value"][empty] = math.nan
         return picked
-
-
-@dataclass
-class _TokenMeta:
-    """Example fields of one study's kept tokens ([kept] each)."""
-
-    study: torch.Tensor
-    position: torch.Tensor
-    kind: torch.Tensor
-    image: torch.Tensor
-    row: torch.Tensor
-    col: torch.Tensor
-
-    @classmethod
-    def of(cls, index: int, kept: list[Any], kind: torch.Tensor) -> _TokenMeta:
-        def column(values: Iterator[int]) -> torch.Tensor:
-            return torch.tensor(list(values), dtype=torch.long)
-
-        return cls(
-            study=torch.full((len(kept),), index, dtype=torch.long),
-            position=column(t.position for t in kept),
-            kind=kind,
-            image=column(-1 if t.image_index is None else t.image_index for t in kept),
-            row=column(-1 if t.grid_row is None else t.grid_row for t in kept),
-            col=column(-1 if t.grid_col is None else t.grid_col for t in kept),
-        )
-
-    def gather(self, token: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Fields of the tokens at ``token`` [F, n] (indices into the kept tokens)."""
-        return {
-            name: getattr(self, name)[token]
-            for name in ("study", "position", "kind", "image", "row", "col")
-        }
-
-
-_DTYPES = {
-    "value": np.float32,
-    "study": np.int32,
-    "position": np.int32,
-    "kind": np.int8,
-    "image": np.int16,
-    "row": np.int16,
-    "col": np.int16,
-}
-
-
-class _Examples:
-    """A fixed number of example slots per feature: fields [F, n]; empty slots value -inf."""
-
-    def __init__(self, fields: dict[str, torch.Tensor], extra: dict[str, torch.Tensor]) -> None:
-        self.fields = fields
-        self.extra = extra  # heatmap [F, n, rows, cols], context ids/values [F, n, window]
-
-    @classmethod
-    def empty(
-        cls, d_sae: int, slots: int, grid: tuple[int, int], context: int, *, content: bool
-    ) -> _Examples:
-        fields = {name: torch.full((d_sae, slots), -1, dtype=torch.long) for name in _DTYPES}
-        fields["value"] = torch.full((d_sae, slots), -math.inf)
-        extra = {}
-        if content:
-            window = 2 * context + 1
-            extra = {
-                "heatmap": torch.zeros(d_sae, slots, *grid),
-                "context_ids": torch.full((d_sae, slots, window), -1, dtype=torch.long),
-                "context_values": torch.zeros(d_sae, slots, window),
-            }
-        return cls(fields, extra)
-
-    @classmethod
-    def restore(cls, tensors: dict[str, np.ndarray], group: str) -> _Examples:
-        fields = {
-            name: torch.from_numpy(tensors[f"{group}_{name}"].astype(np.int64))
-            for name in _DTYPES
-            if name != "value"
-        }
-        value = torch.from_numpy(tensors[f"{group}_value"].astype(np.float32))
-        fields["value"] = torch.nan_to_num(value, nan=-math.inf)
-        extra = {
-            name: torch.from_numpy(tensors[f"{group}_{name}"].astype(np.float32))
-            for name in ("heatmap", "context_values")
-            if f"{group}_{name}" in tensors
-        }
-        if f"{group}_context_ids" in tensors:
-            extra["context_ids"] = torch.from_numpy(
-                tensors[f"{group}_context_ids"].astype(np.int64)
-            )
-        return cls(fields, extra)
-
-    def merge(
-        self,
-        candidates: torch.Tensor,
-        meta: _TokenMeta,
-        codes: torch.Tensor,
-        inputs: ModelInputs,
-        content: bool,
-    ) -> None:
-        """Keep the strongest of the current slots and this study's strongest token of each
-        feature (``candidates`` [F, kept]): one example per study, so the top examples are
-        the studies where the feature fires hardest, each at its peak token."""
-        slots = self.fields["value"].shape[1]
-        best = candidates.topk(1, dim=1)
-        new = {"value": best.values, **meta.gather(best.indices)}
-        new_extra = _content_of(new, codes, inputs, self.extra) if content and self.extra else {}
-        self._keep(torch.cat([self.fields["value"], best.values], dim=1), new, new_extra, slots)
-
-    def merge_by_key(
-        self,
-        keys: torch.Tensor,
-        current_keys: torch.Tensor,
-        candidates: torch.Tensor,
-        meta: _TokenMeta,
-    ) -> torch.Tensor:
-        """Keep the slots with the smallest random keys (a uniform sample); returns the keys."""
-        slots = current_keys.shape[1]
-        best = keys.topk(min(slots, keys.shape[1]), dim=1, largest=False)
-        new = {"value": candidates.gather(1, best.indices), **meta.gather(best.indices)}
-        all_keys = torch.cat([current_keys, best.values], dim=1)
-        order = self._keep(-all_keys, new, {}, slots)
-        return all_keys.gather(1, order)
-
-    def _keep(
-        self,
-        score: torch.Tensor,
-        new: dict[str, torch.Tensor],
-        new_extra: dict[str, torch.Tensor],
-        slots: int,
-    ) -> torch.Tensor:
-        order = score.topk(slots, dim=1).indices
-        for name in self.fields:
-            both = torch.cat([self.fields[name], new[name]], dim=1)
-            self.fields[name] = both.gather(1, order)
-        for name, tensor in self.extra.items():
-            both = torch.cat([tensor, new_extra[name]], dim=1)
-            index = order.view(*order.shape, *([1] * (tensor.dim() - 2))).expand(
-                -1, -1, *tensor.shape[2:]
-            )
-            self.extra[name] = both.gather(1, index)
-        return order
-
-    def take(self, picks: torch.Tensor) -> _Examples:
-        return _Examples({name: t.gather(1, picks) for name, t in self.fields.items()}, {})
-
-    def arrays(self, group: str, *, content: bool) -> dict[str, np.ndarray]:
-        value = self.fields["value"]
-        out = {
-            f"{group}_value": torch.where(torch.isfinite(value), value, math.nan).numpy(),
-            **{
-                f"{group}_{name}": self.fields[name].numpy().astype(dtype)
-                for name, dtype in _DTYPES.items()
-                if name != "value"
-            },
-        }
-        if content:
-            out[f"{group}_heatmap"] = self.extra["heatmap"].numpy().astype(np.float16)
-            out[f"{group}_context_ids"] = self.extra["context_ids"].numpy().astype(np.int32)
-            out[f"{group}_context_values"] = self.extra["context_values"].numpy().astype(np.float16)
-        return out
-
-
-def _content_of(
-    new: dict[str, torch.Tensor],
-    codes: torch.Tensor,
-    inputs: ModelInputs,
-    extra: dict[str, torch.Tensor],
-) -> dict[str, torch.Tensor]:
-    """Heat maps of patch candidates and text windows of text candidates [F, n, ...]."""
-    features = torch.arange(codes.shape[1]).view(-1, 1).expand_as(new["position"])
-    rows, cols = extra["heatmap"].shape[2:]
-    starts = _image_starts(inputs)
-    image = new["image"].clamp(min=0)
-    first = starts[image]  # [F, n]: where each candidate's image begins
-    patch = first.unsqueeze(-1) + torch.arange(rows * cols)
-    heatmap = codes.T[features.unsqueeze(-1), patch.clamp(max=codes.shape[0] - 1)]
-    heatmap = heatmap * (new["image"] >= 0).unsqueeze(-1)
-    window = extra["context_ids"].shape[2]
-    offsets = torch.arange(window) - window // 2
-    where = new["position"].unsqueeze(-1) + offsets
-    inside = (where >= 0) & (where < codes.shape[0]) & (new["image"] < 0).unsqueeze(-1)
-    where = where.clamp(0, codes.shape[0] - 1)
-    ids = torch.where(inside, inputs.input_ids[where], -1)
-    values = torch.where(inside, codes.T[features.unsqueeze(-1), where], 0.0)
-    return {"heatmap": heatmap.view(*heatmap.shape[:2], rows, cols), "context_ids": ids,
-            "context_values": values}  # fmt: skip
-
-
-def _image_starts(inputs: ModelInputs) -> torch.Tensor:
-    starts = [0] * _MAX_IMAGES
-    for token in inputs.tokens:
-        if token.image_index is not None and token.grid_row == 0 and token.grid_col == 0:
-            starts[token.image_index] = token.position
-    return torch.tensor(starts, dtype=torch.long)
 
 
 def _thumbnail(pixels: np.ndarray, side: int) -> np.ndarray:

@@ -1,0 +1,149 @@
+"""The work the scheduler queues for the engine thread, and the queue between them.
+
+A job is created on the caller's event loop and finished on the engine thread, which answers
+through ``post`` (thread-safe, and harmless once the caller's loop has closed). A generation's
+events wait in a bounded buffer: past ``buffer_limit`` unsent events the job stops with
+RESOURCE_EXHAUSTED (a caller that does not read its stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from maira_sae.server.engine.types import GenerationEvent
+from maira_sae.server.errors import ResourceExhausted
+
+if TYPE_CHECKING:
+    from maira_sae.server.engine.engine import (
+        AnalysisResult,
+        PreparedAnalysis,
+        PreparedGeneration,
+    )
+
+DEFAULT_STREAM_BUFFER_EVENTS = 512
+
+
+@dataclass(eq=False)
+class Job:
+    loop: asyncio.AbstractEventLoop
+    deadline: float | None  # time.monotonic() seconds
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def post(self, callback: Callable[..., object], *args: object) -> None:
+        """Run ``callback`` on the caller's event loop; a loop that has closed has no caller
+        left to tell, and must not take the engine thread down with it."""
+        with contextlib.suppress(RuntimeError):  # also when it closes between check and call
+            if not self.loop.is_closed():
+                self.loop.call_soon_threadsafe(callback, *args)
+
+
+@dataclass(eq=False)
+class AnalysisJob(Job):
+    prepared: PreparedAnalysis | None = None
+    future: asyncio.Future | None = None
+
+    def resolve(self, outcome: AnalysisResult | BaseException) -> None:
+        assert self.future is not None
+        self.post(_settle, self.future, outcome)
+
+
+@dataclass(eq=False)
+class GenerateJob(Job):
+    """``send`` runs on the engine thread, ``receive`` on the caller's loop; at most
+    ``buffer_limit`` events wait between them, then the job stops with RESOURCE_EXHAUSTED."""
+
+    prepared: PreparedGeneration | None = None
+    buffer_limit: int = DEFAULT_STREAM_BUFFER_EVENTS
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    stop: threading.Event = field(default_factory=threading.Event)
+    _unsent: int = 0
+    _overflowed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, item: GenerationEvent | BaseException | None) -> None:
+        """An event, or the end: an error or None. Nothing is sent after an overflow."""
+        with self._lock:
+            if self._overflowed:
+                return
+            if isinstance(item, BaseException | None):
+                pass  # the end always fits
+            elif self._unsent >= self.buffer_limit:
+                self._overflowed = True
+                self.stop.set()
+                item = ResourceExhausted(
+                    f"the stream's buffer of {self.buffer_limit} unsent events is full "
+                    "(batching.stream_buffer_events): read the stream as it arrives",
+                    retry_after_s=1.0,
+                )
+            else:
+                self._unsent += 1
+        self.post(self.events.put_nowait, item)
+
+    async def receive(self) -> GenerationEvent | BaseException | None:
+        item = await self.events.get()
+        if not isinstance(item, BaseException | None):
+            with self._lock:
+                self._unsent -= 1
+        return item
+
+
+def _settle(future: asyncio.Future, outcome: object) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+class JobQueue:
+    """Jobs from the event loop to the engine thread, in arrival order."""
+
+    def __init__(self) -> None:
+        self._jobs: deque[Job] = deque()
+        self._condition = threading.Condition()
+        self._closed = False
+
+    def put(self, job: Job) -> None:
+        with self._condition:
+            self._jobs.append(job)
+            self._condition.notify()
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+    def take_all(self, *, wait: bool) -> list[Job] | None:
+        """Every queued job (waiting for one when ``wait``); None once closed and empty."""
+        with self._condition:
+            if wait and not self._jobs and not self._closed:
+                self._condition.wait()
+            if self._closed and not self._jobs and wait:
+                return None
+            jobs = list(self._jobs)
+            self._jobs.clear()
+            return jobs
+
+    def add_arriving_analyses(self, batch: list[AnalysisJob], size: int, window_s: float) -> None:
+        """Add analysis jobs arriving within ``window_s`` to ``batch``, up to ``size``; a
+        generation met on the way stays queued for the next turn."""
+        window_end = time.monotonic() + window_s
+        while len(batch) < size:
+            with self._condition:
+                remaining = window_end - time.monotonic()
+                if not self._jobs and remaining > 0 and not self._closed:
+                    self._condition.wait(remaining)
+                if not self._jobs or not isinstance(self._jobs[0], AnalysisJob):
+                    return
+                batch.append(self._jobs.popleft())  # type: ignore[arg-type]
