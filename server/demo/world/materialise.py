@@ -30,7 +30,7 @@ from maira_sae.server.demo.world.model_spec import PREPROCESSING, world_config_d
 from maira_sae.server.maira2.checkpoint import INDEX_FILE
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 
-ARTIFACT_DIR = Path(__file__).parent / "artifact"
+ARTIFACT_DIR = Path(__file__).resolve().parent / "artifact"  # the real folder, not a link
 PROVENANCE_FILE = "provenance.json"
 LM_NAME = "maira-sae synthetic world demo (trained, not clinical)"
 
