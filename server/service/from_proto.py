@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -271,13 +271,7 @@ def encode_request_from_proto(
 ) -> EncodeRequest:
     _limit(msg.top_k_per_token, limits.max_top_k, "top_k_per_token", "max_top_k")
     return EncodeRequest(
-        task=task_from_proto(msg.task, limits),
-        response=_optional_text(msg, "response", limits),
-        sae_id=sae_id_from_proto(msg.sae_id, limits),
-        token_filter=token_filter_from_proto(msg.token_filter, limits),
-        top_k_per_token=msg.top_k_per_token,
-        matryoshka_level=msg.matryoshka_level or None,
-        study=study_from_proto(msg.study, limits, decode),
+        **_analysis_fields(msg, limits, decode), top_k_per_token=msg.top_k_per_token
     )
 
 
@@ -285,17 +279,28 @@ def top_features_request_from_proto(
     msg: pb.TopFeaturesRequest, limits: LimitsConfig, decode: DecodeImage
 ) -> TopFeaturesRequest:
     _limit(msg.k, limits.max_top_k, "k", "max_top_k")
+    aggregation = _enum(msg.aggregation, _AGGREGATIONS, "aggregation", Aggregation.MAX)
     return TopFeaturesRequest(
-        task=task_from_proto(msg.task, limits),
-        response=_optional_text(msg, "response", limits),
-        sae_id=sae_id_from_proto(msg.sae_id, limits),
-        aggregation=_enum(msg.aggregation, _AGGREGATIONS, "aggregation", Aggregation.MAX),
-        token_filter=token_filter_from_proto(msg.token_filter, limits),
+        **_analysis_fields(msg, limits, decode),
+        aggregation=aggregation,
         k=msg.k or DEFAULT_TOP_K,
         labelled_only=msg.labelled_only,
-        matryoshka_level=msg.matryoshka_level or None,
-        study=study_from_proto(msg.study, limits, decode),
     )
+
+
+def _analysis_fields(
+    msg: pb.EncodeRequest | pb.TopFeaturesRequest, limits: LimitsConfig, decode: DecodeImage
+) -> dict[str, Any]:
+    """What Encode and TopFeatures requests share; the study last, so that a request that is
+    wrong elsewhere is refused before its images are decoded."""
+    return {
+        "task": task_from_proto(msg.task, limits),
+        "response": _optional_text(msg, "response", limits),
+        "sae_id": sae_id_from_proto(msg.sae_id, limits),
+        "token_filter": token_filter_from_proto(msg.token_filter, limits),
+        "matryoshka_level": msg.matryoshka_level or None,
+        "study": study_from_proto(msg.study, limits, decode),
+    }
 
 
 def settings_from_proto(msg: pb.GenerationSettings, limits: LimitsConfig) -> GenerationSettings:

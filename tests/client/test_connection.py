@@ -71,7 +71,8 @@ def test_full_queue_is_retried_after_the_servers_delay_then_succeeds(
 
         with pytest.raises(ServerBusyError) as busy:
             blocker_client.top_features(study, k=1)
-        assert busy.value.retry_after_s == pytest.approx(0.2)
+        # The server's delay adapts to how long places are held (warm-up included), from 0.2 s.
+        assert busy.value.retry_after_s >= 0.2
 
         release = threading.Timer(0.3, blocker.close)
         release.start()
