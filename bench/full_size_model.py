@@ -96,10 +96,10 @@ def full_study() -> Study:
     )
 
 
-def full_size_engine(
+def full_size_parts(
     config: Maira2Config, device: torch.device, dtype: torch.dtype, folder: Path
-) -> Engine:
-    """The engine over the random model and a random ef4 SAE calibrated on the layer-15
+) -> tuple[Maira2ForConditionalGeneration, Maira2Processor, SaeEntry]:
+    """The random model, its processor and a random ef4 SAE calibrated on the layer-15
     residual of the frontal study (about 64 active features per token)."""
     model = random_model(config, device, dtype)
     processor = processor_for(config, folder)
@@ -110,7 +110,14 @@ def full_size_engine(
         EXPANSION * config.hidden_size,
         group_sizes=_group_sizes(EXPANSION * config.hidden_size),
     )
-    entry = SaeEntry(SAE_ID, sae, FeatureCatalogue.empty(), SAE_LAYER)
+    return model, processor, SaeEntry(SAE_ID, sae, FeatureCatalogue.empty(), SAE_LAYER)
+
+
+def full_size_engine(
+    config: Maira2Config, device: torch.device, dtype: torch.dtype, folder: Path
+) -> Engine:
+    """The engine over ``full_size_parts``."""
+    model, processor, entry = full_size_parts(config, device, dtype, folder)
     return Engine(model, processor, [entry])
 
 

@@ -5,8 +5,11 @@
 
 Reports: Encode latency for a frontal-only study (~1.4k tokens) and a frontal + lateral +
 prior study (~4.2k tokens) with the SAE encode's share; decode tokens per second at batch 1, 8
-and 32 with and without steering, against the memory-bandwidth limit; peak GPU memory.
-Targets: steered decode at batch 1 >= 200 tokens/s; Encode (frontal only) < 80 ms.
+and 32 with and without steering, against the memory-bandwidth limit; the decode paths
+(dynamic, static, captured with CUDA graphs) at batch 1, 8 and 32 and 32 concurrent steered
+streams against one (``bench/decode_paths.py``); peak GPU memory.
+Targets: steered decode at batch 1 >= 200 tokens/s; Encode (frontal only) < 80 ms; 32
+concurrent steered streams >= 10x the tokens/s of one.
 Stops measuring (and says so) when ``--budget-s`` is spent, to fit one 10-minute command.
 """
 
@@ -22,11 +25,11 @@ from typing import Any
 
 import torch
 
-from bench import sae_encode
+from bench import decode_paths, sae_encode
 from bench.full_size_model import (
     SAE_LAYER,
     frontal_study,
-    full_size_engine,
+    full_size_parts,
     full_study,
     maira2_config,
 )
@@ -34,6 +37,8 @@ from bench.generation_runs import ADD, BASELINE, CLAMP, generation_request, time
 from bench.harness import at_least, at_most, check, emit, machine, median, synchronised
 from maira_sae.server.engine.capture import capture_batch
 from maira_sae.server.engine.engine import Engine
+from maira_sae.server.engine.static_decode_batch import StaticDecodeSettings
+from maira_sae.server.engine.token_limits import TokenLimits
 from maira_sae.server.engine.types import EncodeRequest, Variant
 from maira_sae.server.maira2.study import Study
 
@@ -75,7 +80,12 @@ def run(*, smoke: bool, budget: Budget) -> dict[str, Any]:
     config = maira2_config(smoke=smoke)
     repeats = 1 if smoke else 5
     with tempfile.TemporaryDirectory() as folder:
-        engine = full_size_engine(config, device, dtype, Path(folder))
+        model, processor, entry = full_size_parts(config, device, dtype, Path(folder))
+    engine = Engine(model, processor, [entry])
+
+    def engine_for(static: StaticDecodeSettings | None, limits: TokenLimits) -> Engine:
+        return Engine(model, processor, [entry], token_limits=limits, static_decode=static)
+
     built_s = time.perf_counter() - started
     weights_bytes = _decode_weight_bytes(engine)
     report: dict[str, Any] = {
@@ -118,6 +128,10 @@ def run(*, smoke: bool, budget: Budget) -> dict[str, Any]:
                     fraction_of_bandwidth_limit=rate / bandwidth_limit,
                 )
             )
+    report["decode_paths"], path_checks = decode_paths.run(
+        engine_for, smoke=smoke, repeats=repeats, allows=budget.allows
+    )
+    checks += path_checks
     if budget.allows("sae_encode"):
         report["sae_encode"] = sae_encode.run(quick=smoke, device=device.type)
     report["peak_memory_bytes"] = _peak_memory(device)

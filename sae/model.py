@@ -201,6 +201,25 @@ class MatryoshkaSAE(torch.nn.Module):
         threshold = self.threshold if self.threshold.ndim == 0 else self.threshold[features]
         return _keep_above(torch.relu(pre), threshold)
 
+    def encode_row_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Each row's own features: ``x`` [B, T, d_model] and ``features`` [B, K] (indices)
+        -> [B, T, K], row b reading features[b]. Fixed shapes whatever the indices, so a
+        captured graph can take new indices in place.
+
+        Equal to ``encode(x)[b, :, features[b]]`` up to float rounding.
+        """
+        features = features.to(device=self.device, dtype=torch.long)
+        if self._top_k is not None:
+            code = self.encode(x)
+            return code.gather(-1, features.unsqueeze(1).expand(-1, code.shape[1], -1))
+        columns = self.W_enc[:, features]  # [d_model, B, K]
+        pre = torch.einsum("btd,dbk->btk", self._scaled_input(x), columns)
+        pre = pre + self.b_enc[features].unsqueeze(1)
+        if self.threshold is None:
+            return torch.relu(pre)
+        threshold = self.threshold if self.threshold.ndim == 0 else self.threshold[features]
+        return _keep_above(torch.relu(pre), threshold.unsqueeze(1) if threshold.ndim else threshold)
+
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """SAE-space reconstruction ``f @ W_dec[:w] + b_dec`` (approximates ``x * input_scale``).
 

@@ -97,7 +97,7 @@ class SteeringEdit:
             validate_intervention(intervention, sae, d_model)
         self._interventions = tuple(interventions)
         self._sae = sae
-        self._directions = _directions(self._interventions, sae, device)
+        self._directions = residual_directions(self._interventions, sae, device)
         # An ADD moves every selected position by the same vector: computed once here.
         self._add_steps = {
             index: intervention.value * self._directions[index]
@@ -157,10 +157,10 @@ class SteeringEdit:
         return activations
 
 
-def _directions(
+def residual_directions(
     interventions: Sequence[Intervention], sae: MatryoshkaSAE | None, device: torch.device
 ) -> list[torch.Tensor]:
-    """Residual-space direction per intervention: unit for ADD and raw directions."""
+    """Residual-space direction per intervention (float32): unit for ADD and raw directions."""
     directions = []
     for intervention in interventions:
         if intervention.direction is not None:
@@ -175,10 +175,19 @@ def _directions(
     return directions
 
 
+def coefficient_terms(intervention: Intervention) -> tuple[float, float]:
+    """``(offset, gain)``: an intervention moves ``offset + gain * activation`` along its
+    direction (an ADD reads no activation: its gain is 0)."""
+    if intervention.mode is SteeringMode.ADD:
+        return intervention.value, 0.0
+    if intervention.mode is SteeringMode.CLAMP:
+        return intervention.value, -1.0
+    if intervention.mode is SteeringMode.ABLATE:
+        return 0.0, -1.0
+    return 0.0, intervention.value - 1.0
+
+
 def _coefficient(intervention: Intervention, activation: torch.Tensor) -> torch.Tensor:
     """How far a CLAMP, ABLATE or SCALE moves along its direction, per position: [B, T]."""
-    if intervention.mode is SteeringMode.CLAMP:
-        return intervention.value - activation
-    if intervention.mode is SteeringMode.ABLATE:
-        return -activation
-    return (intervention.value - 1.0) * activation
+    offset, gain = coefficient_terms(intervention)
+    return offset + gain * activation

@@ -33,6 +33,7 @@ from maira_sae.server.engine.features import (
 )
 from maira_sae.server.engine.generation import GenerationCall
 from maira_sae.server.engine.logit_effects import LogitEffects
+from maira_sae.server.engine.static_decode_batch import StaticDecodeBatch, StaticDecodeSettings
 from maira_sae.server.engine.token_limits import TokenLimits
 from maira_sae.server.engine.types import (
     EncodeRequest,
@@ -62,6 +63,7 @@ from maira_sae.server.maira2.study import TaskKind
 
 AnalysisRequest = EncodeRequest | TopFeaturesRequest
 AnalysisResult = EncodeResult | TopFeaturesResult
+RowBatch = DecodeBatch | StaticDecodeBatch
 R = TypeVar("R", EncodeRequest, TopFeaturesRequest, GenerateRequest)
 
 _NO_PIXELS = np.zeros((0, 0), dtype=np.uint8)
@@ -103,8 +105,10 @@ class Engine:
         *,
         default_sae_id: str | None = None,
         token_limits: TokenLimits | None = None,
+        static_decode: StaticDecodeSettings | None = None,
     ) -> None:
-        """``token_limits`` default to the model's context length for both limits."""
+        """``token_limits`` default to the model's context length for both limits;
+        ``static_decode`` selects the graph-ready decode batch (``static_decode_batch``)."""
         if not saes:
             raise ValueError("the engine needs at least one SAE")
         self.model = model
@@ -118,6 +122,11 @@ class Engine:
         self.token_limits = token_limits or TokenLimits(context_length, context_length)
         self._logit_effects = LogitEffects(model, processor.token_text)
         self._finishers: dict[int, Callable[[], None]] = {}  # id(call) -> send its results
+        self._static_batch = (
+            None
+            if static_decode is None
+            else static_decode.build(model, [(entry.sae, entry.layer) for entry in saes])
+        )
         self._decoder_norms = {
             entry.sae_id: entry.sae.W_dec.float().norm(dim=1).tolist() for entry in saes
         }
@@ -278,18 +287,17 @@ class Engine:
             total_tokens=len(tokens),
         )
 
-    def new_batch(self) -> DecodeBatch:
+    def new_batch(self) -> RowBatch:
         """An empty set of running generations, decoded together step by step."""
+        if self._static_batch is not None:
+            return self._static_batch.reset()
         return DecodeBatch(self.model)
 
-    def begin(
-        self,
-        batch: DecodeBatch,
-        prepared: PreparedGeneration,
-        emit: Callable[[GenerationEvent], None],
+    def start(
+        self, prepared: PreparedGeneration, emit: Callable[[GenerationEvent], None]
     ) -> GenerationCall:
-        """Prefill a call and add its rows to ``batch``; its tokens come with the next steps,
-        then one VariantFinished per variant."""
+        """A call ready to prefill (no model work yet): ``prefill_chunk`` runs its prompt;
+        its tokens come with the steps after it joins, then one VariantFinished per variant."""
         request, entry, inputs = prepared.request, prepared.entry, prepared.inputs
         call = GenerationCall(
             self.model,
@@ -302,14 +310,37 @@ class Engine:
             decode=self.processor.decode_generated,
             emit=emit,
         )
-        with _out_of_memory_is_retryable():
-            batch.join(call, call.prefill())
         self._finishers[id(call)] = partial(
             self._finish, call, emit, inputs, request.task.kind is not TaskKind.FINDINGS
         )
         return call
 
-    def step(self, batch: DecodeBatch) -> list[GenerationCall]:
+    def prefill_chunk(self, batch: RowBatch, call: GenerationCall, max_tokens: int) -> bool:
+        """Run up to ``max_tokens`` more of the call's prompt; True once the prompt is done
+        and the call's rows have joined ``batch``. A call whose prefill fails is dropped."""
+        try:
+            with _out_of_memory_is_retryable():
+                prefilled = call.prefill_chunk(max_tokens)
+                if prefilled is not None:
+                    batch.join(call, prefilled)
+        except BaseException:
+            self._finishers.pop(id(call), None)
+            raise
+        return prefilled is not None
+
+    def begin(
+        self,
+        batch: RowBatch,
+        prepared: PreparedGeneration,
+        emit: Callable[[GenerationEvent], None],
+    ) -> GenerationCall:
+        """Prefill a call in one go and add its rows to ``batch`` (``start`` and one
+        ``prefill_chunk`` of the whole prompt)."""
+        call = self.start(prepared, emit)
+        self.prefill_chunk(batch, call, call.prefill_remaining)
+        return call
+
+    def step(self, batch: RowBatch) -> list[GenerationCall]:
         """One decode step for every row of ``batch``; returns the calls that ended (their
         VariantFinished events are sent)."""
         with _out_of_memory_is_retryable():
@@ -318,13 +349,15 @@ class Engine:
             self._finishers.pop(id(call))()
         return ended
 
-    def stop(self, batch: DecodeBatch, call: GenerationCall, reason: FinishReason) -> None:
-        """End a running call now (cancel, deadline): its rows leave the batch at once."""
+    def stop(self, batch: RowBatch, call: GenerationCall, reason: FinishReason) -> None:
+        """End a call now (cancel, deadline): its rows leave the batch at once (a call still
+        being prefilled gets no more chunks)."""
         call.stop(reason)
-        batch.remove(call)
+        if call in batch.calls:
+            batch.remove(call)
         self._finishers.pop(id(call))()
 
-    def forget(self, batch: DecodeBatch) -> None:
+    def forget(self, batch: RowBatch) -> None:
         """Drop every call of a batch that failed (its callers are told by the scheduler)."""
         for call in batch.calls:
             self._finishers.pop(id(call), None)
@@ -336,7 +369,7 @@ class Engine:
         should_stop: Callable[[], bool],
     ) -> None:
         """One call from prefill to its last token on a batch of its own (offline use; the
-        scheduler interleaves calls with ``begin``/``step``/``stop``)."""
+        scheduler interleaves calls with ``start``/``prefill_chunk``/``step``/``stop``)."""
         batch = self.new_batch()
         call = self.begin(batch, prepared, emit)
         try:

@@ -1,33 +1,33 @@
 """One GenerateSteered call between decode steps: its rows, its steering, its sampler.
 
-Every variant of a call is a row. ``GenerationCall.prefill`` runs the prompt; from then on the
-call's rows live in a ``DecodeBatch`` (``decode_batch``) beside the rows of other calls, and
-each decode step hands the call the logits of its rows still running: ``take`` samples their
-next tokens, streams them and retires the rows that end (EOS, length), so a finished variant
-costs nothing more. The call ends when its last row does, or when it is stopped (cancel,
-deadline).
+Every variant of a call is a row. ``GenerationCall.prefill_chunk`` runs the prompt, whole or
+in chunks of at most so many tokens over several scheduler turns (``prefill``: in one go);
+from then on the call's rows live in a ``DecodeBatch`` (``decode_batch``) beside the rows of
+other calls, and each decode step hands the call the logits of its rows still running:
+``take`` samples their next tokens, streams them and retires the rows that end (EOS, length),
+so a finished variant costs nothing more. The call ends when its last row does, or when it is
+stopped (cancel, deadline).
 
 The variants of a call share one prompt, so the prefill is shared: when no intervention
 touches a prompt position the whole prompt runs once (vision tower included) and its cache is
 repeated per row; otherwise it runs once up to the steering layer, and from there as one row
-per variant. Positions no intervention selects are bit-for-bit unedited, so skipping the edit
-where it selects nothing changes nothing. Each forward tells the steerer which absolute
-position it covers, so an intervention scoped to the prompt, the generated tokens, the image
-patches or explicit ranges lands exactly there.
+per variant (``prefill.ChunkedPrefill``). Positions no intervention selects are bit-for-bit
+unedited, so skipping the edit where it selects nothing changes nothing. Each forward (a
+prefill chunk, a decode step) tells the steerer which absolute position it starts at, so an
+intervention scoped to the prompt, the generated tokens, the image patches or explicit ranges
+lands exactly there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
-from typing import Any
 
 import torch
 
 from maira_sae.sae.model import MatryoshkaSAE
 from maira_sae.server.engine.detokenize import IncrementalDecoder
-from maira_sae.server.engine.hooks import branch_batch, edit_residuals
+from maira_sae.server.engine.prefill import ChunkedPrefill, Prefilled
 from maira_sae.server.engine.sampling import RowSampler
 from maira_sae.server.engine.steering_plan import ChunkSteerer, SteeringPlan
 from maira_sae.server.engine.types import (
@@ -39,6 +39,8 @@ from maira_sae.server.engine.types import (
 )
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 from maira_sae.server.maira2.processor import ModelInputs
+
+__all__ = ["GenerationCall", "Prefilled", "RowResult"]
 
 
 @dataclass(frozen=True)
@@ -58,15 +60,6 @@ class _Row:
     finish_reason: FinishReason | None = None
 
 
-@dataclass(frozen=True)
-class Prefilled:
-    """A call's prompt run: the KV cache of its rows and the logits of their first token."""
-
-    cache: Any  # transformers' DynamicCache, batch = the call's rows
-    logits: torch.Tensor  # [rows, vocab]
-    length: int  # cached positions per row (the prompt's length)
-
-
 class GenerationCall:
     """The state of one call's rows between decode steps (owned by the engine thread)."""
 
@@ -83,8 +76,6 @@ class GenerationCall:
         decode: Callable[[Sequence[int]], str],
         emit: Callable[[GenerationEvent], None],
     ) -> None:
-        self._model = model
-        self._inputs = inputs
         self._settings = settings
         self._eos_token_ids = eos_token_ids
         self._emit = emit
@@ -100,6 +91,14 @@ class GenerationCall:
             device=model.device,
         )
         self._rows = [_Row(IncrementalDecoder(decode)) for _ in variants]
+        touches_prompt = self._plan.touches_prompt
+        self._prefill = ChunkedPrefill(
+            model,
+            inputs,
+            len(variants),
+            branch=steer_layer if touches_prompt else None,
+            steerer=self._steerer if touches_prompt else None,
+        )
         self.active: list[int] = list(range(len(variants)))  # rows still generating, in order
         self.generated = 0  # tokens generated per row so far (the decode step count)
         self.next_tokens: torch.Tensor | None = None  # [active]: the tokens the next step feeds
@@ -117,14 +116,21 @@ class GenerationCall:
     def steerer(self) -> ChunkSteerer | None:
         return self._steerer
 
+    @property
+    def prefill_remaining(self) -> int:
+        """Prompt tokens not run yet (0 once the prefill is done)."""
+        return self._prefill.remaining
+
+    def prefill_chunk(self, max_tokens: int) -> Prefilled | None:
+        """Run the next ``max_tokens`` prompt tokens for every row (shared where the rows do
+        not differ yet): the Prefilled once the prompt is done, None while more remain."""
+        return self._prefill.run(max_tokens)
+
     def prefill(self) -> Prefilled:
-        """Run the prompt for every row (shared where the rows do not differ yet)."""
-        rows = len(self._rows)
-        branch = self.steer_layer if self._plan.touches_prompt else None
-        edits = {} if self._steerer is None or branch is None else {self.steer_layer: self._steerer}
-        with torch.inference_mode(), edit_residuals(self._model.decoder_layers, edits):
-            output = _shared_prefill(self._model, self._inputs, rows, branch)
-        return Prefilled(output.cache, output.logits[:, -1, :], self.prompt_length)
+        """Run the whole prompt in one forward."""
+        prefilled = self.prefill_chunk(self.prefill_remaining)
+        assert prefilled is not None
+        return prefilled
 
     def take(self, logits: torch.Tensor) -> list[int]:
         """Sample the next token of each active row from its ``logits [active, vocab]``,
@@ -164,29 +170,3 @@ class GenerationCall:
                       row.num_tokens)
             for index, row in enumerate(self._rows)
         ]  # fmt: skip
-
-
-def _shared_prefill(
-    model: Maira2ForConditionalGeneration, inputs: ModelInputs, rows: int, branch: int | None
-) -> Any:
-    """The prompt's forward for ``rows`` identical rows, computed once below ``branch`` (the
-    whole prompt when ``branch`` is None); the output's cache and logits have ``rows`` rows."""
-    device = model.device
-    forward = partial(
-        model,
-        input_ids=inputs.input_ids.to(device).unsqueeze(0),
-        pixel_values=inputs.pixel_values.to(device, model.dtype),
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    shared_layers = model.num_text_layers if branch is None else branch
-    if branch is None:
-        output = forward()
-        output.logits = output.logits.expand(rows, -1, -1)
-    else:
-        with branch_batch(model.decoder_layers, branch, rows):
-            output = forward()
-    if rows > 1:
-        for layer in output.cache.layers[:shared_layers]:
-            layer.batch_repeat_interleave(rows)
-    return output

@@ -8,16 +8,19 @@ vLLM's scheduler does). Each turn of its loop:
 
 1. runs one batch of queued Encode and TopFeatures requests (those arriving within a short
    window share the forward pass; while generations run, no window is waited for);
-2. prefills newly admitted generations, up to ``prefill_token_budget`` prompt tokens (one
-   prompt at least) and while their rows fit ``max_decode_rows`` and ``max_kv_positions``;
-   the others wait, in order;
+2. spends at most ``prefill_token_budget`` prompt tokens on prefills, in arrival order: first
+   the next chunk of a call being prefilled, then newly admitted generations whose prompt fits
+   what is left of the budget and whose rows fit ``max_decode_rows`` and ``max_kv_positions``
+   (the others wait, in order). A prompt larger than the budget is prefilled in chunks, one
+   per turn (chunked prefill), so a long prompt delays the running streams by at most about
+   one budget's forward per step; a call counts against the limits from its first chunk;
 3. runs one decode step for every row of every running generation together, each row with
    its own steering, sampler and stop conditions, and retires the rows that end.
 
 So analysis never waits for a whole generation, nor generations for a stream of analyses.
 Work whose deadline has passed is dropped before it reaches the model; a cancelled call, an
 expired one, and one whose caller does not read its stream (``stream_buffer_events`` unsent)
-leave the batch at the next step.
+leave the batch at the next step (a call still being prefilled gets no more chunks).
 """
 
 from __future__ import annotations

@@ -55,6 +55,15 @@ class SteeringPlan:
     def prompt_length(self) -> int:
         return self._prompt_length
 
+    def row_interventions(self, row: int) -> tuple[int, ...]:
+        """Indices (into ``interventions``) of the interventions of one row, in order."""
+        return tuple(index for index, item in enumerate(self._items) if item.row == row)
+
+    def gates_at(self, position: int) -> list[bool]:
+        """For one absolute position, whether each intervention applies there."""
+        at = torch.tensor([position])
+        return [bool(self._positions_in_scope(item, at)[0]) for item in self._items]
+
     @property
     def touches_prompt(self) -> bool:
         """True when some intervention selects a prompt position: rows then differ from the
@@ -109,6 +118,14 @@ class ChunkSteerer:
         self._rows: torch.Tensor | None = None  # the plan's rows in the hidden states; None: all
         self._edit: SteeringEdit | None = None
         self._decode_masks: torch.Tensor | None = None
+
+    @property
+    def plan(self) -> SteeringPlan:
+        return self._plan
+
+    @property
+    def sae(self) -> MatryoshkaSAE | None:
+        return self._sae
 
     def set_chunk(self, start: int) -> None:
         self._start = start

@@ -1,10 +1,14 @@
 """The engine thread's loop: one model step at a time, as vLLM's engine core runs them.
 
 Each turn of ``StepLoop.turn`` runs one batch of queued Encode and TopFeatures requests,
-prefills newly admitted generations within the prefill token budget while their rows fit the
-row and KV limits (the others wait, in order), and runs one decode step for every row of every
-running generation together, retiring the rows that end. Calls whose caller left, whose
-deadline passed or whose stream overflowed leave the batch before the next step.
+spends at most the prefill token budget on prompt tokens, and runs one decode step for every
+row of every running generation together, retiring the rows that end. The budget goes, in
+arrival order, first to the call being prefilled, then to waiting calls whose rows fit the row
+and KV limits and whose prompt fits what is left of it (the others wait, in order); a prompt
+larger than the budget is prefilled in chunks, one per turn, with a decode step for the
+running rows between them (chunked prefill), so a long prompt delays the running streams by
+about one budget's forward per step. Calls whose caller left, whose deadline passed or whose
+stream overflowed leave before their next forward (prefill chunk or decode step).
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ class RunningCall(Protocol):
     @property
     def done(self) -> bool: ...
 
+    @property
+    def prefill_remaining(self) -> int: ...
+
 
 class RowBatch(Protocol):
     @property
@@ -53,12 +60,11 @@ class ModelRunner(Protocol):
 
     def new_batch(self) -> RowBatch: ...
 
-    def begin(
-        self,
-        batch: RowBatch,
-        prepared: PreparedGeneration,
-        emit: Callable[[GenerationEvent], None],
+    def start(
+        self, prepared: PreparedGeneration, emit: Callable[[GenerationEvent], None]
     ) -> RunningCall: ...
+
+    def prefill_chunk(self, batch: RowBatch, call: RunningCall, max_tokens: int) -> bool: ...
 
     def step(self, batch: RowBatch) -> Sequence[RunningCall]: ...
 
@@ -110,11 +116,12 @@ class StepLoop:
         self._batch = self._engine.new_batch()
         self._running: dict[int, tuple[GenerateJob, RunningCall]] = {}  # id(call) -> ...
         self._waiting: deque[GenerateJob] = deque()
+        self._prefilling: tuple[GenerateJob, RunningCall] | None = None  # its prompt in part
         self._analysis: deque[AnalysisJob] = deque()
 
     def turn(self) -> bool:
         """One turn: an analysis batch, new prefills, one decode step. False once closed."""
-        idle = not (self._running or self._waiting or self._analysis)
+        idle = not (self._running or self._prefilling or self._waiting or self._analysis)
         jobs = self._queue.take_all(wait=idle)
         if jobs is None:
             return False
@@ -123,14 +130,16 @@ class StepLoop:
         started = time.monotonic()
         if self._analysis:
             self._run_analysis_batch()
-        self._admit_prefills()
+        self._stop_unwanted()  # before each forward: the prefill chunks, then the step
+        self._run_prefills()
         self._stop_unwanted()
         if self._batch.calls:
             self._decode_step()
+        waiting = sum(len(job.prepared.inputs.tokens) for job in self._waiting)  # type: ignore[union-attr]
+        if self._prefilling is not None:
+            waiting += self._prefilling[1].prefill_remaining
         self._observer.decode_batch(
-            self._batch.rows,
-            self._batch.rows * self._batch.cached_positions,
-            sum(len(job.prepared.inputs.tokens) for job in self._waiting),  # type: ignore[union-attr]
+            self._batch.rows, self._batch.rows * self._batch.cached_positions, waiting
         )
         self._observer.busy(time.monotonic() - started)
         return True
@@ -138,14 +147,28 @@ class StepLoop:
     def _run_analysis_batch(self) -> None:
         size = self._max_batch_size
         batch = [self._analysis.popleft() for _ in range(min(size, len(self._analysis)))]
-        if not (self._running or self._waiting or self._analysis):
+        if not (self._running or self._prefilling or self._waiting or self._analysis):
             # idle otherwise: wait a moment for company
             self._queue.add_arriving_analyses(batch, size, self._batch_window_s)
         self._run_analysis(batch)
 
-    def _admit_prefills(self) -> None:
-        budget = self._limits.prefill_token_budget
-        spent = 0
+    def _run_prefills(self) -> None:
+        """Spend at most the budget on prompt tokens: the call being prefilled first, then the
+        waiting calls in order; the first prompt of a turn may be larger than the budget, and
+        is then prefilled one chunk per turn."""
+        left = self._limits.prefill_token_budget
+        while left > 0:
+            if self._prefilling is None and not self._start_next(left):
+                return
+            assert self._prefilling is not None
+            job, call = self._prefilling
+            chunk = min(call.prefill_remaining, left)
+            left -= chunk
+            self._prefill_chunk(job, call, chunk)
+
+    def _start_next(self, left: int) -> bool:
+        """Start the first waiting call if it may start now (its prompt fits the ``left``
+        budget, or the whole budget is left; its rows fit the limits)."""
         while self._waiting:
             job = self._waiting[0]
             if not self._wanted_before_start(job):
@@ -155,13 +178,14 @@ class StepLoop:
             assert prepared is not None
             prompt = len(prepared.inputs.tokens)
             rows = len(prepared.request.variants)
-            if spent and spent + prompt > budget:
-                return
+            if prompt > left and left < self._limits.prefill_token_budget:
+                return False  # it waits for a whole budget rather than start on a rest
             if not self._fits(rows, prompt + prepared.request.settings.max_new_tokens):
-                return  # in order: later calls wait behind it (no starvation of large calls)
+                return False  # in order: later calls wait behind it (no starvation of large calls)
             self._waiting.popleft()
-            spent += prompt
-            self._begin(job)
+            if self._start(job):
+                return True
+        return False
 
     def _fits(self, rows: int, length: int) -> bool:
         if not self._batch.calls:
@@ -182,17 +206,33 @@ class StepLoop:
             return False
         return True
 
-    def _begin(self, job: GenerateJob) -> None:
+    def _start(self, job: GenerateJob) -> bool:
         assert job.prepared is not None
         self._observer.batch_started(1, [time.monotonic() - job.enqueued_at])
         try:
-            call = self._engine.begin(self._batch, job.prepared, self._emitter(job))
+            self._prefilling = (job, self._engine.start(job.prepared, self._emitter(job)))
         except Exception as error:
-            if not isinstance(error, ServiceError):
-                log.exception("prefill failed")
-            job.send(error)
+            self._failed(job, error)
+            return False
+        return True
+
+    def _prefill_chunk(self, job: GenerateJob, call: RunningCall, max_tokens: int) -> None:
+        """One chunk of the call being prefilled; once its prompt is done it runs."""
+        try:
+            joined = self._engine.prefill_chunk(self._batch, call, max_tokens)
+        except Exception as error:
+            self._prefilling = None
+            self._failed(job, error)
             return
-        self._running[id(call)] = (job, call)
+        if joined:
+            self._prefilling = None
+            self._running[id(call)] = (job, call)
+
+    @staticmethod
+    def _failed(job: GenerateJob, error: Exception) -> None:
+        if not isinstance(error, ServiceError):
+            log.exception("prefill failed")
+        job.send(error)
 
     def _emitter(self, job: GenerateJob) -> Callable[[GenerationEvent], None]:
         first_token_seen = False
@@ -209,12 +249,16 @@ class StepLoop:
         return emit
 
     def _stop_unwanted(self) -> None:
-        """Calls whose caller left, whose deadline passed or whose stream overflowed leave the
-        batch before the step, so they never cost another forward."""
-        for key, (job, call) in list(self._running.items()):
+        """Calls whose caller left, whose deadline passed or whose stream overflowed leave
+        (the batch, or the prefill) before the next forward, so they never cost another."""
+        calls = list(self._running.items())
+        if self._prefilling is not None:
+            calls.append((id(self._prefilling[1]), self._prefilling))
+        for key, (job, call) in calls:
             if job.stop.is_set() or job.expired():
                 self._engine.stop(self._batch, call, FinishReason.CANCELLED)
-                del self._running[key]
+                if self._running.pop(key, None) is None:
+                    self._prefilling = None
                 self._end(job)
 
     def _decode_step(self) -> None:

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from maira_sae.server.engine.scheduler import DecodeLimits, Scheduler
+from maira_sae.server.engine.scheduler import Scheduler
 from maira_sae.server.engine.types import (
     EncodeRequest,
     GenerateRequest,
@@ -82,11 +82,7 @@ class MairaSaeServer:
             max_batch_size=batching.max_batch_size,
             batch_window_s=batching.batch_window_ms / 1000,
             stream_buffer_events=batching.stream_buffer_events,
-            limits=DecodeLimits(
-                max_rows=batching.max_decode_rows,
-                max_kv_positions=batching.max_kv_positions,
-                prefill_token_budget=batching.prefill_token_budget,
-            ),
+            limits=self.runtime.decode_limits,
             observer=self.metrics,
         )
         self._scheduler.start()
@@ -157,6 +153,7 @@ class MairaSaeServer:
             self.config,
             self.runtime.versions,
             self.runtime.engine.token_limits,
+            self.runtime.decode_limits,
             self.runtime.engine.default_sae_id,
         )
         self._servicer = MairaSaeServicer(self.runtime.engine, self._scheduler, self.config, info)

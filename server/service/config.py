@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maira_sae.client.dicom import DicomOptions
+from maira_sae.server.engine.decode_choices import COMPILE_CHOICES, DECODE_PATHS
 
 MIB = 1024 * 1024
 
@@ -258,8 +259,31 @@ class BatchingConfig:
     prefill_token_budget: int = field(
         default=8192,
         metadata=_help(
-            "prompt tokens prefilled between two decode steps (at least one prompt): how long"
-            " a new call may delay the running streams"
+            "prompt tokens prefilled between two decode steps (a larger prompt in chunks, one"
+            " a turn): how long a new call may delay the running streams"
+        ),
+    )
+    decode_path: str = field(
+        default="dynamic",
+        metadata=_help(
+            "'dynamic': the KV cache grows and shrinks with the rows; 'static': every buffer"
+            " is allocated at start (max_decode_rows slots of limits.max_sequence_tokens"
+            " positions, within max_kv_positions) so the decode step has fixed shapes and"
+            " can be compiled"
+        ),
+    )
+    decode_compile: str = field(
+        default="off",
+        metadata=_help(
+            "compile the static decode step: off, default, reduce-overhead (CUDA graphs),"
+            " max-autotune, max-autotune-no-cudagraphs, or the aot_eager/eager backends"
+        ),
+    )
+    kv_memory_fraction: float = field(
+        default=0.85,
+        metadata=_help(
+            "on CUDA, the share of the accelerator memory free after loading that the KV"
+            " cache may fill; it lowers max_kv_positions when that holds fewer positions"
         ),
     )
     batch_window_ms: float = field(
@@ -296,6 +320,24 @@ class BatchingConfig:
             stream_buffer_events=self.stream_buffer_events,
         )
         _require_non_negative("batching", batch_window_ms=self.batch_window_ms)
+        _require(
+            self.decode_path in DECODE_PATHS,
+            f"batching.decode_path must be one of {', '.join(DECODE_PATHS)}, "
+            f"got {self.decode_path!r}",
+        )
+        _require(
+            self.decode_compile in COMPILE_CHOICES,
+            f"batching.decode_compile must be one of {', '.join(COMPILE_CHOICES)}, "
+            f"got {self.decode_compile!r}",
+        )
+        _require(
+            self.decode_compile == "off" or self.decode_path == "static",
+            "batching.decode_compile needs batching.decode_path = 'static'",
+        )
+        _require(
+            0 < self.kv_memory_fraction <= 1,
+            f"batching.kv_memory_fraction must be in (0, 1], got {self.kv_memory_fraction}",
+        )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ folder, atomically, so concurrent or interrupted starts never see half a build.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -24,7 +25,9 @@ from maira_sae.sae.dashboard import Dashboard
 from maira_sae.sae.formats import SaeFormatError, load_sae
 from maira_sae.server.demo.layout import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
 from maira_sae.server.demo.world.materialise import ensure_world_demo
+from maira_sae.server.engine.decode_sizing import DecodeSizing, size_decode
 from maira_sae.server.engine.engine import Engine, SaeEntry
+from maira_sae.server.engine.step_loop import DecodeLimits
 from maira_sae.server.engine.token_limits import TokenLimits
 from maira_sae.server.maira2.checkpoint import (
     load_maira2,
@@ -34,6 +37,7 @@ from maira_sae.server.maira2.checkpoint import (
     validate_sae_for_model,
 )
 from maira_sae.server.maira2.config import CheckpointError, ImageFeatures, Maira2Config
+from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 from maira_sae.server.maira2.processor import Maira2Processor
 from maira_sae.server.service.config import ModelConfig, SaeSpec, ServerConfig
 from maira_sae.server.service.descriptions import ModelDescription, SaeDescription
@@ -51,6 +55,7 @@ class StartupError(Exception):
 @dataclass(frozen=True)
 class Runtime:
     engine: Engine
+    decode_limits: DecodeLimits  # the batching settings, bounded by the accelerator's memory
     model: ModelDescription
     saes: tuple[SaeDescription, ...]
     versions: dict[str, str]
@@ -73,20 +78,24 @@ def load_runtime(config: ServerConfig, metrics: Metrics) -> Runtime:
         entries = [_load_sae(spec, maira, device, metrics) for spec in sae_specs]
     except (CheckpointError, SaeFormatError, OSError, ValueError) as error:
         raise StartupError(str(error)) from error
+    token_limits = TokenLimits.resolve(
+        max_prompt_tokens=config.limits.max_prompt_tokens,
+        max_sequence_tokens=config.limits.max_sequence_tokens,
+        context_length=maira.text.max_position_embeddings,
+    )
+    decode = _size_decode(config, loaded.model, token_limits)
     engine = Engine(
         loaded.model,
         processor,
         entries,
         default_sae_id=config.resolved_default_sae_id or None,
-        token_limits=TokenLimits.resolve(
-            max_prompt_tokens=config.limits.max_prompt_tokens,
-            max_sequence_tokens=config.limits.max_sequence_tokens,
-            context_length=maira.text.max_position_embeddings,
-        ),
+        token_limits=token_limits,
+        static_decode=decode.static,
     )
     rows, cols = maira.patch_grid
     return Runtime(
         engine=engine,
+        decode_limits=decode.limits,
         model=ModelDescription(
             name=DEMO_MODEL_NAME if config.model.demo else "MAIRA-2",
             path=str(loaded.snapshot_dir),
@@ -107,6 +116,33 @@ def load_runtime(config: ServerConfig, metrics: Metrics) -> Runtime:
             "transformers": transformers.__version__,
         },
     )
+
+
+def _size_decode(
+    config: ServerConfig, model: Maira2ForConditionalGeneration, token_limits: TokenLimits
+) -> DecodeSizing:
+    batching = config.batching
+    requested = DecodeLimits(
+        max_rows=batching.max_decode_rows,
+        max_kv_positions=batching.max_kv_positions,
+        prefill_token_budget=batching.prefill_token_budget,
+    )
+    try:
+        decode = size_decode(
+            requested,
+            model,
+            path=batching.decode_path,
+            compile_mode=batching.decode_compile,
+            max_sequence_tokens=token_limits.max_sequence_tokens,
+            rows_per_call=config.limits.max_variants,
+            interventions_per_row=config.limits.max_interventions_per_variant,
+            memory_fraction=batching.kv_memory_fraction,
+        )
+    except ValueError as error:
+        raise StartupError(str(error)) from error
+    if decode.limits != requested:
+        log.info(json.dumps({"event": "decode_limits", **vars(decode.limits)}))
+    return decode
 
 
 def _what_to_load(config: ServerConfig) -> tuple[str, tuple[SaeSpec, ...]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from maira_sae.server.engine.step_loop import DecodeLimits
 from maira_sae.server.engine.token_limits import TokenLimits
 from maira_sae.server.engine.types import (
     EncodeResult,
@@ -171,10 +172,12 @@ def info_to_proto(
     config: ServerConfig,
     versions: Mapping[str, str],
     token_limits: TokenLimits,
+    decode_limits: DecodeLimits,
     default_sae_id: str,
 ) -> pb.InfoResponse:
     """``versions`` maps maira_sae, torch and transformers to their version strings;
     ``token_limits`` are the engine's, resolved against the model's context length;
+    ``decode_limits`` are the batching settings as the accelerator's memory bounds them;
     ``default_sae_id`` is the engine's (the config's may be empty: ``serve --demo``)."""
     limits, batching = config.limits, config.batching
     dicom = config.dicom.options()
@@ -208,9 +211,9 @@ def info_to_proto(
             image_memory_bytes=limits.image_memory_bytes,
             max_id_chars=limits.max_id_chars,
             stream_buffer_events=batching.stream_buffer_events,
-            max_decode_rows=batching.max_decode_rows,
-            max_kv_positions=batching.max_kv_positions,
-            prefill_token_budget=batching.prefill_token_budget,
+            max_decode_rows=decode_limits.max_rows,
+            max_kv_positions=decode_limits.max_kv_positions,
+            prefill_token_budget=decode_limits.prefill_token_budget,
         ),
         versions=pb.Versions(**versions),
         dicom=pb.DicomDecoding(

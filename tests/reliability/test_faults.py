@@ -152,7 +152,8 @@ def fail_once(monkeypatch, model: torch.nn.Module, error: Exception) -> list[int
 
     def flaky(*args, **kwargs):
         if not failed:
-            failed.append(int(kwargs["input_ids"].shape[0]))
+            fed = kwargs.get("input_ids", kwargs.get("inputs_embeds"))  # prefills feed embeds
+            failed.append(int(fed.shape[0]))
             raise error
         return original(*args, **kwargs)
 

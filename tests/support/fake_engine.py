@@ -1,5 +1,6 @@
-"""A model-free engine for scheduler tests: analyses echo their input, and every generation
-call emits one token per decode step until it reaches its length or is stopped."""
+"""A model-free engine for scheduler tests: analyses echo their input, a generation call's
+prompt is "prefilled" in the chunks the scheduler asks for, and every running call emits one
+token per decode step until it reaches its length or is stopped."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class FakeCall:
     def __init__(self, prepared: object, emit: Callable[[GenerationEvent], None]) -> None:
         self.length = prepared.request.settings.max_new_tokens  # type: ignore[attr-defined]
         self.rows = len(prepared.request.variants)  # type: ignore[attr-defined]
+        self.prefill_remaining = len(prepared.inputs.tokens)  # type: ignore[attr-defined]
         self.emit = emit
         self.position = 0
         self.finish: FinishReason | None = None
@@ -60,6 +62,7 @@ class FakeEngine:
         self.batches: list[list[object]] = []
         self.generated = 0
         self.steps: list[int] = []  # rows of each decode step
+        self.chunks: list[int] = []  # tokens of each prefill chunk
         self.fail_next = False
         self._step_delay_s = step_delay_s
 
@@ -74,12 +77,17 @@ class FakeEngine:
     def new_batch(self) -> FakeBatch:
         return FakeBatch()
 
-    def begin(
-        self, batch: FakeBatch, prepared: object, emit: Callable[[GenerationEvent], None]
-    ) -> FakeCall:
-        call = FakeCall(prepared, emit)
+    def start(self, prepared: object, emit: Callable[[GenerationEvent], None]) -> FakeCall:
+        return FakeCall(prepared, emit)
+
+    def prefill_chunk(self, batch: FakeBatch, call: FakeCall, max_tokens: int) -> bool:
+        chunk = min(max_tokens, call.prefill_remaining)
+        self.chunks.append(chunk)
+        call.prefill_remaining -= chunk
+        if call.prefill_remaining:
+            return False
         batch._calls.append(call)
-        return call
+        return True
 
     def step(self, batch: FakeBatch) -> list[FakeCall]:
         threading.Event().wait(self._step_delay_s)
@@ -97,7 +105,8 @@ class FakeEngine:
 
     def stop(self, batch: FakeBatch, call: FakeCall, reason: FinishReason) -> None:
         call.finish = reason
-        batch._calls.remove(call)
+        if call in batch._calls:
+            batch._calls.remove(call)
 
     def forget(self, batch: FakeBatch) -> None:
         pass

@@ -129,6 +129,14 @@ def test_configmap_mapping_loads_and_unknown_keys_are_refused():
             "limits.max_variants (9) must not exceed batching.max_batch_size (8)",
         ),
         ({"batching": {"batch_window_ms": -1}}, "batching.batch_window_ms must be >= 0"),
+        ({"batching": {"decode_path": "paged"}}, "batching.decode_path must be one of dynamic"),
+        ({"batching": {"decode_compile": "fast"}}, "batching.decode_compile must be one of off"),
+        (
+            {"batching": {"decode_compile": "reduce-overhead"}},
+            "batching.decode_compile needs batching.decode_path = 'static'",
+        ),
+        ({"batching": {"decode_path": "static", "decode_compile": "reduce-overhead"}}, None),
+        ({"batching": {"kv_memory_fraction": 1.5}}, "batching.kv_memory_fraction must be in"),
         ({"model": {"device": "gpu"}}, "model.device must be auto, cpu, mps, cuda or cuda:N"),
         ({"model": {"dtype": "int8"}}, "model.dtype must be one of"),
         (

@@ -6,6 +6,7 @@ import pytest
 
 from maira_sae.sae.catalogue import FeatureInterpretation
 from maira_sae.server.engine import types as t
+from maira_sae.server.engine.step_loop import DecodeLimits
 from maira_sae.server.engine.token_limits import TokenLimits
 from maira_sae.server.maira2.study import ImageRole
 from maira_sae.server.maira2.tokens import TokenInfo, TokenKind
@@ -130,8 +131,12 @@ def test_info_to_proto():
     )
     versions = {"maira_sae": "0.1.0", "torch": "2.13", "transformers": "5.24"}
     token_limits = TokenLimits(max_prompt_tokens=4096, max_sequence_tokens=4000)
-    msg = to_proto.info_to_proto(MODEL, [sae], config, versions, token_limits, "f4")
+    decode = DecodeLimits(max_rows=12, max_kv_positions=48_000, prefill_token_budget=2048)
+    msg = to_proto.info_to_proto(MODEL, [sae], config, versions, token_limits, decode, "f4")
     assert (msg.limits.max_prompt_tokens, msg.limits.max_sequence_tokens) == (4096, 4000)
+    # the limits the scheduler runs with (memory-bounded), not the settings asked for
+    assert (msg.limits.max_decode_rows, msg.limits.max_kv_positions) == (12, 48_000)
+    assert msg.limits.prefill_token_budget == 2048
     assert msg.model.image_tokens_per_image == 1369
     assert msg.saes[0].has_interpretations and list(msg.saes[0].group_sizes) == [1024, 3072, 12288]
     assert msg.default_sae_id == "f4"
@@ -145,6 +150,6 @@ def test_info_to_proto():
 def test_info_reports_the_dicom_settings():
     config = ServerConfig(dicom=DicomConfig(modalities="*", apply_voi=False))
     token_limits = TokenLimits(max_prompt_tokens=4096, max_sequence_tokens=4000)
-    msg = to_proto.info_to_proto(MODEL, [], config, {}, token_limits, "demo")
+    msg = to_proto.info_to_proto(MODEL, [], config, {}, token_limits, DecodeLimits(), "demo")
     assert msg.default_sae_id == "demo" and not msg.dicom.modalities
     assert not msg.dicom.voi_lut and "no VOI LUT or window" in msg.dicom.description
