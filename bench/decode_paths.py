@@ -76,6 +76,7 @@ def run(
         streams = _concurrent_streams(engine, STREAMS if not smoke else 4, new_tokens)
         rates["streams"] = streams
         report[path] = rates
+        engine.close()
         del engine
         gc.collect()
         if torch.cuda.is_available():

@@ -19,12 +19,11 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from maira_sae.sae.catalogue import FeatureCatalogue
-from maira_sae.sae.dashboard import Dashboard, Example, FeatureStats
-from maira_sae.sae.model import FeatureOutOfRange, MatryoshkaSAE
+from maira_sae.sae.model import FeatureOutOfRange
 from maira_sae.sae.steering import validate_intervention
 from maira_sae.server.engine.capture import capture_batch
 from maira_sae.server.engine.decode_batch import DecodeBatch
+from maira_sae.server.engine.feature_lookup import FeatureLookup
 from maira_sae.server.engine.features import (
     accepted_positions,
     reconstruction_quality,
@@ -32,13 +31,12 @@ from maira_sae.server.engine.features import (
     top_feature_scores,
 )
 from maira_sae.server.engine.generation import GenerationCall
-from maira_sae.server.engine.logit_effects import LogitEffects
+from maira_sae.server.engine.sae_entry import SaeEntry, feature_out_of_range
 from maira_sae.server.engine.static_decode_batch import StaticDecodeBatch, StaticDecodeSettings
 from maira_sae.server.engine.token_limits import TokenLimits
 from maira_sae.server.engine.types import (
     EncodeRequest,
     EncodeResult,
-    FeatureDescription,
     FeatureDetails,
     FeatureSearchResult,
     FinishReason,
@@ -67,17 +65,6 @@ RowBatch = DecodeBatch | StaticDecodeBatch
 R = TypeVar("R", EncodeRequest, TopFeaturesRequest, GenerateRequest)
 
 _NO_PIXELS = np.zeros((0, 0), dtype=np.uint8)
-
-
-@dataclass(frozen=True)
-class SaeEntry:
-    """One served SAE: its id, the layer it reads and its feature interpretations."""
-
-    sae_id: str
-    sae: MatryoshkaSAE
-    catalogue: FeatureCatalogue
-    layer: int
-    dashboard: Dashboard | None = None  # built offline (maira-sae-server build-dashboard)
 
 
 @dataclass(frozen=True)
@@ -120,16 +107,13 @@ class Engine:
         self._eos_token_ids = frozenset({processor.eos_token_id})
         context_length = model.config.text_config.max_position_embeddings
         self.token_limits = token_limits or TokenLimits(context_length, context_length)
-        self._logit_effects = LogitEffects(model, processor.token_text)
+        self._features = FeatureLookup(model, processor.token_text, saes)
         self._finishers: dict[int, Callable[[], None]] = {}  # id(call) -> send its results
         self._static_batch = (
             None
             if static_decode is None
             else static_decode.build(model, [(entry.sae, entry.layer) for entry in saes])
         )
-        self._decoder_norms = {
-            entry.sae_id: entry.sae.W_dec.float().norm(dim=1).tolist() for entry in saes
-        }
 
     @property
     def saes(self) -> tuple[SaeEntry, ...]:
@@ -169,7 +153,7 @@ class Engine:
                 try:
                     validate_intervention(scoped.intervention, entry.sae, entry.sae.d_model)
                 except FeatureOutOfRange as error:
-                    raise _feature_out_of_range(entry, error, f"{where}.feature") from error
+                    raise feature_out_of_range(entry, error, f"{where}.feature") from error
                 except ValueError as error:
                     raise InvalidArgument(f"{where}: {error}") from error
         return entry
@@ -177,58 +161,15 @@ class Engine:
     def feature(
         self, sae_id: str, feature: int, *, num_logits: int = 10, decoder_row: bool = False
     ) -> FeatureDetails:
-        """One feature of an SAE ("" is the default one): its label, dashboard page, logit
-        effects and optionally its decoder row; OutOfRange past its dictionary. Runs torch
-        (the logit effects): call it from a worker thread."""
-        entry = self.sae(sae_id)
-        try:
-            entry.sae.check_feature(feature)
-        except FeatureOutOfRange as error:
-            raise _feature_out_of_range(entry, error, "feature") from error
-        dashboard = entry.dashboard.feature(feature) if entry.dashboard is not None else None
-        return FeatureDetails(
-            description=self._describe(entry, feature),
-            dashboard=dashboard,
-            dashboard_note=""
-            if dashboard is not None
-            else f"SAE {entry.sae_id!r} has no dashboard: build one with maira-sae-server "
-            "build-dashboard and set saes.dashboard_path (or put it in the SAE folder's "
-            "dashboard/)",
-            logit_effect=self._logit_effects.of(entry.sae_id, entry.sae, feature, num_logits),
-            decoder_row=(
-                tuple(entry.sae.W_dec[feature].float().cpu().tolist()) if decoder_row else None
-            ),
-            token_texts={
-                token: self.processor.token_text(token)
-                for example in _examples(dashboard)
-                for token, _, _ in example.context
-            },
+        """One feature of an SAE ("" is the default one): see ``FeatureLookup.feature``.
+        Runs torch (the logit effects): call it from a worker thread."""
+        return self._features.feature(
+            self.sae(sae_id), feature, num_logits=num_logits, decoder_row=decoder_row
         )
 
     def search_features(self, sae_id: str, query: str, limit: int) -> FeatureSearchResult:
-        """Text search over an SAE's interpretations, best match first; when nothing matches,
-        the nearest labels as suggestions."""
-        entry = self.sae(sae_id)
-        matches = entry.catalogue.search(query, limit)
-        if matches or not len(entry.catalogue):
-            note = "" if matches else f"SAE {entry.sae_id!r} has no interpretations to search"
-            suggestions: tuple[str, ...] = ()
-        else:
-            suggestions = tuple(entry.catalogue.suggest(query))
-            note = "no label matches the query; the nearest labels are suggested"
-        return FeatureSearchResult(
-            sae_id=entry.sae_id,
-            matches=tuple((self._describe(entry, item.feature), score) for item, score in matches),
-            suggestions=suggestions,
-            note=note,
-        )
-
-    def _describe(self, entry: SaeEntry, feature: int) -> FeatureDescription:
-        return FeatureDescription(
-            feature=feature,
-            interpretation=entry.catalogue.get(feature),
-            decoder_norm=self._decoder_norms[entry.sae_id][feature],
-        )
+        """Text search over an SAE's interpretations, best match first."""
+        return self._features.search(self.sae(sae_id), query, limit)
 
     def prepare_analysis(self, request: AnalysisRequest) -> PreparedAnalysis:
         """Check the request and build its model inputs (tokens, pixels). CPU work that any
@@ -286,6 +227,12 @@ class Engine:
             ),
             total_tokens=len(tokens),
         )
+
+    def close(self) -> None:
+        """Let go of what the engine put on the model (the static batch's hooks)."""
+        if self._static_batch is not None:
+            self._static_batch.close()
+            self._static_batch = None
 
     def new_batch(self) -> RowBatch:
         """An empty set of running generations, decoded together step by step."""
@@ -411,13 +358,6 @@ def _without_pixels(request: R) -> R:
     return replace(request, study=study)
 
 
-def _feature_out_of_range(entry: SaeEntry, error: FeatureOutOfRange, where: str) -> OutOfRange:
-    return OutOfRange(
-        f"{where} {error.feature} is out of range: SAE {entry.sae_id!r} has features "
-        f"0..{error.d_sae - 1}"
-    )
-
-
 @contextmanager
 def _out_of_memory_is_retryable() -> Iterator[None]:
     """Out-of-memory in a batch fails that batch's requests as retryable, not the server."""
@@ -427,9 +367,3 @@ def _out_of_memory_is_retryable() -> Iterator[None]:
         raise ResourceExhausted(
             "the accelerator ran out of memory for this batch; retry"
         ) from error
-
-
-def _examples(dashboard: FeatureStats | None) -> tuple[Example, ...]:
-    if dashboard is None:
-        return ()
-    return dashboard.top_examples + dashboard.quantile_examples

@@ -53,7 +53,11 @@ class RowSteering:
         self._host_gate = torch.zeros(slots, capacity)
         self._scopes: list[tuple[SteeringPlan, tuple[int, ...]] | None] = [None] * slots
         self._armed = False
-        decoder_layers[layer].register_forward_hook(self._hook)
+        self._handle = decoder_layers[layer].register_forward_hook(self._hook)
+
+    def detach(self) -> None:
+        """Take the hook off the layer (the model outlives this engine)."""
+        self._handle.remove()
 
     @contextmanager
     def armed(self) -> Iterator[None]:

@@ -83,6 +83,11 @@ class StaticDecodeBatch:
         self._calls, self._slots, self._logits, self._column = [], {}, {}, 0
         return self
 
+    def close(self) -> None:
+        """Unhook the steering from the model: another engine may serve it next."""
+        for steering in self._steering:
+            steering.detach()
+
     def join(self, call: GenerationCall, prefilled: Prefilled) -> None:
         """Add a call after its prefill; its first tokens are sampled at the next step."""
         used, length = self.rows, prefilled.length
