@@ -70,6 +70,24 @@ class Recorder:
         return {e.variant_index: e for e in self.events if isinstance(e, VariantFinished)}
 
 
+def joined_mid_flight(
+    engine: Engine, first: GenerateRequest, second: GenerateRequest, after_steps: int
+) -> tuple[Recorder, Recorder, int]:
+    """Run ``first``, join ``second`` after ``after_steps`` steps, run both to the end;
+    returns their recorders and the rows right after the join."""
+    batch = engine.new_batch()
+    a, b = Recorder(), Recorder()
+    engine.begin(batch, engine.prepare_generation(first), a)
+    for _ in range(after_steps):
+        engine.step(batch)
+    engine.begin(batch, engine.prepare_generation(second), b)
+    rows = batch.rows
+    while batch.calls:
+        engine.step(batch)
+    assert batch.rows == 0
+    return a, b, rows
+
+
 def alone(engine: Engine, generate: GenerateRequest) -> Recorder:
     recorder = Recorder()
     engine.generate(engine.prepare_generation(generate), recorder, lambda: False)
@@ -80,15 +98,8 @@ def alone(engine: Engine, generate: GenerateRequest) -> Recorder:
 def test_a_call_joining_mid_flight_generates_what_it_generates_alone(engine, temperature):
     first = request(LONG, [Variant(), add(30.0)], 8, temperature=temperature, seed=5)
     second = request(SHORT, [add(-20.0, feature=9), Variant()], 5, temperature=temperature)
-    batch = engine.new_batch()
-    a, b = Recorder(), Recorder()
-    engine.begin(batch, engine.prepare_generation(first), a)
-    for _ in range(3):
-        engine.step(batch)
-    engine.begin(batch, engine.prepare_generation(second), b)
-    assert batch.rows == 4
-    while batch.calls:
-        engine.step(batch)
+    a, b, rows = joined_mid_flight(engine, first, second, after_steps=3)
+    assert rows == 4
     for recorder, generate in ((a, first), (b, second)):
         reference = alone(engine, generate)
         for variant in range(2):

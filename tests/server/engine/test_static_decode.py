@@ -21,7 +21,15 @@ from maira_sae.server.engine.types import (
 from maira_sae.server.service.config import BatchingConfig, LimitsConfig
 from maira_sae.server.service.metrics import Metrics
 from maira_sae.server.service.runtime import StartupError, load_runtime
-from tests.server.engine.test_decode_batch import LONG, SHORT, Recorder, add, alone, request
+from tests.server.engine.test_decode_batch import (
+    LONG,
+    SHORT,
+    Recorder,
+    add,
+    alone,
+    joined_mid_flight,
+    request,
+)
 from tests.support.servers import demo_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -117,16 +125,8 @@ def test_the_static_path_generates_what_the_dynamic_path_generates(static, dynam
         temperature=0.7,
         seed=11,
     )
-    batch = static.new_batch()
-    first, second = Recorder(), Recorder()
-    static.begin(batch, static.prepare_generation(short), first)
-    for _ in range(2):
-        static.step(batch)
-    static.begin(batch, static.prepare_generation(long), second)
-    assert batch.rows == 5
-    while batch.calls:
-        static.step(batch)
-    assert batch.rows == 0
+    first, second, rows = joined_mid_flight(static, short, long, after_steps=2)
+    assert rows == 5
     for recorder, generate in ((first, short), (second, long)):
         reference = alone(dynamic, generate)
         for variant in range(len(generate.variants)):
