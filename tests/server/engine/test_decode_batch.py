@@ -88,6 +88,26 @@ def joined_mid_flight(
     return a, b, rows
 
 
+def one_call_stopped(
+    engine: Engine, steady: GenerateRequest, victim: GenerateRequest, *, victim_first: bool
+) -> tuple[Recorder, Recorder, int]:
+    """Run ``steady`` and ``victim`` together, stop the victim after one step, run the other
+    to its end; returns their recorders and the rows right after the stop."""
+    batch = engine.new_batch()
+    kept, stopped = Recorder(), Recorder()
+    order = [(victim, stopped), (steady, kept)]
+    calls = {}
+    for generate, recorder in order if victim_first else order[::-1]:
+        calls[id(recorder)] = engine.begin(batch, engine.prepare_generation(generate), recorder)
+    engine.step(batch)
+    engine.stop(batch, calls[id(stopped)], FinishReason.CANCELLED)
+    rows = batch.rows
+    while batch.calls:
+        engine.step(batch)
+    assert stopped.finished()[0].finish_reason is FinishReason.CANCELLED
+    return kept, stopped, rows
+
+
 def alone(engine: Engine, generate: GenerateRequest) -> Recorder:
     recorder = Recorder()
     engine.generate(engine.prepare_generation(generate), recorder, lambda: False)
@@ -130,14 +150,7 @@ def test_rows_leave_as_their_calls_end_and_the_cache_shrinks(engine):
 
 def test_a_stopped_call_leaves_at_once_and_the_others_go_on_unchanged(engine):
     steady = request(SHORT, [add(25.0)], 6)
-    batch = engine.new_batch()
-    kept, stopped = Recorder(), Recorder()
-    engine.begin(batch, engine.prepare_generation(steady), kept)
-    victim = engine.begin(batch, engine.prepare_generation(request(LONG, [Variant()], 50)), stopped)
-    engine.step(batch)
-    engine.stop(batch, victim, FinishReason.CANCELLED)
-    assert batch.rows == 1
-    assert stopped.finished()[0].finish_reason is FinishReason.CANCELLED
-    while batch.calls:
-        engine.step(batch)
+    victim = request(LONG, [Variant()], 50)
+    kept, _, rows = one_call_stopped(engine, steady, victim, victim_first=False)
+    assert rows == 1
     assert kept.tokens(0) == alone(engine, steady).tokens(0)

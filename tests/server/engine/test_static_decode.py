@@ -12,7 +12,6 @@ from maira_sae.sae.interventions import Intervention, SteeringMode
 from maira_sae.server.engine.engine import Engine
 from maira_sae.server.engine.static_decode_batch import StaticDecodeBatch
 from maira_sae.server.engine.types import (
-    FinishReason,
     PositionScope,
     ScopedIntervention,
     TokenRange,
@@ -24,10 +23,10 @@ from maira_sae.server.service.runtime import StartupError, load_runtime
 from tests.server.engine.test_decode_batch import (
     LONG,
     SHORT,
-    Recorder,
     add,
     alone,
     joined_mid_flight,
+    one_call_stopped,
     request,
 )
 from tests.support.servers import demo_config
@@ -137,18 +136,9 @@ def test_the_static_path_generates_what_the_dynamic_path_generates(static, dynam
 
 def test_a_stopped_call_frees_its_slots_and_the_others_go_on_unchanged(static, dynamic):
     steady = request(SHORT, [add(25.0), Variant()], 6)
-    batch = static.new_batch()
-    kept, stopped = Recorder(), Recorder()
-    victim = static.begin(
-        batch, static.prepare_generation(request(SHORT, [Variant()], 50)), stopped
-    )
-    static.begin(batch, static.prepare_generation(steady), kept)
-    static.step(batch)
-    static.stop(batch, victim, FinishReason.CANCELLED)
-    assert batch.rows == 2
-    assert stopped.finished()[0].finish_reason is FinishReason.CANCELLED
-    while batch.calls:
-        static.step(batch)
+    victim = request(SHORT, [Variant()], 50)  # in slot 0: the steady rows move into it
+    kept, _, rows = one_call_stopped(static, steady, victim, victim_first=True)
+    assert rows == 2
     reference = alone(dynamic, steady)
     assert [kept.tokens(v) for v in range(2)] == [reference.tokens(v) for v in range(2)]
 
