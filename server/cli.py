@@ -5,7 +5,7 @@
     maira-sae-server make-demo DIR [--random]
     maira-sae-server train-sae --model PATH --studies FOLDER --out DIR
     maira-sae-server build-dashboard --model PATH --sae SAE --studies FOLDER [--thumbnails]
-    maira-sae-server check-snapshot PATH_OR_HUB_ID [--json]   # will it load? (no weights read)
+    maira-sae-server check-snapshot PATH_OR_HUB_ID [--json]   # will it load? (no tensor data read)
 
 Settings come from defaults < config file < MAIRA_SAE_* environment variables < flags
 (``maira-sae-server serve --help`` lists them all).

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
 from safetensors import SafetensorError, safe_open
 
 from maira_sae.server.maira2.checkpoint import (
@@ -88,6 +91,7 @@ class PreflightReport:
 
 def check_snapshot(path_or_hub_id: str) -> PreflightReport:
     """The findings for a local folder, or a hub id (only ``PREFLIGHT_FILES`` downloaded)."""
+    is_local = Path(path_or_hub_id).expanduser().is_dir()
     snapshot = resolve_snapshot(path_or_hub_id, allow_patterns=PREFLIGHT_FILES)
     findings: list[Finding] = []
     config = _checked(findings, "config", lambda: _config_finding(snapshot))
@@ -95,6 +99,11 @@ def check_snapshot(path_or_hub_id: str) -> PreflightReport:
     if config is not None:
         findings.append(_tensor_names_finding(snapshot, config))
         findings.append(_image_tokens_finding(config))
+    findings.append(
+        _local_shards_finding(snapshot)
+        if is_local
+        else _hub_shards_finding(snapshot, path_or_hub_id)
+    )
     findings.append(_chat_template_finding(snapshot))
     findings.append(_tokenizer_finding(snapshot))
     if config is not None:
@@ -177,13 +186,9 @@ def _tensor_names_finding(snapshot: Path, config: Maira2Config) -> Finding:
 
 def _listed_tensors(snapshot: Path) -> tuple[list[str], int]:
     """Tensor names from the index, else from the one file's header (no tensor data read)."""
-    index = snapshot / INDEX_FILE
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{index}: not a safetensors index: {error}") from error
-        return list(weight_map), len(set(weight_map.values()))
+    shards = _shard_tensors(snapshot)
+    if (snapshot / INDEX_FILE).is_file():
+        return [name for tensors in shards.values() for name in tensors], len(shards)
     single = snapshot / SINGLE_FILE
     if not single.is_file():
         raise CheckpointError(f"{snapshot}: neither {INDEX_FILE} nor {SINGLE_FILE}")
@@ -192,6 +197,86 @@ def _listed_tensors(snapshot: Path) -> tuple[list[str], int]:
             return list(f.keys()), 1
     except SafetensorError as error:
         raise CheckpointError(f"{single}: not a readable safetensors file ({error})") from error
+
+
+def _shard_tensors(snapshot: Path) -> dict[str, list[str]]:
+    """Each weight file the snapshot names (the index's shards, else the single file) -> the
+    tensors it should hold."""
+    index = snapshot / INDEX_FILE
+    if not index.is_file():
+        return {SINGLE_FILE: []}
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards: dict[str, list[str]] = {}
+        for tensor, shard in weight_map.items():
+            shards.setdefault(str(shard), []).append(str(tensor))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{index}: not a safetensors index: {error}") from error
+    return shards
+
+
+def _local_shards_finding(snapshot: Path) -> Finding:
+    """Every weight file present, its header readable and covering the file, and holding the
+    tensors the index puts in it; no tensor data is read."""
+    try:
+        shards = _shard_tensors(snapshot)
+    except CheckpointError as error:
+        return Finding("weight files", Level.ERROR, str(error))
+    problems = []
+    total = 0
+    for name, tensors in sorted(shards.items()):
+        path = snapshot / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+            continue
+        try:
+            with safe_open(path, framework="pt") as f:
+                held = set(f.keys())
+        except SafetensorError as error:
+            problems.append(f"{path}: not a whole safetensors file ({error})")
+            continue
+        absent = sorted(set(tensors) - held)
+        if absent:
+            problems.append(f"{path}: lacks {len(absent)} indexed tensor(s), e.g. {absent[:3]}")
+        total += path.stat().st_size
+    if problems:
+        return Finding("weight files", Level.ERROR, "; ".join(problems))
+    return Finding(
+        "weight files",
+        Level.OK,
+        f"{len(shards)} file(s), {total / 2**30:.2f} GiB, each header whole and holding the "
+        "indexed tensors (tensor data is read at load)",
+    )
+
+
+def _hub_shards_finding(snapshot: Path, hub_id: str) -> Finding:
+    """For a hub snapshot the weights are not downloaded: the hub is asked for their sizes."""
+    try:
+        shards = _shard_tensors(snapshot)
+    except CheckpointError as error:
+        return Finding("weight files", Level.ERROR, str(error))
+    try:
+        listed = HfApi(token=os.environ.get("HF_TOKEN")).get_paths_info(hub_id, sorted(shards))
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        return Finding(
+            "weight files",
+            Level.WARNING,
+            f"could not ask the hub for the weight files ({type(error).__name__}); "
+            "they are checked at load",
+        )
+    sizes = {item.path: getattr(item, "size", None) for item in listed}
+    missing = [name for name in sorted(shards) if not sizes.get(name)]
+    if missing:
+        return Finding(
+            "weight files", Level.ERROR, f"{hub_id} lacks (or has empty) {', '.join(missing)}"
+        )
+    total = sum(size or 0 for size in sizes.values())
+    return Finding(
+        "weight files",
+        Level.OK,
+        f"{len(shards)} file(s) on the hub, {total / 2**30:.2f} GiB (sizes only: headers and "
+        "data are checked at load)",
+    )
 
 
 def _image_tokens_finding(config: Maira2Config) -> Finding:

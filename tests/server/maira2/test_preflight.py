@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from safetensors.numpy import load_file, save_file
 
 from maira_sae.server.cli import main
 from maira_sae.server.maira2.checkpoint import INDEX_FILE
@@ -16,14 +17,8 @@ from maira_sae.server.maira2.tensor_names import NameForm, to_disk_name, to_memo
 
 @pytest.fixture
 def snapshot(demo_checkpoint, tmp_path) -> Path:
-    """The demo snapshot's small files only: no weights at all."""
-    return Path(
-        shutil.copytree(
-            demo_checkpoint.model_dir,
-            tmp_path / "maira-2",
-            ignore=shutil.ignore_patterns("*.safetensors"),
-        )
-    )
+    """A copy of the demo snapshot (20 MB of weights in two shards)."""
+    return Path(shutil.copytree(demo_checkpoint.model_dir, tmp_path / "maira-2"))
 
 
 def levels(report) -> dict[str, Level]:
@@ -36,7 +31,7 @@ def edit_json(path: Path, change) -> None:
     path.write_text(json.dumps(data))
 
 
-def test_the_demo_snapshot_will_load_without_a_byte_of_weights(snapshot):
+def test_the_demo_snapshot_will_load(snapshot):
     report = check_snapshot(str(snapshot))
     assert report.will_load
     assert set(levels(report).values()) == {Level.OK}
@@ -48,16 +43,61 @@ def test_the_demo_snapshot_will_load_without_a_byte_of_weights(snapshot):
         "chat template",
         "tokenizer",
         "processor",
+        "weight files",
     }
-    assert not list(snapshot.glob("*.safetensors"))
+
+
+SHARD = "model-00002-of-00002.safetensors"
+
+
+def cut_shard(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def drop_one_tensor(path: Path) -> None:
+    tensors = load_file(path)
+    tensors.pop(sorted(tensors)[0])
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (Path.unlink, "missing"),
+        (cut_shard, "not a whole safetensors file"),
+        (drop_one_tensor, "lacks 1 indexed tensor(s)"),
+    ],
+    ids=["missing", "cut to 1000 bytes", "a tensor short"],
+)
+def test_a_damaged_shard_is_an_error_naming_the_file(snapshot, capsys, damage, expected):
+    damage(snapshot / SHARD)
+    assert main(["check-snapshot", str(snapshot), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    weights = next(f for f in report["findings"] if f["topic"] == "weight files")
+    assert weights["level"] == "error"
+    assert f"{snapshot / SHARD}: {expected}" in weights["detail"]
+    assert "model-00001-of-00002" not in weights["detail"]
+
+
+def test_a_missing_config_is_reported_beside_the_other_checks(snapshot, capsys):
+    (snapshot / "config.json").unlink()
+    assert main(["check-snapshot", str(snapshot)]) == 1
+    printed = capsys.readouterr().out
+    assert "error    config" in printed and "config.json" in printed
+    for still_checked in ("chat template", "tokenizer", "weight files"):
+        assert f"ok       {still_checked}" in printed
 
 
 def test_transformers_5_names_and_rope_form_load_with_warnings(snapshot):
+    def spelt_5x(name):
+        return to_disk_name(to_memory_name(name), NameForm.TRANSFORMERS_5)
+
     def rename(index):
-        index["weight_map"] = {
-            to_disk_name(to_memory_name(name), NameForm.TRANSFORMERS_5): shard
-            for name, shard in index["weight_map"].items()
-        }
+        index["weight_map"] = {spelt_5x(name): shard for name, shard in index["weight_map"].items()}
+
+    for shard in snapshot.glob("*.safetensors"):
+        tensors = load_file(shard)
+        save_file({spelt_5x(k): v for k, v in tensors.items()}, shard, metadata={"format": "pt"})
 
     def rope_5x(config):
         text = config["text_config"]
