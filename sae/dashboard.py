@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from maira_sae.sae.file_modes import with_default_mode
+
 FORMAT = "maira-sae-dashboard"
 VERSION = 1
 METADATA_FILE = "dashboard.json"
@@ -219,7 +221,7 @@ def write_dashboard(folder: Path, metadata: dict[str, Any], tensors: dict[str, n
     record = {"format": FORMAT, "version": VERSION, **metadata}
     staging = folder / f".{TENSORS_FILE}.partial"
     save_file({name: np.ascontiguousarray(value) for name, value in tensors.items()}, str(staging))
-    staging.replace(folder / TENSORS_FILE)
+    with_default_mode(staging).replace(folder / TENSORS_FILE)
     staging_json = folder / f".{METADATA_FILE}.partial"
     staging_json.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     staging_json.replace(folder / METADATA_FILE)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from maira_sae.sae.file_modes import with_default_mode
 from maira_sae.server.demo.tokenizer import write_chat_template, write_demo_tokenizer
 from maira_sae.server.maira2.checkpoint import INDEX_FILE
 from maira_sae.server.maira2.image_preprocessing import ImagePreprocessingSettings
@@ -69,6 +70,7 @@ def write_weights(
     for file_name in file_names:
         shard_tensors = {n: tensors[n] for n in ordered if weight_map[n] == file_name}
         save_file(shard_tensors, folder / file_name, metadata={"format": "pt"})
+        with_default_mode(folder / file_name)
     _write_json(
         folder / INDEX_FILE, {"metadata": {"total_size": total_size}, "weight_map": weight_map}
     )
