@@ -12,6 +12,7 @@ import logging
 import logging.handlers
 import queue
 import time
+import warnings
 
 from maira_sae.server.service.interceptors import current_request_id
 
@@ -68,10 +69,49 @@ class CallerErrorsAtInfo(logging.Filter):
         return logging.getLogger().isEnabledFor(logging.INFO)
 
 
+# Library warnings whose text may quote a request's content: pydicom's quote element values
+# (names, dates, ids) of the caller's file. Their category and source are logged, not their text.
+_WARNINGS_WITH_CONTENT = ("pydicom",)
+warning_log = logging.getLogger("maira_sae.warnings")
+
+
+def log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` for the server: one JSON log line (WARNING) instead of the
+    library's bare text on stderr; a warning from a library that may quote request content is
+    logged without its text."""
+    source = _module_of(filename)
+    event: dict[str, object] = {
+        "event": "library_warning",
+        "category": category.__name__,
+        "source": source,
+    }
+    if source.split(".", 1)[0] not in _WARNINGS_WITH_CONTENT:
+        event["detail"] = str(message)
+    warning_log.warning(json.dumps(event))
+
+
+def _module_of(filename: str) -> str:
+    """``.../site-packages/pydicom/valuerep.py`` -> ``pydicom.valuerep`` (else the file name)."""
+    parts = filename.replace("\\", "/").split("/")
+    for anchor in ("site-packages", "dist-packages"):
+        if anchor in parts:
+            module = parts[parts.index(anchor) + 1 :]
+            return ".".join(module).removesuffix(".py")
+    return parts[-1].removesuffix(".py")
+
+
 def configure_logging(level: str) -> logging.handlers.QueueListener:
     """JSON lines on stderr. Records are formatted in the thread that logs them (so they keep
     its request id) and written by one listener thread, so no serving thread ever blocks on
-    stderr or on another thread's handler lock. Returns the started listener."""
+    stderr or on another thread's handler lock. Library warnings become log lines too
+    (``log_warning``). Returns the started listener."""
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     enqueue = logging.handlers.QueueHandler(records)
     enqueue.setFormatter(JsonFormatter())
@@ -86,4 +126,5 @@ def configure_logging(level: str) -> logging.handlers.QueueListener:
     root.setLevel(level)
     for name in _QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(logging.INFO, root.level))
+    warnings.showwarning = log_warning
     return listener
