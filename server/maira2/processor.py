@@ -260,7 +260,7 @@ class Maira2Processor:
         try:
             return preprocess_image(pixels, self._image_settings)
         except ValueError as exc:
-            raise InvalidArgument(f"{role.value} image: {exc}") from exc
+            raise InvalidArgument(f"study.{role.value}: {exc}") from exc
 
     def _check_special_tokens_stay_text(self) -> None:
         """Special-token strings in user text must not become special tokens or image slots."""
