@@ -59,6 +59,16 @@ def _info(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     )
     print(f"versions  maira-sae {info.versions.maira_sae}, torch {info.versions.torch}", file=out)
     print(f"dicom     {info.dicom.description}", file=out)
+    limits = info.limits
+    print(
+        f"limits    images {limits.max_images} x {limits.max_image_bytes} bytes / "
+        f"{limits.max_image_pixels} pixels, text {limits.max_text_chars} chars, new tokens "
+        f"{limits.max_new_tokens} (default {limits.default_max_new_tokens}), variants "
+        f"{limits.max_variants} x {limits.max_interventions_per_variant} interventions, top k "
+        f"{limits.max_top_k}, |strength| {limits.max_abs_strength:g}, batch "
+        f"{limits.max_batch_size}, queue {limits.queue_size}",
+        file=out,
+    )
     print(f"default   {info.default_sae_id or '(none reported)'}\n", file=out)
     table(
         ("sae", "layer", "d_sae", "groups", "labels", "format"),

@@ -42,6 +42,11 @@ def test_info_feature_search(cli):
     status, out, _ = cli("info")
     assert status == 0 and "default   demo-ef4-layer15" in out and "d_sae" in out
     assert "dicom     DICOM modalities CR, DR, DX only; Modality LUT" in out
+    limits = run_json(cli, "info")["limits"]
+    assert (
+        f"new tokens {limits['max_new_tokens']} (default {limits['default_max_new_tokens']})" in out
+    )
+    assert f"queue {limits['queue_size']}" in out
 
 
 def test_encode(cli, frontal_png):
