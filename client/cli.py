@@ -199,15 +199,17 @@ def _top(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         args.html.write_text(pictures.tokens_html(encoded, chosen), encoding="utf-8")
     if args.json:
         return print_json(result.to_dict(), out)
+    roles = [role for role, _ in study.images()]
     table(
-        ("rank", "feature", "score", "tokens", "images", "label"),
+        ("rank", "feature", "score", "tokens", "fires on", "label"),
         [
             (
                 rank,
                 f.feature,
                 f"{f.score:.4g}",
                 len(f.token_positions),
-                ",".join(str(g.image_index) for g in f.image_grids) or "-",
+                ",".join(roles[g.image_index] for g in f.image_grids)
+                or ("text only" if f.token_positions else "-"),
                 f.label or "",
             )
             for rank, f in enumerate(result.features, start=1)

@@ -83,7 +83,9 @@ def test_top_writes_heatmap_and_html(cli, frontal_png, tmp_path):
         "top", "--frontal", str(frontal_png), "--k", "8", "--heatmap", str(single),
         "--feature", str(on_image),
     )  # fmt: skip
-    assert status == 0 and "rank" in out
+    assert status == 0 and "fires on" in out
+    row = next(line for line in out.splitlines() if line.split()[1:2] == [str(on_image)])
+    assert "frontal" in row
     width, height = Image.open(frontal_png).size
     assert Image.open(single).width == width and Image.open(single).height > height  # titled
 
