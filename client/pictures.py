@@ -303,6 +303,7 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 70em; }}
 .tok.fired {{ border-radius: 3px; }}
 .tok.special {{ color: #999; }}
 .legend {{ color: #555; }}
+.note {{ color: #8a4b00; font-style: italic; }}
 figure.patches {{ display: inline-block; vertical-align: top; margin: 0.3em 0.6em 0.3em 0;
   font-family: system-ui, sans-serif; white-space: normal; line-height: 1.2; }}
 figure.patches figcaption {{ color: #666; font-size: 0.8em; max-width: 16em; }}
@@ -350,6 +351,21 @@ def _patch_grid(patches: Sequence[TokenActivations], feature: int) -> str:
         f'grid-template-rows: repeat({rows}, {cell}px)">{"".join(cells)}</div>'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
     )
+
+
+def _no_text_note(encoded: EncodeResult, text_values: Sequence[float]) -> str:
+    """A visible note for a feature that fires on no text token, so its section does not read
+    as a page that failed to shade."""
+    if any(value > 0 for value in text_values):
+        return ""
+    has_patches = any(item.token.kind is TokenKind.IMAGE_PATCH for item in encoded.tokens)
+    where = (
+        "its image patches are drawn below"
+        if has_patches
+        else "where it fires on the images is in the heat map (the CLI's --html-images draws "
+        "the patches here)"
+    )
+    return f'<p class="note">It fires on no text token of this study: {where}.</p>'
 
 
 def _token_spans(tokens: Sequence[TokenActivations], feature: int, scale: float) -> str:
@@ -407,7 +423,7 @@ def tokens_html(
         sections.append(
             f'<section data-feature="{feature}"><h2>{html.escape(heading)}</h2>'
             f'<p class="legend">SAE {html.escape(encoded.sae_id)}, layer {encoded.layer}; '
-            f"shading up to {scale:.4g}</p>"
+            f"shading up to {scale:.4g}</p>{_no_text_note(encoded, text_values)}"
             f'<div class="tokens">{_token_spans(encoded.tokens, feature, scale)}</div></section>'
         )
     return _PAGE.format(title=html.escape(title), sections="\n".join(sections))

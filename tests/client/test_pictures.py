@@ -220,3 +220,22 @@ def test_html_draws_each_images_patches_as_a_shaded_grid():
         assert fired == [(f"{value:g}", str(row + 1), str(col + 1))]
         assert f"max {value:g}; shading up to {value:g}" in body
     assert page.index('data-image="1"') < page.index(" clear")  # in token order
+
+
+def test_html_says_so_when_a_feature_fires_on_no_text_token():
+    text = [
+        TokenActivations(token(0, TokenKind.PROMPT_TEXT, "Cough"), (3,), (1.0,)),
+        TokenActivations(token(1, TokenKind.RESPONSE, " clear"), (), ()),
+    ]
+    patch = TokenActivations(
+        token(2, TokenKind.IMAGE_PATCH, image_index=0, grid_row=0, grid_col=0), (9,), (5.0,)
+    )
+    quality = ReconstructionQuality(0, 1, 1)
+    text_only = pictures.tokens_html(EncodeResult("sae", 15, tuple(text), 3, quality), [(9, "x")])
+    assert "It fires on no text token of this study" in text_only
+    assert "--html-images" in text_only
+    with_patches = EncodeResult("sae", 15, (*text, patch), 3, quality)
+    page = pictures.tokens_html(with_patches, [(9, "x"), (3, "y")])
+    sections = dict(re.findall(r'<section data-feature="(\d+)">(.*?)</section>', page, re.S))
+    assert "its image patches are drawn below" in sections["9"]
+    assert "no text token" not in sections["3"]
