@@ -42,6 +42,25 @@ class StudyImage:
     media_type: MediaType | None = None
     name: str = "image"
 
+    def __post_init__(self) -> None:
+        """A media type given as its MIME string ("image/png") is read as the enum; anything
+        else that is not a ``MediaType`` (such as the protobuf enum's number, whose name this
+        one shares) is refused here, saying what to pass."""
+        if self.media_type is None or isinstance(self.media_type, MediaType):
+            return
+        if isinstance(self.media_type, str):
+            try:
+                object.__setattr__(self, "media_type", MediaType(self.media_type))
+                return
+            except ValueError:
+                pass
+        known = ", ".join(f"MediaType.{m.name} ({m.value!r})" for m in MediaType)
+        raise TypeError(
+            f"{self.name}: media_type {self.media_type!r} is not a maira_sae.client.MediaType "
+            f"(the protobuf enum maira_sae.v1.MediaType is not accepted here); pass one of "
+            f"{known}, or None to let the server sniff the bytes"
+        )
+
     @classmethod
     def from_file(cls, path: PathLike, *, frame: int | None = None) -> StudyImage:
         """Reads a PNG, JPEG or DICOM file. A DICOM file is decoded once here, so a file this

@@ -128,3 +128,13 @@ def test_steering_specs():
     for bad in ("123", "x:add:1", "1:push:2", "1:add", "1:add:nan", "1:add:1@nowhere"):
         with pytest.raises(ValueError, match="steering spec"):
             Intervention.parse(bad)
+
+
+def test_media_type_is_the_sdk_enum_or_its_mime_string():
+    from maira_sae.v1 import maira_sae_pb2 as pb
+
+    assert StudyImage(b"x", "image/png").media_type is MediaType.PNG
+    with pytest.raises(TypeError, match=r"media_type 1 is not a maira_sae.client.MediaType"):
+        StudyImage(b"x", pb.MEDIA_TYPE_PNG, name="f.png")
+    with pytest.raises(TypeError, match=r"MediaType.DICOM \('application/dicom'\)"):
+        StudyImage(b"x", "image/tiff")
