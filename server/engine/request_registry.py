@@ -65,9 +65,11 @@ class RunningCall(Protocol):
 
 
 class Status(enum.Enum):
-    WAITING = "waiting"
-    PREFILLING = "prefilling"
-    RUNNING = "running"
+    """Where a generation is: queued, its prompt partly run, or decoding in the batch."""
+
+    WAITING = enum.auto()
+    PREFILLING = enum.auto()
+    RUNNING = enum.auto()
 
 
 @dataclass(eq=False)

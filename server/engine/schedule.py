@@ -17,8 +17,7 @@ forwards; calls whose last row ended leave with the decode step's outcome.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from maira_sae.server.engine.admission_policy import (
     AdmissionPolicy,
@@ -84,12 +83,16 @@ class SchedulerState:
 
 @dataclass(frozen=True)
 class Leave:
+    """A request that leaves before the step's forwards, and why."""
+
     request_id: int
     reason: LeaveReason
 
 
 @dataclass(frozen=True)
 class PrefillChunk:
+    """The next ``tokens`` prompt tokens of a call."""
+
     request_id: int
     tokens: int
     starts: bool  # the call's first chunk: it is started from its prepared inputs
@@ -133,24 +136,38 @@ def schedule(
     ):
         prefilling = None
     waiting = [w.call for w in state.waiting if stays(w.call.request_id, w.stopped, w.deadline)]
-    batch = _Batch(limits, sum(c.rows for c in running), state.cached_positions, bool(running))
-    prefill = _prefill_chunks(prefilling, waiting, batch, policy or FirstComeFirstServed())
+    batch = _BatchSoFar(limits, sum(c.rows for c in running), state.cached_positions, bool(running))
+    if prefilling is not None:
+        batch.prefill(prefilling.request_id, prefilling.prefill_remaining, prefilling, False)
+    for call in (policy or FirstComeFirstServed()).order(waiting):
+        if batch.left <= 0:
+            break
+        if call.prompt_tokens > batch.left and batch.left < limits.prefill_token_budget:
+            break  # it waits for a whole budget rather than start on a rest
+        if not batch.fits(call):
+            break  # in order: later calls wait behind it (no starvation of large calls)
+        batch.prefill(call.request_id, call.prompt_tokens, call, True)
     return StepPlan(
         analyses=tuple(analyses[:max_analysis_batch]),
         leaving=tuple(leaving),
-        prefill=tuple(prefill),
+        prefill=tuple(batch.chunks),
         decode=batch.has_calls,
     )
 
 
 @dataclass
-class _Batch:
-    """The running rows as the plan grows: what the calls joining in this step add."""
+class _BatchSoFar:
+    """The running rows and the prefill budget as the plan grows."""
 
     limits: BatchLimits
     rows: int
     positions: int
     has_calls: bool
+    chunks: list[PrefillChunk] = field(default_factory=list)
+
+    @property
+    def left(self) -> int:
+        return self.limits.prefill_token_budget - sum(chunk.tokens for chunk in self.chunks)
 
     def fits(self, call: WaitingCall) -> bool:
         if not self.has_calls:
@@ -159,39 +176,15 @@ class _Batch:
         widest = max(self.positions + 1, call.sequence_tokens)
         return rows <= self.limits.max_rows and rows * widest <= self.limits.max_kv_positions
 
-    def join(self, rows: int, prompt_tokens: int) -> None:
-        self.rows += rows
-        self.positions = max(self.positions, prompt_tokens)
-        self.has_calls = True
-
-
-def _prefill_chunks(
-    prefilling: StartedCall | None,
-    waiting: Sequence[WaitingCall],
-    batch: _Batch,
-    policy: AdmissionPolicy,
-) -> list[PrefillChunk]:
-    budget = batch.limits.prefill_token_budget
-    left = budget
-    chunks: list[PrefillChunk] = []
-    if prefilling is not None:
-        tokens = min(prefilling.prefill_remaining, left)
-        completes = tokens == prefilling.prefill_remaining
-        chunks.append(PrefillChunk(prefilling.request_id, tokens, False, completes))
-        left -= tokens
+    def prefill(
+        self, request_id: int, remaining: int, call: WaitingCall | StartedCall, starts: bool
+    ) -> None:
+        """Spend what is left of the budget, up to ``remaining`` prompt tokens, on a call;
+        once its prompt is done its rows join the batch."""
+        tokens = min(remaining, self.left)
+        completes = tokens == remaining
+        self.chunks.append(PrefillChunk(request_id, tokens, starts, completes))
         if completes:
-            batch.join(prefilling.rows, prefilling.prompt_tokens)
-    for call in policy.order(waiting):
-        if left <= 0:
-            break
-        if call.prompt_tokens > left and left < budget:
-            break  # it waits for a whole budget rather than start on a rest
-        if not batch.fits(call):
-            break  # in order: later calls wait behind it (no starvation of large calls)
-        tokens = min(call.prompt_tokens, left)
-        completes = tokens == call.prompt_tokens
-        chunks.append(PrefillChunk(call.request_id, tokens, True, completes))
-        left -= tokens
-        if completes:
-            batch.join(call.rows, call.prompt_tokens)
-    return chunks
+            self.rows += call.rows
+            self.positions = max(self.positions, call.prompt_tokens)
+            self.has_calls = True

@@ -23,17 +23,14 @@ from maira_sae.server.engine.types import (
     VariantFinished,
 )
 from maira_sae.server.maira2.study import Study
-from maira_sae.server.service.metrics import Metrics
-from maira_sae.server.service.runtime import load_runtime
 from maira_sae.server.service.warmup import synthetic_chest_image
-from tests.support.servers import demo_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def engine(demo_checkpoint) -> Engine:
-    return load_runtime(demo_config(demo_checkpoint), Metrics()).engine
+def engine(demo_engine) -> Engine:
+    return demo_engine
 
 
 def add(value: float, feature: int = 3) -> Variant:

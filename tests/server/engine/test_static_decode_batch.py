@@ -39,8 +39,8 @@ SOME_PROMPT_AND_ALL_GENERATED = (TokenRange(0, 40), TokenRange(300, 10_000))
 
 
 @pytest.fixture(scope="module")
-def dynamic(demo_checkpoint) -> Engine:
-    return load_runtime(demo_config(demo_checkpoint), Metrics()).engine
+def dynamic(demo_engine) -> Engine:
+    return demo_engine
 
 
 @pytest.fixture(scope="module")
