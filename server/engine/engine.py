@@ -132,8 +132,9 @@ class Engine:
         should_stop: Callable[[], bool],
     ) -> None:
         """One call from prefill to its last event on a batch of its own, on this thread
-        (offline use: bench, demo, tests), through the same ``EngineCore`` the server runs;
-        a failure is raised here."""
+        (offline use: bench, demo, tests), through the same ``EngineCore`` the server runs.
+        ``should_stop`` is asked before each step (once prefilled, a stopped call's variants
+        finish CANCELLED); a failure, or a stop before the prefill, is raised here."""
         collected = _Collected(prepared, emit, should_stop)
         budget = max(1, len(prepared.inputs.tokens))  # the whole prompt in one forward
         core = EngineCore(self, limits=BatchLimits(prefill_token_budget=budget),

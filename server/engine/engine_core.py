@@ -9,6 +9,7 @@ here. The engine thread runs one core (``async_engine``); the offline path runs 
 
 from __future__ import annotations
 
+import logging
 import time
 
 from maira_sae.server.engine.admission_policy import AdmissionPolicy
@@ -28,6 +29,8 @@ from maira_sae.server.engine.request_registry import (
 from maira_sae.server.engine.schedule import BatchLimits, LeaveReason, StepPlan, schedule
 from maira_sae.server.engine.types import VariantFinished
 from maira_sae.server.errors import Cancelled, DeadlineExceeded
+
+log = logging.getLogger(__name__)
 
 
 class SchedulerObserver:
@@ -89,6 +92,8 @@ class EngineCore:
         plan = schedule(
             state, self._limits, max_analysis_batch=self._max_analysis_batch, policy=self._policy
         )
+        if not plan.is_empty:
+            log.debug("step plan: %s", plan)  # request ids and token counts only
         self._report_started(plan, began)
         outcome = self._executor.execute(plan, self._requests)
         self._update(plan, outcome)
