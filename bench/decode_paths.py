@@ -24,7 +24,6 @@ from bench.harness import at_least, check, median
 from maira_sae.server.engine.engine import Engine
 from maira_sae.server.engine.static_decode_batch import StaticDecodeSettings
 from maira_sae.server.engine.token_limits import TokenLimits
-from maira_sae.server.engine.types import GeneratedToken, GenerationEvent
 
 STREAMS = 32
 STREAMS_SPEEDUP_TARGET = at_least(10.0)
@@ -117,24 +116,24 @@ def _concurrent_streams(engine: Engine, streams: int, new_tokens: int) -> dict[s
 def _decode_rate(engine: Engine, calls: int, new_tokens: int) -> float:
     """Tokens per second of ``calls`` calls decoding together, prefills excluded."""
     study = frontal_study()
-    batch = engine.new_batch()
-    count = [0]
+    runner = engine.generations
+    batch = runner.new_batch()
 
-    def emit(event: GenerationEvent) -> None:
-        if isinstance(event, GeneratedToken):
-            count[0] += 1
+    def step() -> int:
+        return sum(len(events.tokens) for events in runner.decode(batch))
 
     for index in range(calls):
         variant = ADD if index % 2 == 0 else CLAMP
         request = generation_request(study, (variant,), new_tokens)
-        engine.begin(batch, engine.prepare_generation(request), emit)
-    engine.step(batch)  # the first tokens come from the prefills' logits
+        call = runner.start(index, engine.prepare_generation(request))
+        runner.prefill_chunk(batch, call, call.prefill_remaining)
+    step()  # the first tokens come from the prefills' logits
     _synchronise()
-    first, started = count[0], time.perf_counter()
+    count, started = 0, time.perf_counter()
     while batch.calls:
-        engine.step(batch)
+        count += step()
     _synchronise()
-    return (count[0] - first) / (time.perf_counter() - started)
+    return count / (time.perf_counter() - started)
 
 
 def _synchronise() -> None:

@@ -13,10 +13,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from maira_sae.server.engine.decode_choices import DECODE_PATHS
+from maira_sae.server.engine.decode_choices import DecodeSetting
+from maira_sae.server.engine.schedule import BatchLimits
 from maira_sae.server.engine.slot_cache import SlotCache
 from maira_sae.server.engine.static_decode_batch import StaticDecodeSettings
-from maira_sae.server.engine.step_loop import DecodeLimits
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 
 
@@ -24,17 +24,16 @@ from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 class DecodeSizing:
     """The limits the scheduler runs with, and the static batch's size when that path is on."""
 
-    limits: DecodeLimits
+    limits: BatchLimits
     static: StaticDecodeSettings | None
     memory_bound_positions: int | None  # what free accelerator memory holds; None off CUDA
 
 
 def size_decode(
-    requested: DecodeLimits,
+    requested: BatchLimits,
     model: Maira2ForConditionalGeneration,
     *,
-    path: str,
-    compile_mode: str,
+    setting: DecodeSetting,
     max_sequence_tokens: int,
     rows_per_call: int,
     interventions_per_row: int,
@@ -42,15 +41,11 @@ def size_decode(
 ) -> DecodeSizing:
     """The effective limits; ``ValueError`` when the static cache cannot hold one call of
     ``rows_per_call`` rows (its variants)."""
-    if path not in DECODE_PATHS:
-        raise ValueError(f"batching.decode_path must be one of {', '.join(DECODE_PATHS)}")
     bound = _memory_bound(model, memory_fraction)
     limits = requested
     if bound is not None and bound < limits.max_kv_positions:
         limits = replace(limits, max_kv_positions=bound)
-    if path == "dynamic":
-        if compile_mode != "off":
-            raise ValueError("batching.decode_compile needs batching.decode_path = 'static'")
+    if not setting.static:
         return DecodeSizing(limits, None, bound)
     slots = min(limits.max_rows, limits.max_kv_positions // max_sequence_tokens)
     if slots < rows_per_call:
@@ -66,7 +61,7 @@ def size_decode(
         slots=slots,
         width=max_sequence_tokens,
         capacity=interventions_per_row,
-        compile_mode=compile_mode,
+        compile_mode=setting.compile_mode,
     )
     return DecodeSizing(limits, static, bound)
 

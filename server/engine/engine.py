@@ -1,86 +1,54 @@
-"""The engine: owns the model, the processor and the SAEs, and runs batches for the scheduler.
+"""The engine: MAIRA-2, its processor and its SAEs, and the parts that serve them.
 
-``prepare_*`` checks a request and builds its model inputs (tokenising, image preprocessing):
-CPU work done in worker threads before the request is queued, so a bad study fails alone and at
-once. ``analyse`` and ``generate`` run the model and are called from the scheduler's one engine
-thread only, never from the event loop. Errors a caller caused are the domain errors of
-``maira_sae.server.errors``; running out of accelerator memory fails the batch as
-RESOURCE_EXHAUSTED (retryable), never the server.
+Each part has one job: ``SaeRegistry`` (the SAEs by id), ``RequestPreparer`` (a request's
+checks and model inputs, CPU work done in worker threads before it is queued), ``Analyser``
+(Encode and TopFeatures batches), ``GenerationRunner`` (a generation's prefill, decode steps
+and stop), ``FeatureLookup`` (feature pages and search). ``Engine`` assembles them over one
+model and is what the service and the offline tools hold: the entry points below are the
+parts'. The model runs on the engine thread only (``async_engine``), or, offline, on the
+caller's thread through ``generate``, which runs the same ``EngineCore`` as the server. Errors
+a caller caused are the domain errors of ``maira_sae.server.errors``; running out of
+accelerator memory fails the batch as RESOURCE_EXHAUSTED (retryable), never the server.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from functools import partial
-from typing import TypeVar
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
-import numpy as np
-import torch
-
-from maira_sae.sae.model import FeatureOutOfRange
-from maira_sae.sae.steering import validate_intervention
-from maira_sae.server.engine.capture import capture_batch
-from maira_sae.server.engine.decode_batch import DecodeBatch
+from maira_sae.server.engine.analysis import Analyser, AnalysisResult
+from maira_sae.server.engine.engine_core import EngineCore
 from maira_sae.server.engine.feature_lookup import FeatureLookup
-from maira_sae.server.engine.features import (
-    accepted_positions,
-    reconstruction_quality,
-    sparse_codes,
-    top_feature_scores,
+from maira_sae.server.engine.generation_runner import GenerationRunner
+from maira_sae.server.engine.preparation import (
+    AnalysisRequest,
+    PreparedAnalysis,
+    PreparedGeneration,
+    RequestPreparer,
 )
-from maira_sae.server.engine.generation import GenerationCall
-from maira_sae.server.engine.sae_entry import SaeEntry, feature_out_of_range
-from maira_sae.server.engine.static_decode_batch import StaticDecodeBatch, StaticDecodeSettings
+from maira_sae.server.engine.sae_entry import SaeEntry
+from maira_sae.server.engine.sae_registry import SaeRegistry
+from maira_sae.server.engine.schedule import BatchLimits, LeaveReason
+from maira_sae.server.engine.static_decode_batch import StaticDecodeSettings
 from maira_sae.server.engine.token_limits import TokenLimits
 from maira_sae.server.engine.types import (
-    EncodeRequest,
-    EncodeResult,
     FeatureDetails,
     FeatureSearchResult,
-    FinishReason,
     GenerateRequest,
     GenerationEvent,
-    TopFeaturesRequest,
-    TopFeaturesResult,
-    VariantFinished,
 )
-from maira_sae.server.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    OutOfRange,
-    ResourceExhausted,
-    echo,
-)
-from maira_sae.server.maira2.grounding import parse_grounded_output
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
-from maira_sae.server.maira2.processor import Maira2Processor, ModelInputs
-from maira_sae.server.maira2.study import TaskKind
+from maira_sae.server.maira2.processor import Maira2Processor
 
-AnalysisRequest = EncodeRequest | TopFeaturesRequest
-AnalysisResult = EncodeResult | TopFeaturesResult
-RowBatch = DecodeBatch | StaticDecodeBatch
-R = TypeVar("R", EncodeRequest, TopFeaturesRequest, GenerateRequest)
-
-_NO_PIXELS = np.zeros((0, 0), dtype=np.uint8)
-
-
-@dataclass(frozen=True)
-class PreparedAnalysis:
-    """An Encode or TopFeatures request checked and turned into model inputs, ready to batch."""
-
-    request: AnalysisRequest
-    entry: SaeEntry
-    inputs: ModelInputs
-
-
-@dataclass(frozen=True)
-class PreparedGeneration:
-    request: GenerateRequest
-    entry: SaeEntry
-    inputs: ModelInputs
+__all__ = [
+    "AnalysisRequest",
+    "AnalysisResult",
+    "Engine",
+    "PreparedAnalysis",
+    "PreparedGeneration",
+    "SaeEntry",
+]
 
 
 class Engine:
@@ -96,67 +64,29 @@ class Engine:
     ) -> None:
         """``token_limits`` default to the model's context length for both limits;
         ``static_decode`` selects the graph-ready decode batch (``static_decode_batch``)."""
-        if not saes:
-            raise ValueError("the engine needs at least one SAE")
         self.model = model
         self.processor = processor
-        self._saes = {entry.sae_id: entry for entry in saes}
-        self.default_sae_id = default_sae_id or saes[0].sae_id
-        if self.default_sae_id not in self._saes:
-            raise ValueError(f"default SAE {self.default_sae_id!r} is not among the SAEs")
-        self._eos_token_ids = frozenset({processor.eos_token_id})
+        self._saes = SaeRegistry(saes, default_sae_id)
         context_length = model.config.text_config.max_position_embeddings
-        self.token_limits = token_limits or TokenLimits(context_length, context_length)
+        limits = token_limits or TokenLimits(context_length, context_length)
+        self._preparer = RequestPreparer(processor, self._saes, limits)
+        self._analyser = Analyser(model, processor)
         self._features = FeatureLookup(model, processor.token_text, saes)
-        self._finishers: dict[int, Callable[[], None]] = {}  # id(call) -> send its results
-        self._static_batch = (
-            None
-            if static_decode is None
-            else static_decode.build(model, [(entry.sae, entry.layer) for entry in saes])
-        )
+        self.generations = GenerationRunner(model, processor, saes, static_decode)
+
+    # ---- the SAEs ------------------------------------------------------------------------
 
     @property
     def saes(self) -> tuple[SaeEntry, ...]:
-        return tuple(self._saes.values())
+        return self._saes.entries
+
+    @property
+    def default_sae_id(self) -> str:
+        return self._saes.default_sae_id
 
     def sae(self, sae_id: str) -> SaeEntry:
         """The SAE with this id ("" is the default one); NotFound names the known ids."""
-        entry = self._saes.get(sae_id or self.default_sae_id)
-        if entry is None:
-            known = ", ".join(sorted(self._saes))
-            raise NotFound(f"unknown sae_id {echo(sae_id)}; this server has: {known}")
-        return entry
-
-    def check_analysis(self, request: AnalysisRequest) -> SaeEntry:
-        """Validate what only the engine knows (SAE id, Matryoshka level) before queueing."""
-        entry = self.sae(request.sae_id)
-        if request.matryoshka_level is not None:
-            levels = entry.sae.num_levels
-            if not 1 <= request.matryoshka_level <= levels:
-                raise OutOfRange(
-                    f"matryoshka_level {request.matryoshka_level} is out of range: "
-                    f"SAE {entry.sae_id!r} has levels 1..{levels} (0 means all)"
-                )
-        labelled_only = isinstance(request, TopFeaturesRequest) and request.labelled_only
-        if labelled_only and not len(entry.catalogue):
-            raise FailedPrecondition(
-                f"labelled_only needs interpretations, and SAE {entry.sae_id!r} has none"
-            )
-        return entry
-
-    def check_generate(self, request: GenerateRequest) -> SaeEntry:
-        """Validate every intervention against the SAE before the request is queued."""
-        entry = self.sae(request.sae_id)
-        for variant_index, variant in enumerate(request.variants):
-            for index, scoped in enumerate(variant.interventions):
-                where = f"variants[{variant_index}].interventions[{index}]"
-                try:
-                    validate_intervention(scoped.intervention, entry.sae, entry.sae.d_model)
-                except FeatureOutOfRange as error:
-                    raise feature_out_of_range(entry, error, f"{where}.feature") from error
-                except ValueError as error:
-                    raise InvalidArgument(f"{where}: {error}") from error
-        return entry
+        return self._saes.get(sae_id)
 
     def feature(
         self, sae_id: str, feature: int, *, num_logits: int = 10, decoder_row: bool = False
@@ -171,143 +101,29 @@ class Engine:
         """Text search over an SAE's interpretations, best match first."""
         return self._features.search(self.sae(sae_id), query, limit)
 
+    # ---- requests: checks and model inputs (any thread) ----------------------------------
+
+    @property
+    def token_limits(self) -> TokenLimits:
+        return self._preparer.token_limits
+
+    def check_analysis(self, request: AnalysisRequest) -> SaeEntry:
+        return self._preparer.check_analysis(request)
+
+    def check_generate(self, request: GenerateRequest) -> SaeEntry:
+        return self._preparer.check_generate(request)
+
     def prepare_analysis(self, request: AnalysisRequest) -> PreparedAnalysis:
-        """Check the request and build its model inputs (tokens, pixels). CPU work that any
-        thread may do, so the engine thread only runs the model."""
-        entry = self.check_analysis(request)
-        inputs = self.processor.process(request.study, request.task, request.response)
-        self.token_limits.check(inputs)
-        return PreparedAnalysis(_without_pixels(request), entry, inputs)
+        return self._preparer.prepare_analysis(request)
 
     def prepare_generation(self, request: GenerateRequest) -> PreparedGeneration:
-        entry = self.check_generate(request)
-        inputs = self.processor.process(request.study, request.task)
-        self.token_limits.check(inputs, request.settings.max_new_tokens)
-        return PreparedGeneration(_without_pixels(request), entry, inputs)
+        return self._preparer.prepare_generation(request)
+
+    # ---- the model (the engine thread, or offline) ---------------------------------------
 
     def analyse(self, batch: Sequence[PreparedAnalysis]) -> list[AnalysisResult]:
         """Encode and TopFeatures requests as one forward pass; one result per request."""
-        with _out_of_memory_is_retryable():
-            residuals = capture_batch(
-                self.model,
-                [item.inputs for item in batch],
-                {item.entry.layer for item in batch},
-                pad_token_id=self.processor.pad_token_id,
-            )
-            return [
-                self._analysis_result(item, by_layer[item.entry.layer])
-                for item, by_layer in zip(batch, residuals, strict=True)
-            ]
-
-    def _analysis_result(self, item: PreparedAnalysis, residual: torch.Tensor) -> AnalysisResult:
-        request, entry, tokens = item.request, item.entry, item.inputs.tokens
-        positions = accepted_positions(tokens, request.token_filter)
-        if isinstance(request, EncodeRequest):
-            features = entry.sae.encode(residual, level=request.matryoshka_level)
-            return EncodeResult(
-                sae_id=entry.sae_id,
-                layer=entry.layer,
-                tokens=sparse_codes(features, tokens, positions, request.top_k_per_token),
-                total_tokens=len(tokens),
-                quality=reconstruction_quality(entry.sae, residual[positions], features[positions]),
-            )
-        features = entry.sae.encode(residual, level=request.matryoshka_level)
-        return TopFeaturesResult(
-            sae_id=entry.sae_id,
-            layer=entry.layer,
-            features=top_feature_scores(
-                features,
-                tokens,
-                positions,
-                aggregation=request.aggregation,
-                k=request.k,
-                catalogue=entry.catalogue,
-                patch_grid=self.processor.patch_grid,
-                labelled_only=request.labelled_only,
-            ),
-            total_tokens=len(tokens),
-        )
-
-    def close(self) -> None:
-        """Let go of what the engine put on the model (the static batch's hooks)."""
-        if self._static_batch is not None:
-            self._static_batch.close()
-            self._static_batch = None
-
-    def new_batch(self) -> RowBatch:
-        """An empty set of running generations, decoded together step by step."""
-        if self._static_batch is not None:
-            return self._static_batch.reset()
-        return DecodeBatch(self.model)
-
-    def start(
-        self, prepared: PreparedGeneration, emit: Callable[[GenerationEvent], None]
-    ) -> GenerationCall:
-        """A call ready to prefill (no model work yet): ``prefill_chunk`` runs its prompt;
-        its tokens come with the steps after it joins, then one VariantFinished per variant."""
-        request, entry, inputs = prepared.request, prepared.entry, prepared.inputs
-        call = GenerationCall(
-            self.model,
-            inputs,
-            request.variants,
-            request.settings,
-            sae=entry.sae,
-            steer_layer=entry.layer,
-            eos_token_ids=self._eos_token_ids,
-            decode=self.processor.decode_generated,
-            emit=emit,
-        )
-        self._finishers[id(call)] = partial(
-            self._finish, call, emit, inputs, request.task.kind is not TaskKind.FINDINGS
-        )
-        return call
-
-    def prefill_chunk(self, batch: RowBatch, call: GenerationCall, max_tokens: int) -> bool:
-        """Run up to ``max_tokens`` more of the call's prompt; True once the prompt is done
-        and the call's rows have joined ``batch``. A call whose prefill fails is dropped."""
-        try:
-            with _out_of_memory_is_retryable():
-                prefilled = call.prefill_chunk(max_tokens)
-                if prefilled is not None:
-                    batch.join(call, prefilled)
-        except BaseException:
-            self._finishers.pop(id(call), None)
-            raise
-        return prefilled is not None
-
-    def begin(
-        self,
-        batch: RowBatch,
-        prepared: PreparedGeneration,
-        emit: Callable[[GenerationEvent], None],
-    ) -> GenerationCall:
-        """Prefill a call in one go and add its rows to ``batch`` (``start`` and one
-        ``prefill_chunk`` of the whole prompt)."""
-        call = self.start(prepared, emit)
-        self.prefill_chunk(batch, call, call.prefill_remaining)
-        return call
-
-    def step(self, batch: RowBatch) -> list[GenerationCall]:
-        """One decode step for every row of ``batch``; returns the calls that ended (their
-        VariantFinished events are sent)."""
-        with _out_of_memory_is_retryable():
-            ended = batch.step()
-        for call in ended:
-            self._finishers.pop(id(call))()
-        return ended
-
-    def stop(self, batch: RowBatch, call: GenerationCall, reason: FinishReason) -> None:
-        """End a call now (cancel, deadline): its rows leave the batch at once (a call still
-        being prefilled gets no more chunks)."""
-        call.stop(reason)
-        if call in batch.calls:
-            batch.remove(call)
-        self._finishers.pop(id(call))()
-
-    def forget(self, batch: RowBatch) -> None:
-        """Drop every call of a batch that failed (its callers are told by the scheduler)."""
-        for call in batch.calls:
-            self._finishers.pop(id(call), None)
+        return self._analyser.analyse(batch)
 
     def generate(
         self,
@@ -315,55 +131,44 @@ class Engine:
         emit: Callable[[GenerationEvent], None],
         should_stop: Callable[[], bool],
     ) -> None:
-        """One call from prefill to its last token on a batch of its own (offline use; the
-        scheduler interleaves calls with ``start``/``prefill_chunk``/``step``/``stop``)."""
-        batch = self.new_batch()
-        call = self.begin(batch, prepared, emit)
-        try:
-            while not call.done:
-                if should_stop():
-                    self.stop(batch, call, FinishReason.CANCELLED)
-                    return
-                self.step(batch)
-        finally:
-            self.forget(batch)
+        """One call from prefill to its last event on a batch of its own, on this thread
+        (offline use: bench, demo, tests), through the same ``EngineCore`` the server runs.
+        ``should_stop`` is asked before each step (once prefilled, a stopped call's variants
+        finish CANCELLED); a failure, or a stop before the prefill, is raised here."""
+        collected = _Collected(prepared, emit, should_stop)
+        budget = max(1, len(prepared.inputs.tokens))  # the whole prompt in one forward
+        core = EngineCore(self, limits=BatchLimits(prefill_token_budget=budget),
+                          max_analysis_batch=1)  # fmt: skip
+        core.add_generation(collected)
+        while not core.idle:
+            core.step()
+        if collected.error is not None:
+            raise collected.error
 
-    def _finish(
-        self,
-        call: GenerationCall,
-        emit: Callable[[GenerationEvent], None],
-        inputs: ModelInputs,
-        grounded: bool,
-    ) -> None:
-        for row in call.results():
-            phrases, parse_ok = (
-                parse_grounded_output(row.text, inputs.images[0]) if grounded else ((), True)
-            )
-            emit(
-                VariantFinished(
-                    variant_index=row.variant_index,
-                    text=row.text,
-                    finish_reason=row.finish_reason,
-                    num_tokens=row.num_tokens,
-                    phrases=phrases,
-                    parse_ok=parse_ok,
-                )
-            )
+    def close(self) -> None:
+        """Let go of what the engine put on the model (the static batch's hooks)."""
+        self.generations.close()
 
 
-def _without_pixels(request: R) -> R:
-    """The request as it waits in the queue: its model inputs are built, so the decoded images
-    (up to hundreds of MB each) are let go; only ``pixel_values`` stay."""
-    study = replace(request.study, frontal=_NO_PIXELS, lateral=None, prior=None)
-    return replace(request, study=study)
+@dataclass(eq=False)
+class _Collected:
+    """The offline path's output route: events to ``emit``, the end kept to raise."""
 
+    prepared: PreparedGeneration
+    emit: Callable[[GenerationEvent], None]
+    should_stop: Callable[[], bool]
+    deadline: float | None = None
+    enqueued_at: float = field(default_factory=time.monotonic)
+    error: BaseException | None = None
 
-@contextmanager
-def _out_of_memory_is_retryable() -> Iterator[None]:
-    """Out-of-memory in a batch fails that batch's requests as retryable, not the server."""
-    try:
-        yield
-    except torch.OutOfMemoryError as error:
-        raise ResourceExhausted(
-            "the accelerator ran out of memory for this batch; retry"
-        ) from error
+    def expired(self) -> bool:
+        return False
+
+    def stop_reason(self) -> LeaveReason | None:
+        return LeaveReason.CANCELLED if self.should_stop() else None
+
+    def send(self, item: GenerationEvent | BaseException | None) -> None:
+        if isinstance(item, BaseException):
+            self.error = item
+        elif item is not None:
+            self.emit(item)

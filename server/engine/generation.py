@@ -1,12 +1,12 @@
 """One GenerateSteered call between decode steps: its rows, its steering, its sampler.
 
 Every variant of a call is a row. ``GenerationCall.prefill_chunk`` runs the prompt, whole or
-in chunks of at most so many tokens over several scheduler turns (``prefill``: in one go);
-from then on the call's rows live in a ``DecodeBatch`` (``decode_batch``) beside the rows of
-other calls, and each decode step hands the call the logits of its rows still running:
-``take`` samples their next tokens, streams them and retires the rows that end (EOS, length),
-so a finished variant costs nothing more. The call ends when its last row does, or when it is
-stopped (cancel, deadline).
+in chunks of at most so many tokens over several engine steps; from then on the call's rows
+live in a decode batch (``decode_batch.DecodeBatch``) beside the rows of other calls, and
+each decode step hands the call the logits of its rows still running: ``take`` samples their
+next tokens, returns them as events and retires the rows that end (EOS, length), so a
+finished variant costs nothing more. The call ends when its last row does, or when it is
+stopped (cancel, deadline); ``finished`` is then each variant's result.
 
 The variants of a call share one prompt, so the prefill is shared: when no intervention
 touches a prompt position the whole prompt runs once (vision tower included) and its cache is
@@ -33,24 +33,16 @@ from maira_sae.server.engine.steering_plan import ChunkSteerer, SteeringPlan
 from maira_sae.server.engine.types import (
     FinishReason,
     GeneratedToken,
-    GenerationEvent,
     GenerationSettings,
     Variant,
+    VariantFinished,
 )
+from maira_sae.server.maira2.grounding import parse_grounded_output
+from maira_sae.server.maira2.image_preprocessing import ImageGeometry
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 from maira_sae.server.maira2.processor import ModelInputs
 
-__all__ = ["GenerationCall", "Prefilled", "RowResult"]
-
-
-@dataclass(frozen=True)
-class RowResult:
-    """What one row produced; the engine adds the grounded parse for grounded tasks."""
-
-    variant_index: int
-    text: str
-    finish_reason: FinishReason
-    num_tokens: int
+__all__ = ["GenerationCall", "Prefilled"]
 
 
 @dataclass
@@ -65,6 +57,7 @@ class GenerationCall:
 
     def __init__(
         self,
+        request_id: int,
         model: Maira2ForConditionalGeneration,
         inputs: ModelInputs,
         variants: Sequence[Variant],
@@ -74,11 +67,14 @@ class GenerationCall:
         steer_layer: int,
         eos_token_ids: frozenset[int],
         decode: Callable[[Sequence[int]], str],
-        emit: Callable[[GenerationEvent], None],
+        grounded_image: ImageGeometry | None,
     ) -> None:
+        """``grounded_image``: the frontal image's geometry a grounded task's boxes are mapped
+        through (None: not a grounded task)."""
+        self.request_id = request_id
         self._settings = settings
         self._eos_token_ids = eos_token_ids
-        self._emit = emit
+        self._grounded_image = grounded_image
         self.steer_layer = steer_layer
         self.prompt_length = int(inputs.input_ids.shape[0])
         self._plan = SteeringPlan(variants, inputs.tokens)
@@ -108,6 +104,11 @@ class GenerationCall:
         return not self.active
 
     @property
+    def rows(self) -> int:
+        """Rows still generating."""
+        return len(self.active)
+
+    @property
     def position(self) -> int:
         """The absolute position of the tokens the next forward feeds."""
         return self.prompt_length + self.generated - 1
@@ -126,28 +127,25 @@ class GenerationCall:
         not differ yet): the Prefilled once the prompt is done, None while more remain."""
         return self._prefill.run(max_tokens)
 
-    def prefill(self) -> Prefilled:
-        """Run the whole prompt in one forward."""
-        prefilled = self.prefill_chunk(self.prefill_remaining)
-        assert prefilled is not None
-        return prefilled
-
-    def take(self, logits: torch.Tensor) -> list[int]:
-        """Sample the next token of each active row from its ``logits [active, vocab]``,
-        stream them and retire the rows that end; returns the positions (within the rows that
-        were active) of the rows that go on, whose tokens are now ``next_tokens``."""
+    def take(self, logits: torch.Tensor) -> tuple[list[int], tuple[GeneratedToken, ...]]:
+        """Sample the next token of each active row from its ``logits [active, vocab]`` and
+        retire the rows that end; returns the positions (within the rows that were active) of
+        the rows that go on, whose tokens are now ``next_tokens``, and the new tokens."""
         tokens = self._sampler(logits, self.active).tolist()
         position = self.prompt_length + self.generated
         self.generated += 1
         last = self.generated == self._settings.max_new_tokens
         going_on: list[int] = []
+        emitted: list[GeneratedToken] = []
         for slot, (row_index, token_id) in enumerate(zip(self.active, tokens, strict=True)):
             row = self._rows[row_index]
             if token_id in self._eos_token_ids:
                 row.finish_reason = FinishReason.EOS
                 continue
             row.num_tokens += 1
-            self._emit(GeneratedToken(row_index, position, token_id, row.decoder.push(token_id)))
+            emitted.append(
+                GeneratedToken(row_index, position, token_id, row.decoder.push(token_id))
+            )
             if last:
                 row.finish_reason = FinishReason.LENGTH
             else:
@@ -156,7 +154,7 @@ class GenerationCall:
         self.active = [self.active[slot] for slot in going_on]
         if self._steerer is not None:
             self._steerer.set_rows(self.active)
-        return going_on
+        return going_on, tuple(emitted)
 
     def stop(self, reason: FinishReason) -> None:
         """End every row still running with ``reason`` (cancel, deadline)."""
@@ -164,9 +162,22 @@ class GenerationCall:
             self._rows[row_index].finish_reason = reason
         self.active = []
 
-    def results(self) -> list[RowResult]:
-        return [
-            RowResult(index, row.decoder.text, row.finish_reason or FinishReason.LENGTH,
-                      row.num_tokens)
-            for index, row in enumerate(self._rows)
-        ]  # fmt: skip
+    def finished(self) -> tuple[VariantFinished, ...]:
+        """Each variant's result (with the grounded parse for grounded tasks)."""
+        return tuple(self._finished(index, row) for index, row in enumerate(self._rows))
+
+    def _finished(self, index: int, row: _Row) -> VariantFinished:
+        text = row.decoder.text
+        phrases, parse_ok = (
+            ((), True)
+            if self._grounded_image is None
+            else parse_grounded_output(text, self._grounded_image)
+        )
+        return VariantFinished(
+            variant_index=index,
+            text=text,
+            finish_reason=row.finish_reason or FinishReason.LENGTH,
+            num_tokens=row.num_tokens,
+            phrases=phrases,
+            parse_ok=parse_ok,
+        )

@@ -1,4 +1,4 @@
-"""The work the scheduler queues for the engine thread, and the queue between them.
+"""The work the event loop queues for the engine thread, and the queue between them.
 
 A job is created on the caller's event loop and finished on the engine thread, which answers
 through ``post`` (thread-safe, and harmless once the caller's loop has closed). A generation's
@@ -17,15 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from maira_sae.server.engine.schedule import LeaveReason
 from maira_sae.server.engine.types import GenerationEvent
 from maira_sae.server.errors import ResourceExhausted
 
 if TYPE_CHECKING:
-    from maira_sae.server.engine.engine import (
-        AnalysisResult,
-        PreparedAnalysis,
-        PreparedGeneration,
-    )
+    from maira_sae.server.engine.analysis import AnalysisResult
+    from maira_sae.server.engine.preparation import PreparedAnalysis, PreparedGeneration
 
 DEFAULT_STREAM_BUFFER_EVENTS = 512
 
@@ -55,6 +53,10 @@ class AnalysisJob(Job):
     def resolve(self, outcome: AnalysisResult | BaseException) -> None:
         assert self.future is not None
         self.post(_settle, self.future, outcome)
+
+    def stop_reason(self) -> LeaveReason | None:
+        assert self.future is not None
+        return LeaveReason.CANCELLED if self.future.done() else None  # the caller went away
 
 
 @dataclass(eq=False)
@@ -88,6 +90,11 @@ class GenerateJob(Job):
             else:
                 self._unsent += 1
         self.post(self.events.put_nowait, item)
+
+    def stop_reason(self) -> LeaveReason | None:
+        if self._overflowed:
+            return LeaveReason.STREAM_OVERFLOW
+        return LeaveReason.CANCELLED if self.stop.is_set() else None
 
     async def receive(self) -> GenerationEvent | BaseException | None:
         item = await self.events.get()
@@ -135,15 +142,17 @@ class JobQueue:
             self._jobs.clear()
             return jobs
 
-    def add_arriving_analyses(self, batch: list[AnalysisJob], size: int, window_s: float) -> None:
-        """Add analysis jobs arriving within ``window_s`` to ``batch``, up to ``size``; a
-        generation met on the way stays queued for the next turn."""
+    def arriving_analyses(self, room: int, window_s: float) -> list[AnalysisJob]:
+        """Up to ``room`` analysis jobs arriving within ``window_s``; a generation met on the
+        way stays queued for the next step."""
+        arriving: list[AnalysisJob] = []
         window_end = time.monotonic() + window_s
-        while len(batch) < size:
+        while len(arriving) < room:
             with self._condition:
                 remaining = window_end - time.monotonic()
                 if not self._jobs and remaining > 0 and not self._closed:
                     self._condition.wait(remaining)
                 if not self._jobs or not isinstance(self._jobs[0], AnalysisJob):
-                    return
-                batch.append(self._jobs.popleft())  # type: ignore[arg-type]
+                    return arriving
+                arriving.append(self._jobs.popleft())  # type: ignore[arg-type]
+        return arriving

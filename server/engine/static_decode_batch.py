@@ -1,4 +1,4 @@
-"""The graph-ready decode batch: ``DecodeBatch``'s contract on buffers allocated once.
+"""The graph-ready decode batch: the ``DecodeBatch`` contract on buffers allocated once.
 
 The running rows live in the first slots of a ``SlotCache``; a row that ends hands its slot
 to the last row (one row's copy), so the rows in use are always slots ``0..n``. A decode
@@ -7,7 +7,7 @@ tokens, positions and the attention mask are views of fixed buffers, steering is
 ``RowSteering``'s fixed-shape tensors, and the KV cache is written in place, so each bucket
 has one shape for good. That is what lets the step be captured (``compile_mode``: a
 torch.compile mode such as "reduce-overhead", which captures CUDA graphs, or a backend such
-as "aot_eager"); eagerly it computes what ``DecodeBatch`` computes. The one host sync per
+as "aot_eager"); eagerly it computes what ``DynamicDecodeBatch`` computes. The one host sync per
 step is the sampler reading the new tokens.
 
 All rows write one column per step. A call whose prompt is longer than that column shifts
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from maira_sae.sae.model import MatryoshkaSAE
-from maira_sae.server.engine.decode_choices import COMPILE_BACKENDS, COMPILE_CHOICES, INDUCTOR_MODES
+from maira_sae.server.engine.decode_batch import DecodeBatch
+from maira_sae.server.engine.decode_choices import COMPILE_BACKENDS
 from maira_sae.server.engine.generation import GenerationCall, Prefilled
 from maira_sae.server.engine.row_steering import RowSteering
 from maira_sae.server.engine.slot_cache import SlotCache
@@ -33,8 +34,10 @@ from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 DecodeForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class StaticDecodeBatch:
-    """Active generation calls in preallocated slots (used by the engine thread only)."""
+class StaticDecodeBatch(DecodeBatch):
+    """Running generation calls in preallocated slots: a member's rows are its slots."""
+
+    _cache: SlotCache
 
     def __init__(
         self,
@@ -44,7 +47,7 @@ class StaticDecodeBatch:
         *,
         compile_mode: str = "off",
     ) -> None:
-        self._model = model
+        super().__init__(model)
         self._cache = cache
         self._steering = tuple(steering)
         device = model.device
@@ -52,19 +55,8 @@ class StaticDecodeBatch:
         self._positions = torch.zeros(cache.slots, dtype=torch.long, device=device)
         self._mask = torch.zeros(cache.slots, cache.width, dtype=torch.long, device=device)
         self._forward_rows = _compiled(self._decode, compile_mode)
-        self._calls: list[GenerationCall] = []
-        self._slots: dict[int, list[int]] = {}  # id(call) -> the slot of each active row
         self._first: list[int] = [0] * cache.slots  # each slot's first cached column
-        self._logits: dict[int, torch.Tensor] = {}
         self._column = 0  # the column the next forward writes
-
-    @property
-    def calls(self) -> tuple[GenerationCall, ...]:
-        return tuple(self._calls)
-
-    @property
-    def rows(self) -> int:
-        return sum(len(slots) for slots in self._slots.values())
 
     @property
     def slots(self) -> int:
@@ -72,15 +64,14 @@ class StaticDecodeBatch:
 
     @property
     def cached_positions(self) -> int:
-        """Columns the rows in use span (padding included)."""
         used = self.rows
         return self._column - min(self._first[:used]) if used else 0
 
     def reset(self) -> StaticDecodeBatch:
-        """Empty (after a failed step): the buffers stay, the calls go."""
+        """The buffers stay, the calls go."""
         for slot in range(self.rows):
             self._release(slot)
-        self._calls, self._slots, self._logits, self._column = [], {}, {}, 0
+        self._members, self._column = [], 0
         return self
 
     def close(self) -> None:
@@ -89,7 +80,6 @@ class StaticDecodeBatch:
             steering.detach()
 
     def join(self, call: GenerationCall, prefilled: Prefilled) -> None:
-        """Add a call after its prefill; its first tokens are sampled at the next step."""
         used, length = self.rows, prefilled.length
         if used + len(call.active) > self._cache.slots:
             raise RuntimeError("the static decode batch has no free slots for this call")
@@ -109,46 +99,18 @@ class StaticDecodeBatch:
             self._first[slot] = start
             if call.steerer is not None:
                 self._steering_of(call).assign(slot, call.steerer.plan, row)
-        self._slots[id(call)] = slots
-        self._logits[id(call)] = prefilled.logits
-        self._calls.append(call)
+        self._add(call, slots, prefilled)
 
-    def step(self) -> list[GenerationCall]:
-        """Sample every row's next token, retire the rows that end, and run one forward for
-        the others; returns the calls that ended in this step."""
-        ended: list[GenerationCall] = []
-        freed: list[int] = []
-        for call in self._calls:
-            slots = self._slots[id(call)]
-            going_on = call.take(self._logits.pop(id(call)))
-            kept = [slots[index] for index in going_on]
-            freed += [slot for slot in slots if slot not in kept]
-            self._slots[id(call)] = kept
-            if call.done:
-                ended.append(call)
-                del self._slots[id(call)]
-        self._calls = [call for call in self._calls if not call.done]
-        self._compact(freed)
-        if self._calls:
-            self._forward()
-        return ended
-
-    def remove(self, call: GenerationCall) -> None:
-        """Take a stopped call's rows out (``call.stop`` first)."""
-        freed = self._slots.pop(id(call), [])
-        self._logits.pop(id(call), None)
-        self._calls = [other for other in self._calls if other is not call]
-        self._compact(freed)
-
-    def _forward(self) -> None:
+    def _forward(self) -> torch.Tensor:
         rows = self.rows
         width = _bucket(rows, self._cache.slots)
         if self._column == self._cache.width:
             self._shift(-min(self._first[:rows]))
         tokens, positions = [0] * width, [0] * width
-        for call in self._calls:
+        for member in self._members:
+            call = member.call
             assert call.next_tokens is not None
-            for slot, token in zip(self._slots[id(call)], call.next_tokens.tolist(), strict=True):
+            for slot, token in zip(member.rows, call.next_tokens.tolist(), strict=True):
                 tokens[slot], positions[slot] = token, call.position
         self._tokens[:width].copy_(torch.tensor(tokens), non_blocking=True)
         self._positions[:width].copy_(torch.tensor(positions), non_blocking=True)
@@ -160,22 +122,7 @@ class StaticDecodeBatch:
                 self._tokens[:width], self._positions[:width], self._mask[:width]
             )
         self._column += 1
-        for call in self._calls:
-            index = torch.tensor(self._slots[id(call)], device=logits.device)
-            self._logits[id(call)] = logits.index_select(0, index)
-
-    def _decode(
-        self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        output = self._model(
-            input_ids=tokens.unsqueeze(1),
-            attention_mask=mask,
-            position_ids=positions.unsqueeze(1),
-            cache=self._cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return output.logits[:, -1, :]
+        return logits
 
     @contextmanager
     def _armed(self) -> Iterator[None]:
@@ -191,13 +138,13 @@ class StaticDecodeBatch:
                 return steering
         raise RuntimeError(f"no static steering for the SAE at layer {call.steer_layer}")
 
-    def _compact(self, freed: list[int]) -> None:
-        """Free ``freed`` slots and move the last rows into them: used slots stay 0..n."""
-        for slot in freed:
+    def _free(self, rows: list[int]) -> None:
+        """Free these slots and move the last rows into them: used slots stay 0..n."""
+        for slot in rows:
             self._release(slot)
         used = self.rows
-        holes = sorted(slot for slot in freed if slot < used)
-        owners = {slot: slots for slots in self._slots.values() for slot in slots}
+        holes = sorted(slot for slot in rows if slot < used)
+        owners = {slot: member.rows for member in self._members for slot in member.rows}
         movers = sorted(slot for slot in owners if slot >= used)
         for source, target in zip(movers, holes, strict=True):
             columns = slice(self._first[source], self._column)
@@ -246,13 +193,12 @@ def _bucket(rows: int, slots: int) -> int:
 
 
 def _compiled(forward: DecodeForward, mode: str) -> DecodeForward:
+    """``mode`` is one of ``COMPILE_CHOICES`` (``DecodeSetting`` checked it)."""
     if mode == "off":
         return forward
     if mode in COMPILE_BACKENDS:
         return torch.compile(forward, backend=mode, dynamic=False)  # type: ignore[return-value]
-    if mode in INDUCTOR_MODES:
-        return torch.compile(forward, mode=mode, dynamic=False)  # type: ignore[return-value]
-    raise ValueError(f"decode compile mode must be one of {', '.join(COMPILE_CHOICES)}")
+    return torch.compile(forward, mode=mode, dynamic=False)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

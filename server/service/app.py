@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from maira_sae.server.engine.scheduler import Scheduler
+from maira_sae.server.engine.async_engine import AsyncEngine
 from maira_sae.server.engine.types import (
     EncodeRequest,
     GenerateRequest,
@@ -61,7 +61,7 @@ class MairaSaeServer:
         self.metrics = metrics or Metrics()
         self.health = health_aio.HealthServicer()
         self.runtime: Runtime | None = None
-        self._scheduler: Scheduler | None = None
+        self._scheduler: AsyncEngine | None = None
         self._health_server: grpc.aio.Server | None = None
         self._server: grpc.aio.Server | None = None
         self._servicer: MairaSaeServicer | None = None
@@ -76,7 +76,7 @@ class MairaSaeServer:
         health_port = await self._start_health_server()
         self.runtime = await asyncio.to_thread(load_runtime, self.config, self.metrics)
         batching = self.config.batching
-        self._scheduler = Scheduler(
+        self._scheduler = AsyncEngine(
             self.runtime.engine,
             queue_size=batching.queue_size,
             max_batch_size=batching.max_batch_size,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maira_sae.client.dicom import DicomOptions
-from maira_sae.server.engine.decode_choices import COMPILE_CHOICES, DECODE_PATHS
+from maira_sae.server.engine.decode_choices import DecodeSetting
 
 MIB = 1024 * 1024
 
@@ -308,6 +308,10 @@ class BatchingConfig:
         ),
     )
 
+    @property
+    def decode_setting(self) -> DecodeSetting:
+        return DecodeSetting(self.decode_path, self.decode_compile)
+
     def __post_init__(self) -> None:
         _require_positive(
             "batching",
@@ -320,20 +324,10 @@ class BatchingConfig:
             stream_buffer_events=self.stream_buffer_events,
         )
         _require_non_negative("batching", batch_window_ms=self.batch_window_ms)
-        _require(
-            self.decode_path in DECODE_PATHS,
-            f"batching.decode_path must be one of {', '.join(DECODE_PATHS)}, "
-            f"got {self.decode_path!r}",
-        )
-        _require(
-            self.decode_compile in COMPILE_CHOICES,
-            f"batching.decode_compile must be one of {', '.join(COMPILE_CHOICES)}, "
-            f"got {self.decode_compile!r}",
-        )
-        _require(
-            self.decode_compile == "off" or self.decode_path == "static",
-            "batching.decode_compile needs batching.decode_path = 'static'",
-        )
+        try:
+            DecodeSetting(self.decode_path, self.decode_compile)
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
         _require(
             0 < self.kv_memory_fraction <= 1,
             f"batching.kv_memory_fraction must be in (0, 1], got {self.kv_memory_fraction}",

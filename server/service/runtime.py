@@ -27,7 +27,7 @@ from maira_sae.server.demo.layout import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE
 from maira_sae.server.demo.world.materialise import ensure_world_demo
 from maira_sae.server.engine.decode_sizing import DecodeSizing, size_decode
 from maira_sae.server.engine.engine import Engine, SaeEntry
-from maira_sae.server.engine.step_loop import DecodeLimits
+from maira_sae.server.engine.schedule import BatchLimits
 from maira_sae.server.engine.token_limits import TokenLimits
 from maira_sae.server.maira2.checkpoint import (
     load_maira2,
@@ -55,7 +55,7 @@ class StartupError(Exception):
 @dataclass(frozen=True)
 class Runtime:
     engine: Engine
-    decode_limits: DecodeLimits  # the batching settings, bounded by the accelerator's memory
+    decode_limits: BatchLimits  # the batching settings, bounded by the accelerator's memory
     model: ModelDescription
     saes: tuple[SaeDescription, ...]
     versions: dict[str, str]
@@ -122,7 +122,7 @@ def _size_decode(
     config: ServerConfig, model: Maira2ForConditionalGeneration, token_limits: TokenLimits
 ) -> DecodeSizing:
     batching = config.batching
-    requested = DecodeLimits(
+    requested = BatchLimits(
         max_rows=batching.max_decode_rows,
         max_kv_positions=batching.max_kv_positions,
         prefill_token_budget=batching.prefill_token_budget,
@@ -131,8 +131,7 @@ def _size_decode(
         decode = size_decode(
             requested,
             model,
-            path=batching.decode_path,
-            compile_mode=batching.decode_compile,
+            setting=batching.decode_setting,
             max_sequence_tokens=token_limits.max_sequence_tokens,
             rows_per_call=config.limits.max_variants,
             interventions_per_row=config.limits.max_interventions_per_variant,

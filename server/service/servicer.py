@@ -18,8 +18,8 @@ from typing import TypeVar
 
 import grpc
 
+from maira_sae.server.engine.async_engine import AsyncEngine, deadline_from_timeout
 from maira_sae.server.engine.engine import Engine
-from maira_sae.server.engine.scheduler import Scheduler, deadline_from_timeout
 from maira_sae.server.service import feature_to_proto, from_proto, to_proto
 from maira_sae.server.service.config import ServerConfig
 from maira_sae.server.service.image_memory import ImageMemoryBudget
@@ -34,7 +34,7 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
     def __init__(
         self,
         engine: Engine,
-        scheduler: Scheduler,
+        scheduler: AsyncEngine,
         config: ServerConfig,
         info: pb.InfoResponse,
     ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from maira_sae.server.engine.step_loop import DecodeLimits
+from maira_sae.server.engine.schedule import BatchLimits
 from maira_sae.server.engine.token_limits import TokenLimits
 from maira_sae.server.engine.types import (
     EncodeResult,
@@ -172,7 +172,7 @@ def info_to_proto(
     config: ServerConfig,
     versions: Mapping[str, str],
     token_limits: TokenLimits,
-    decode_limits: DecodeLimits,
+    decode_limits: BatchLimits,
     default_sae_id: str,
 ) -> pb.InfoResponse:
     """``versions`` maps maira_sae, torch and transformers to their version strings;

@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from maira_sae.server.engine.scheduler import Scheduler
+from maira_sae.server.engine.async_engine import AsyncEngine
 from maira_sae.server.engine.types import GeneratedToken
 from maira_sae.server.errors import ResourceExhausted
 from tests.support.fake_engine import FakeEngine, fake_prepared
@@ -20,8 +20,8 @@ BUFFER = 16
 TOKENS = 10_000
 
 
-def _scheduler(engine: FakeEngine) -> Scheduler:
-    return Scheduler(
+def _scheduler(engine: FakeEngine) -> AsyncEngine:
+    return AsyncEngine(
         engine, queue_size=4, max_batch_size=8, batch_window_s=0.0, stream_buffer_events=BUFFER
     )
 

@@ -1,14 +1,15 @@
-"""A model-free engine for scheduler tests: analyses echo their input, a generation call's
-prompt is "prefilled" in the chunks the scheduler asks for, and every running call emits one
-token per decode step until it reaches its length or is stopped."""
+"""A model-free engine for engine-core tests: analyses echo their input, a generation call's
+prompt is "prefilled" in the chunks the plan asks for, and every running call makes one token
+per decode step until it reaches its length or is stopped (no per-variant results)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import SimpleNamespace
 
-from maira_sae.server.engine.types import FinishReason, GeneratedToken, GenerationEvent
+from maira_sae.server.engine.decode_batch import CallEvents
+from maira_sae.server.engine.types import FinishReason, GeneratedToken, VariantFinished
 from maira_sae.server.errors import InvalidArgument
 
 
@@ -23,11 +24,11 @@ def fake_prepared(*, tokens: int = 10, rows: int = 1, max_new_tokens: int = 1000
 
 
 class FakeCall:
-    def __init__(self, prepared: object, emit: Callable[[GenerationEvent], None]) -> None:
+    def __init__(self, request_id: int, prepared: object) -> None:
+        self.request_id = request_id
         self.length = prepared.request.settings.max_new_tokens  # type: ignore[attr-defined]
         self.rows = len(prepared.request.variants)  # type: ignore[attr-defined]
         self.prefill_remaining = len(prepared.inputs.tokens)  # type: ignore[attr-defined]
-        self.emit = emit
         self.position = 0
         self.finish: FinishReason | None = None
 
@@ -59,6 +60,8 @@ class FakeEngine:
     def __init__(self, *, step_delay_s: float = 0.001) -> None:
         self.gate = threading.Event()
         self.gate.set()
+        self.analysing = threading.Event()  # set once an analysis batch reached the engine
+        self.stopped: list[FinishReason] = []  # the reason of each call stopped
         self.batches: list[list[object]] = []
         self.generated = 0
         self.steps: list[int] = []  # rows of each decode step
@@ -67,6 +70,7 @@ class FakeEngine:
         self._step_delay_s = step_delay_s
 
     def analyse(self, batch: Sequence[object]) -> list[object]:
+        self.analysing.set()
         self.gate.wait(10)
         self.batches.append(list(batch))
         if self.fail_next:
@@ -74,11 +78,15 @@ class FakeEngine:
             raise InvalidArgument("this batch is bad")
         return [("result", item) for item in batch]
 
+    @property
+    def generations(self) -> FakeEngine:
+        return self
+
     def new_batch(self) -> FakeBatch:
         return FakeBatch()
 
-    def start(self, prepared: object, emit: Callable[[GenerationEvent], None]) -> FakeCall:
-        return FakeCall(prepared, emit)
+    def start(self, request_id: int, prepared: object) -> FakeCall:
+        return FakeCall(request_id, prepared)
 
     def prefill_chunk(self, batch: FakeBatch, call: FakeCall, max_tokens: int) -> bool:
         chunk = min(max_tokens, call.prefill_remaining)
@@ -89,24 +97,25 @@ class FakeEngine:
         batch._calls.append(call)
         return True
 
-    def step(self, batch: FakeBatch) -> list[FakeCall]:
+    def decode(self, batch: FakeBatch) -> list[CallEvents]:
         threading.Event().wait(self._step_delay_s)
         self.steps.append(batch.rows)
-        ended = []
+        events = []
         for call in batch.calls:
             self.generated += 1
-            call.emit(GeneratedToken(0, call.position, 7, "a"))
+            token = GeneratedToken(0, call.position, 7, "a")
             call.position += 1
             if call.position == call.length:
                 call.finish = FinishReason.LENGTH
-                ended.append(call)
+            events.append(CallEvents(call.request_id, (token,), call.done))
         batch._calls = [call for call in batch._calls if not call.done]
-        return ended
+        return events
 
-    def stop(self, batch: FakeBatch, call: FakeCall, reason: FinishReason) -> None:
+    def stop(
+        self, batch: FakeBatch, call: FakeCall, reason: FinishReason
+    ) -> tuple[VariantFinished, ...]:
         call.finish = reason
+        self.stopped.append(reason)
         if call in batch._calls:
             batch._calls.remove(call)
-
-    def forget(self, batch: FakeBatch) -> None:
-        pass
+        return ()

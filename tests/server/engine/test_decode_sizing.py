@@ -9,9 +9,10 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
+from maira_sae.server.engine.decode_choices import DecodeSetting
 from maira_sae.server.engine.decode_sizing import size_decode
+from maira_sae.server.engine.schedule import BatchLimits
 from maira_sae.server.engine.slot_cache import SlotCache
-from maira_sae.server.engine.step_loop import DecodeLimits
 
 VICUNA = LlamaConfig(
     hidden_size=4096, num_attention_heads=32, num_key_value_heads=32, num_hidden_layers=32
@@ -29,10 +30,9 @@ def model_on(device: str) -> SimpleNamespace:
 
 def sized(model, path="dynamic", **limits):
     return size_decode(
-        DecodeLimits(**limits),
+        BatchLimits(**limits),
         model,  # type: ignore[arg-type]
-        path=path,
-        compile_mode="off",
+        setting=DecodeSetting(path),
         max_sequence_tokens=4096,
         rows_per_call=4,
         interventions_per_row=8,
@@ -46,7 +46,7 @@ def test_one_vicuna_position_costs_half_a_mebibyte_in_bf16():
 
 def test_off_cuda_the_settings_stand():
     sizing = sized(model_on("cpu"), max_kv_positions=1_000_000)
-    assert sizing.limits == DecodeLimits(max_kv_positions=1_000_000)
+    assert sizing.limits == BatchLimits(max_kv_positions=1_000_000)
     assert sizing.memory_bound_positions is None and sizing.static is None
 
 

@@ -1,49 +1,34 @@
-"""The engine's steering and batching regressions (issue: known bugs of peer tools), on the
-demo checkpoint loaded through the real runtime: KV cache vs recompute, ADD 0 vs baseline, rows
-independent of their batch, CLAMP reaching the logits, Encode independent of its batch."""
+"""The engine's steering and batching regressions (issue: known bugs of peer tools), through
+its offline ``generate`` on the demo checkpoint loaded through the real runtime: KV cache vs
+recompute, ADD 0 vs baseline, rows independent of their batch, the shared prefill, CLAMP
+reaching the logits."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-import numpy as np
 import pytest
 import torch
 
-from maira_sae.sae.catalogue import FeatureCatalogue
 from maira_sae.sae.interventions import Intervention, SteeringMode
 from maira_sae.server.engine.engine import Engine
 from maira_sae.server.engine.hooks import edit_residuals
 from maira_sae.server.engine.steering_plan import ChunkSteerer, SteeringPlan
 from maira_sae.server.engine.types import (
-    EncodeRequest,
     GeneratedToken,
     GenerateRequest,
     GenerationSettings,
     PositionScope,
     ScopedIntervention,
-    TopFeaturesRequest,
     Variant,
     VariantFinished,
 )
-from maira_sae.server.errors import FailedPrecondition, InvalidArgument, OutOfRange
 from maira_sae.server.maira2.study import Study
-from maira_sae.server.service.metrics import Metrics
-from maira_sae.server.service.runtime import load_runtime
-from maira_sae.server.service.warmup import synthetic_chest_image
-from tests.support.servers import demo_config
 
 FEATURE = 3
 
 
 @pytest.fixture(scope="module")
-def engine(demo_checkpoint) -> Engine:
-    return load_runtime(demo_config(demo_checkpoint), Metrics()).engine
-
-
-@pytest.fixture(scope="module")
-def study() -> Study:
-    return Study(frontal=synthetic_chest_image(), indication="Shortness of breath.")
+def engine(demo_engine) -> Engine:
+    return demo_engine
 
 
 def steer(mode: SteeringMode, value: float, scope: PositionScope = PositionScope.ALL) -> Variant:
@@ -175,69 +160,3 @@ def test_a_clamp_reaches_the_next_token_logits(engine, study):
     assert (clamped - baseline).abs().max() > 1e-2
     only_generated = next_logits(steer(SteeringMode.CLAMP, 30.0, PositionScope.GENERATED))
     assert torch.equal(only_generated, baseline), "a generated-only scope must spare the prompt"
-
-
-def test_encode_of_a_study_is_the_same_alone_and_in_a_batch(engine, study):
-    image = synthetic_chest_image()
-    other = Study(frontal=np.flipud(image).copy(), lateral=image,
-                  indication="A much longer indication " * 5)  # fmt: skip
-    request = EncodeRequest(study=study, top_k_per_token=0)
-    alone = engine.analyse([engine.prepare_analysis(request)])[0]
-    batched = engine.analyse(
-        [
-            engine.prepare_analysis(EncodeRequest(study=other)),
-            engine.prepare_analysis(request),
-            engine.prepare_analysis(TopFeaturesRequest(study=other)),
-        ]
-    )[1]
-    assert len(alone.tokens) == len(batched.tokens)
-    for a, b in zip(alone.tokens, batched.tokens, strict=True):
-        assert a.token == b.token
-        assert a.feature_ids == b.feature_ids
-        assert np.allclose(a.values, b.values, atol=1e-4)
-
-
-def test_labelled_only_needs_interpretations(engine, study):
-    entry = engine.sae("")
-    unlabelled = replace(entry, catalogue=FeatureCatalogue.empty())
-    bare = Engine(engine.model, engine.processor, [unlabelled])
-    with pytest.raises(FailedPrecondition, match="labelled_only needs interpretations"):
-        bare.prepare_analysis(TopFeaturesRequest(study=study, labelled_only=True))
-    assert bare.prepare_analysis(TopFeaturesRequest(study=study))  # without the flag: served
-
-
-@pytest.mark.parametrize(
-    ("intervention", "error", "words"),
-    [
-        (Intervention(SteeringMode.ADD, 1.0, feature=10**6), OutOfRange, ".feature 1000000 is out"),
-        (
-            Intervention(SteeringMode.ADD, 1.0, direction=torch.tensor([1.0, float("nan")] * 32)),
-            InvalidArgument,
-            "a raw direction must be finite and non-zero",
-        ),
-        (
-            Intervention(SteeringMode.ADD, 1.0, direction=torch.zeros(64)),
-            InvalidArgument,
-            "a raw direction must be finite and non-zero",
-        ),
-        (
-            Intervention(SteeringMode.ADD, 1.0, direction=torch.zeros(0)),
-            InvalidArgument,
-            "a raw direction must have length d_model = 64, got shape (0,)",
-        ),
-    ],
-)
-def test_interventions_are_checked_once_against_the_sae(engine, study, intervention, error, words):
-    variant = Variant((ScopedIntervention(intervention),))
-    request = GenerateRequest(study=study, variants=(Variant(), variant))
-    with pytest.raises(error) as info:
-        engine.check_generate(request)
-    assert str(info.value).startswith("variants[1].interventions[0]")
-    assert words in str(info.value)
-
-
-def test_feature_lookup_range_is_the_saes(engine):
-    d_sae = engine.sae("").sae.d_sae
-    assert engine.feature("", d_sae - 1).description.feature == d_sae - 1
-    with pytest.raises(OutOfRange, match=f"feature {d_sae} is out of range: SAE '.*' has features"):
-        engine.feature("", d_sae)

@@ -6,7 +6,7 @@ import pytest
 
 from maira_sae.sae.catalogue import FeatureInterpretation
 from maira_sae.server.engine import types as t
-from maira_sae.server.engine.step_loop import DecodeLimits
+from maira_sae.server.engine.schedule import BatchLimits
 from maira_sae.server.engine.token_limits import TokenLimits
 from maira_sae.server.maira2.study import ImageRole
 from maira_sae.server.maira2.tokens import TokenInfo, TokenKind
@@ -131,7 +131,7 @@ def test_info_to_proto():
     )
     versions = {"maira_sae": "0.1.0", "torch": "2.13", "transformers": "5.24"}
     token_limits = TokenLimits(max_prompt_tokens=4096, max_sequence_tokens=4000)
-    decode = DecodeLimits(max_rows=12, max_kv_positions=48_000, prefill_token_budget=2048)
+    decode = BatchLimits(max_rows=12, max_kv_positions=48_000, prefill_token_budget=2048)
     msg = to_proto.info_to_proto(MODEL, [sae], config, versions, token_limits, decode, "f4")
     assert (msg.limits.max_prompt_tokens, msg.limits.max_sequence_tokens) == (4096, 4000)
     # the limits the scheduler runs with (memory-bounded), not the settings asked for
@@ -150,6 +150,6 @@ def test_info_to_proto():
 def test_info_reports_the_dicom_settings():
     config = ServerConfig(dicom=DicomConfig(modalities="*", apply_voi=False))
     token_limits = TokenLimits(max_prompt_tokens=4096, max_sequence_tokens=4000)
-    msg = to_proto.info_to_proto(MODEL, [], config, {}, token_limits, DecodeLimits(), "demo")
+    msg = to_proto.info_to_proto(MODEL, [], config, {}, token_limits, BatchLimits(), "demo")
     assert msg.default_sae_id == "demo" and not msg.dicom.modalities
     assert not msg.dicom.voi_lut and "no VOI LUT or window" in msg.dicom.description

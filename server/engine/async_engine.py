@@ -1,26 +1,15 @@
-"""Admission, deadlines and iteration-level scheduling in front of the engine's one thread.
+"""The engine as the event loop sees it: admission, the queue, and the engine thread.
 
 The event loop never runs torch: requests are admitted here (a bounded count of work being
 prepared, queued or running; RESOURCE_EXHAUSTED at once when full, and before the caller pays
 for any preparation: ``admit`` comes first, ``analyse``/``generate`` take its ``Admission``),
-queued, and picked up by one engine thread, which schedules one model step at a time (as
-vLLM's scheduler does). Each turn of its loop:
-
-1. runs one batch of queued Encode and TopFeatures requests (those arriving within a short
-   window share the forward pass; while generations run, no window is waited for);
-2. spends at most ``prefill_token_budget`` prompt tokens on prefills, in arrival order: first
-   the next chunk of a call being prefilled, then newly admitted generations whose prompt fits
-   what is left of the budget and whose rows fit ``max_decode_rows`` and ``max_kv_positions``
-   (the others wait, in order). A prompt larger than the budget is prefilled in chunks, one
-   per turn (chunked prefill), so a long prompt delays the running streams by at most about
-   one budget's forward per step; a call counts against the limits from its first chunk;
-3. runs one decode step for every row of every running generation together, each row with
-   its own steering, sampler and stop conditions, and retires the rows that end.
-
-So analysis never waits for a whole generation, nor generations for a stream of analyses.
-Work whose deadline has passed is dropped before it reaches the model; a cancelled call, an
-expired one, and one whose caller does not read its stream (``stream_buffer_events`` unsent)
-leave the batch at the next step (a call still being prefilled gets no more chunks).
+queued, and picked up by one engine thread, which runs an ``EngineCore`` one step at a time
+(``engine_core``; what a step decides is ``schedule``'s docstring). Encode and TopFeatures
+requests arriving within a short window share a forward pass (while generations run, no
+window is waited for), so analysis never waits for a whole generation, nor generations for a
+stream of analyses. Work whose deadline has passed is dropped before it reaches the model; a
+cancelled call, an expired one, and one whose caller does not read its stream
+(``stream_buffer_events`` unsent) leave at the next step.
 """
 
 from __future__ import annotations
@@ -28,32 +17,26 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING
 
+from maira_sae.server.engine.admission_policy import AdmissionPolicy
+from maira_sae.server.engine.engine_core import EngineCore, SchedulerObserver
+from maira_sae.server.engine.executor import ModelRunner
 from maira_sae.server.engine.jobs import (
     DEFAULT_STREAM_BUFFER_EVENTS,
     AnalysisJob,
     GenerateJob,
+    Job,
     JobQueue,
 )
-from maira_sae.server.engine.step_loop import (
-    DecodeLimits,
-    ModelRunner,
-    SchedulerObserver,
-    StepLoop,
-)
+from maira_sae.server.engine.schedule import BatchLimits
 from maira_sae.server.engine.types import GenerationEvent
 from maira_sae.server.errors import ResourceExhausted, Unavailable
 
 if TYPE_CHECKING:
-    from maira_sae.server.engine.engine import (
-        AnalysisResult,
-        PreparedAnalysis,
-        PreparedGeneration,
-    )
-
-__all__ = ["Admission", "DecodeLimits", "Scheduler", "SchedulerObserver", "deadline_from_timeout"]
+    from maira_sae.server.engine.analysis import AnalysisResult
+    from maira_sae.server.engine.preparation import PreparedAnalysis, PreparedGeneration
 
 # The RetryInfo delay of a full queue: about the time a place takes to free up, so that
 # refused callers come back when there is room instead of spending the server on refusals.
@@ -82,25 +65,30 @@ class Admission:
         self.release()
 
 
-class Scheduler:
+class AsyncEngine:
     def __init__(
         self,
-        engine: ModelRunner,
+        runner: ModelRunner,
         *,
         queue_size: int,
         max_batch_size: int,
         batch_window_s: float,
         stream_buffer_events: int = DEFAULT_STREAM_BUFFER_EVENTS,
-        limits: DecodeLimits | None = None,
+        limits: BatchLimits | None = None,
+        policy: AdmissionPolicy | None = None,
         observer: SchedulerObserver | None = None,
     ) -> None:
-        self._engine = engine
         self._queue_size = queue_size
-        self._max_batch_size = max_batch_size
         self._batch_window_s = batch_window_s
         self._stream_buffer_events = stream_buffer_events
-        self._limits = limits or DecodeLimits()
         self._observer = observer or SchedulerObserver()
+        self._core = EngineCore(
+            runner,
+            limits=limits or BatchLimits(),
+            max_analysis_batch=max_batch_size,
+            policy=policy,
+            observer=self._observer,
+        )
         self._queue = JobQueue()
         self._admitted = 0  # queued plus running; touched on the event loop only
         self._mean_hold_s = MIN_RETRY_AFTER_S  # running mean of how long a place is held
@@ -189,16 +177,24 @@ class Scheduler:
     # ---- the engine thread -------------------------------------------------------------
 
     def _serve(self) -> None:
-        loop = StepLoop(
-            self._engine,
-            self._queue,
-            max_batch_size=self._max_batch_size,
-            batch_window_s=self._batch_window_s,
-            limits=self._limits,
-            observer=self._observer,
-        )
-        while loop.turn():
-            pass
+        core = self._core
+        while True:
+            jobs = self._queue.take_all(wait=core.idle)
+            if jobs is None:
+                return
+            self._add(jobs)
+            room = core.room_for_analyses()
+            if room and not core.idle:  # only analyses wait: a moment for company
+                self._add(self._queue.arriving_analyses(room, self._batch_window_s))
+            core.step()
+
+    def _add(self, jobs: Sequence[Job]) -> None:
+        for job in jobs:
+            if isinstance(job, AnalysisJob):
+                self._core.add_analysis(job)
+            else:
+                assert isinstance(job, GenerateJob)
+                self._core.add_generation(job)
 
 
 def deadline_from_timeout(time_remaining: Callable[[], float | None]) -> float | None:

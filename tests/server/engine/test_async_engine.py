@@ -1,6 +1,7 @@
-"""The scheduler on its own, in front of a fake engine: admission, batching, deadlines, drain,
-cancellation and failures, and the step loop (analysis between decode steps, calls sharing
-steps, row limits), without a model."""
+"""The engine's front door in front of a fake model runner: admission, batching, deadlines,
+drain, cancellation and failures, and the engine thread's steps (analysis between decode
+steps, calls sharing steps, row limits), without a model. What a step decides is asserted
+as plans in test_schedule.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from collections.abc import Callable
 
 import pytest
 
-from maira_sae.server.engine.scheduler import DecodeLimits, Scheduler
+from maira_sae.server.engine.async_engine import AsyncEngine
+from maira_sae.server.engine.schedule import BatchLimits
+from maira_sae.server.engine.types import FinishReason
 from maira_sae.server.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -29,7 +32,7 @@ def engine() -> FakeEngine:
 
 @pytest.fixture
 def scheduler(engine: FakeEngine):
-    scheduler = Scheduler(engine, queue_size=QUEUE_SIZE, max_batch_size=8, batch_window_s=0.05)
+    scheduler = AsyncEngine(engine, queue_size=QUEUE_SIZE, max_batch_size=8, batch_window_s=0.05)
     scheduler.start()
     yield scheduler
     engine.gate.set()
@@ -37,7 +40,8 @@ def scheduler(engine: FakeEngine):
 
 
 async def wait_until(condition: Callable[[], bool]) -> None:
-    for _ in range(500):
+    """Poll ``condition`` on the event loop (the engine thread makes it hold)."""
+    for _ in range(1000):
         if condition():
             return
         await asyncio.sleep(0.01)
@@ -48,8 +52,7 @@ def test_a_full_queue_refuses_at_once_with_a_retry_delay_and_admits_again_after(
     async def scenario() -> None:
         engine.gate.clear()  # the first request runs and blocks; the others queue behind it
         admitted = [asyncio.create_task(scheduler.analyse(i, None)) for i in range(QUEUE_SIZE)]
-        await wait_until(lambda: engine.gate.is_set() is False and len(admitted) == QUEUE_SIZE)
-        await asyncio.sleep(0.1)
+        await wait_until(engine.analysing.is_set)  # the others were admitted with it
         started = time.monotonic()
         with pytest.raises(ResourceExhausted) as refused:
             await scheduler.analyse("one too many", None)
@@ -75,9 +78,10 @@ def test_work_whose_deadline_passed_while_queued_never_reaches_the_engine(schedu
     async def scenario() -> None:
         engine.gate.clear()
         blocker = asyncio.create_task(scheduler.analyse("blocker", None))
-        await asyncio.sleep(0.1)
-        late = asyncio.create_task(scheduler.analyse("late", time.monotonic() + 0.05))
-        await asyncio.sleep(0.2)
+        await wait_until(engine.analysing.is_set)
+        deadline = time.monotonic() + 0.05
+        late = asyncio.create_task(scheduler.analyse("late", deadline))
+        await wait_until(lambda: time.monotonic() > deadline)
         engine.gate.set()
         await blocker
         with pytest.raises(DeadlineExceeded):
@@ -108,11 +112,11 @@ def test_closing_a_stream_stops_its_generation_at_the_next_token(scheduler, engi
         await stream.aclose()
 
     asyncio.run(scenario())
-    time.sleep(0.1)
+    asyncio.run(wait_until(lambda: bool(engine.stopped)))
+    assert engine.stopped == [FinishReason.CANCELLED]
     stopped_at = engine.generated
-    time.sleep(0.1)
+    assert asyncio.run(scheduler.analyse("next", None)) == ("result", "next")  # a later step
     assert engine.generated == stopped_at < 1000
-    assert asyncio.run(scheduler.analyse("next", None)) == ("result", "next")
 
 
 def test_an_analysis_runs_between_the_decode_steps_of_a_long_generation(scheduler, engine):
@@ -127,7 +131,7 @@ def test_an_analysis_runs_between_the_decode_steps_of_a_long_generation(schedule
 
 
 def test_concurrent_generations_share_each_decode_step(engine):
-    scheduler = Scheduler(engine, queue_size=8, max_batch_size=8, batch_window_s=0.0)
+    scheduler = AsyncEngine(engine, queue_size=8, max_batch_size=8, batch_window_s=0.0)
     scheduler.start()
 
     async def drain(tokens: int) -> int:
@@ -146,8 +150,10 @@ def test_concurrent_generations_share_each_decode_step(engine):
 
 
 def test_calls_beyond_the_row_limit_wait_their_turn(engine):
-    limits = DecodeLimits(max_rows=2)
-    scheduler = Scheduler(engine, queue_size=8, max_batch_size=8, batch_window_s=0.0, limits=limits)
+    limits = BatchLimits(max_rows=2)
+    scheduler = AsyncEngine(
+        engine, queue_size=8, max_batch_size=8, batch_window_s=0.0, limits=limits
+    )
     scheduler.start()
 
     async def drain(rows: int, tokens: int) -> int:
@@ -165,7 +171,7 @@ def test_calls_beyond_the_row_limit_wait_their_turn(engine):
 
 
 def test_a_cancelled_call_leaves_at_the_next_step_and_the_others_go_on(engine):
-    scheduler = Scheduler(engine, queue_size=8, max_batch_size=8, batch_window_s=0.0)
+    scheduler = AsyncEngine(engine, queue_size=8, max_batch_size=8, batch_window_s=0.0)
     scheduler.start()
 
     async def scenario() -> int:

@@ -20,7 +20,7 @@ from maira_sae.server.engine.types import (
 from maira_sae.server.service.config import BatchingConfig, LimitsConfig
 from maira_sae.server.service.metrics import Metrics
 from maira_sae.server.service.runtime import StartupError, load_runtime
-from tests.server.engine.test_decode_batch import (
+from tests.server.engine.test_dynamic_decode_batch import (
     LONG,
     SHORT,
     add,
@@ -39,8 +39,8 @@ SOME_PROMPT_AND_ALL_GENERATED = (TokenRange(0, 40), TokenRange(300, 10_000))
 
 
 @pytest.fixture(scope="module")
-def dynamic(demo_checkpoint) -> Engine:
-    return load_runtime(demo_config(demo_checkpoint), Metrics()).engine
+def dynamic(demo_engine) -> Engine:
+    return demo_engine
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def direction(value: float) -> ScopedIntervention:
 
 
 def test_static_batch_has_fixed_slots_and_the_limits_say_so(static, demo_checkpoint, width):
-    batch = static.new_batch()
+    batch = static.generations.new_batch()
     assert isinstance(batch, StaticDecodeBatch) and batch.slots == SLOTS
     runtime = load_runtime(
         demo_config(
