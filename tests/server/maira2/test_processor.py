@@ -200,7 +200,7 @@ def test_nul_characters_are_refused(processor):
 
 def test_unreadable_image_is_an_invalid_argument(processor):
     bad = np.full((20, 20), np.nan, dtype=np.float32)
-    with pytest.raises(InvalidArgument, match="^study.lateral: image contains NaN"):
+    with pytest.raises(InvalidArgument, match=r"^study\.lateral: image contains NaN"):
         processor.process(Study(frontal=image(), lateral=bad), Task())
 
 

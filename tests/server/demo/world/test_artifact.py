@@ -7,7 +7,9 @@ import hashlib
 import json
 import shutil
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from maira_sae.sae.formats import load_sae
 from maira_sae.server.demo.layout import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
@@ -83,9 +85,15 @@ def test_held_out_concept_f1(loaded):
     assert scores.micro_f1 >= MIN_F1, scores.describe()
 
 
+DASHBOARD_FILE = "sae-ef4-layer15/dashboard/dashboard.safetensors"
+
+
 def test_writing_the_loaded_artifact_gives_the_committed_bytes(world_demo, loaded, tmp_path):
-    """float16 -> float32 -> float16 is exact, so the writer reproduces the committed files,
-    the dashboard built from them included."""
+    """float16 -> float32 -> float16 is exact, so the writer reproduces the committed weight,
+    SAE and label files byte for byte. The dashboard is computed by running the model, whose
+    last bits follow the installed transformers and torch kernels, so it is held to the
+    committed one within float tolerance (a tie at a histogram edge or between top studies may
+    fall the other way), and provenance.json, which records its digest, is left out."""
     model, _ = loaded
     sae = load_sae(world_demo / SAE_FOLDER)
     provenance = {
@@ -99,7 +107,19 @@ def test_writing_the_loaded_artifact_gives_the_committed_bytes(world_demo, loade
         provenance,
     )
     write_world_dashboard(tmp_path / "again")
-    assert _hashes(tmp_path / "again") == _hashes(ARTIFACT_DIR)
+    computed = ("provenance.json", f"{DASHBOARD_FILE}")
+    again, committed = _hashes(tmp_path / "again"), _hashes(ARTIFACT_DIR)
+    assert {k: v for k, v in again.items() if k not in computed} == {
+        k: v for k, v in committed.items() if k not in computed
+    }
+    rebuilt = load_file(tmp_path / "again" / DASHBOARD_FILE)
+    shipped = load_file(ARTIFACT_DIR / DASHBOARD_FILE)
+    assert rebuilt.keys() == shipped.keys()
+    for name in ("top_value", "quantile_value"):
+        np.testing.assert_allclose(rebuilt[name], shipped[name], rtol=1e-4, equal_nan=True)
+    for name in ("histogram", "top_study"):
+        moved = np.mean(rebuilt[name] != shipped[name])
+        assert moved < 1e-3, f"{name}: {moved:.2%} of entries differ"
 
 
 def test_ensure_world_demo_reuses_a_current_build_and_replaces_a_stale_one(world_demo, tmp_path):
