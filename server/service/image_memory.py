@@ -18,7 +18,7 @@ from io import BytesIO
 import numpy as np
 from PIL import Image
 
-from maira_sae.client.images import MediaType, sniff_media_type
+from maira_sae.client.imaging.decode import MediaType, sniff_media_type
 from maira_sae.server.errors import OutOfRange, ResourceExhausted
 from maira_sae.server.service.from_proto import DecodeImage
 
