@@ -37,10 +37,6 @@ class ImageMemoryBudget:
         self._held = 0
         self._lock = threading.Lock()
 
-    @property
-    def held_bytes(self) -> int:
-        return self._held
-
     @contextmanager
     def hold(self) -> Iterator[ImageMemoryHold]:
         """One request's reservations, all released when the block ends."""
