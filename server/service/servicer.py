@@ -92,22 +92,14 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
     async def Encode(  # noqa: N802
         self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> pb.EncodeResponse:
-        return await self._analyse(
-            request,
-            context,
-            from_proto.encode_request_from_proto,
-            to_proto.encode_result_to_proto,
-        )
+        convert = from_proto.encode_request_from_proto
+        return await self._analyse(request, context, convert, to_proto.encode_result_to_proto)
 
     async def TopFeatures(  # noqa: N802
         self, request: pb.TopFeaturesRequest, context: grpc.aio.ServicerContext
     ) -> pb.TopFeaturesResponse:
-        return await self._analyse(
-            request,
-            context,
-            from_proto.top_features_request_from_proto,
-            to_proto.top_features_result_to_proto,
-        )
+        convert = from_proto.top_features_request_from_proto
+        return await self._analyse(request, context, convert, to_proto.top_features_result_to_proto)
 
     async def GenerateSteered(  # noqa: N802
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext

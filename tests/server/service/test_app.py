@@ -25,7 +25,7 @@ from maira_sae.server.service import app as app_module
 from maira_sae.server.service.config import AuthConfig, BatchingConfig, LimitsConfig
 from maira_sae.v1 import maira_sae_pb2 as pb
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
-from tests.server.service.test_service import demo_study, png_bytes
+from tests.server.service.test_servicer import demo_study, png_bytes
 from tests.support.servers import demo_config, running_server
 from tests.support.waiting import wait_until
 
