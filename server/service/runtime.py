@@ -143,6 +143,11 @@ def _size_decode(
 
 
 def _what_to_load(config: ServerConfig) -> tuple[str, tuple[SaeSpec, ...]]:
+    if not config.model.path and config.model.demo:
+        raise StartupError(
+            "model.demo without a model.path: `maira-sae-server serve` materialises the demo"
+            " (server/cli.py with_demo); a server started in code needs with_demo(config)"
+        )
     if not config.model.path:
         raise StartupError("no model: set model.path (a MAIRA-2 folder or hub id) or model.demo")
     if not config.saes:
