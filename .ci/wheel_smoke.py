@@ -58,7 +58,8 @@ def packaged_files() -> list[str]:
 
 
 def run(command: list[str | Path], cwd: Path) -> None:
-    print("+", " ".join(str(part) for part in command), flush=True)
+    shown = [str(part) if len(str(part)) < 80 else "..." for part in command]
+    print("+", " ".join(shown), flush=True)
     subprocess.run([str(part) for part in command], cwd=cwd, check=True)
 
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="maira-sae-wheel-") as work:
                 smoke(Path(work))
     except subprocess.CalledProcessError as error:
-        print(f"wheel smoke test FAILED: {error}", file=sys.stderr)
+        print(f"wheel smoke test FAILED: the last step exited {error.returncode}", file=sys.stderr)
         return 1
     print("wheel smoke test passed")
     return 0
