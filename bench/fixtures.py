@@ -18,7 +18,7 @@ from maira_sae.server.demo.layout import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE
 from maira_sae.server.demo.random_checkpoint import DemoCheckpoint, ensure_random_demo
 from maira_sae.server.engine.engine import Engine
 from maira_sae.server.maira2.study import Study
-from maira_sae.server.service.warmup import synthetic_chest_image
+from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 from tests.support.servers import RunningServer, demo_config, running_server
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / ".cache" / "random-demo-checkpoint"

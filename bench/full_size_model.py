@@ -32,7 +32,7 @@ from maira_sae.server.maira2.image_preprocessing import ImagePreprocessingSettin
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 from maira_sae.server.maira2.processor import Maira2Processor
 from maira_sae.server.maira2.study import Study, Task
-from maira_sae.server.service.warmup import synthetic_chest_image
+from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 
 SAE_LAYER = 15
 SAE_ID = "random-ef4-layer15"

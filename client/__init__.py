@@ -9,7 +9,6 @@ page in ``maira_sae.client.feature_page``; ``encode_many`` encodes a dataset and
 
 from maira_sae.client.aio import AsyncClient, AsyncGenerationStream
 from maira_sae.client.connection import Connection, RetryPolicy, TlsFiles, read_token_file
-from maira_sae.client.dicom import DicomOptions
 from maira_sae.client.errors import (
     AuthenticationError,
     CallCancelledError,
@@ -22,7 +21,8 @@ from maira_sae.client.errors import (
     ServerError,
     UnavailableError,
 )
-from maira_sae.client.images import ImageDecodeError, MediaType
+from maira_sae.client.imaging.decode import ImageDecodeError, MediaType
+from maira_sae.client.imaging.dicom import DicomOptions
 from maira_sae.client.requests import (
     Aggregation,
     GenerationSettings,

@@ -1,15 +1,21 @@
-"""What ``Client`` and ``AsyncClient`` share: the connection settings and per-call options."""
+"""What ``Client`` and ``AsyncClient`` share: the connection settings, the stubs, per-call
+options and the generation stream's state."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2_grpc
 
+from maira_sae.client import _convert
+from maira_sae.client.batch import DEFAULT_CONCURRENCY
+from maira_sae.client.calls import Service, StreamCall, UnaryCall
 from maira_sae.client.connection import Connection, RetryPolicy, TlsFiles
-from maira_sae.client.results import GenerateEvent, VariantResult
+from maira_sae.client.results import EncodeResult, GenerateEvent, VariantResult
+from maira_sae.client.study import Study
+from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
 
 _DEFAULT_RETRY = RetryPolicy()
 
@@ -48,11 +54,43 @@ class ClientBase:
             retry=retry,
             metadata=tuple(metadata),
         )
-        self._open()
+        self._channel = self._open_channel()
+        self._stubs: dict[Service, Any] = {
+            Service.MAIRA_SAE: pb_grpc.MairaSaeStub(self._channel),
+            Service.HEALTH: health_pb2_grpc.HealthStub(self._channel),
+        }
 
-    def _open(self) -> None:
-        """Opens the channel and its stubs; each client flavour has its own channel type."""
+    def _open_channel(self) -> Any:
+        """Each client flavour has its own channel type."""
         raise NotImplementedError
+
+    def _method(self, call: UnaryCall[Any]) -> Callable[..., Any]:
+        return getattr(self._stubs[call.service], call.rpc)
+
+    def _start_stream(self, call: StreamCall) -> Any:
+        stub = self._stubs[Service.MAIRA_SAE]
+        return stub.GenerateSteered(call.request, **self._call_options(call.timeout))
+
+    _map_calls: Callable[..., Any]  # the flavour's batch runner (client/batch.py)
+
+    def encode_many(
+        self,
+        studies: Iterable[Study],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        progress: bool = True,
+        **encode_args: Any,
+    ) -> list[EncodeResult]:
+        """``encode`` of every study, ``encode_args`` for each, at most ``concurrency`` calls
+        in flight; results in the studies' order, progress on stderr (see client/batch.py).
+        ``AsyncClient``'s is awaited."""
+        return self._map_calls(
+            lambda study: self.encode(study, **encode_args),  # type: ignore[attr-defined]
+            studies,
+            concurrency=concurrency,
+            progress=progress,
+            what="encode",
+        )
 
     def _call_options(self, timeout: float | None) -> dict[str, Any]:
         return {
@@ -61,12 +99,22 @@ class ClientBase:
         }
 
 
-def health_request(service: str) -> health_pb2.HealthCheckRequest:
-    return health_pb2.HealthCheckRequest(service=service)
+class GenerationStreamBase:
+    """The events of one GenerateSteered call: ``TokenEvent`` for each token of each variant,
+    then a ``VariantResult`` per variant. ``close()`` cancels the call on the server."""
 
+    def __init__(self, call: Any, names: Sequence[str] = ()) -> None:
+        self._call = call  # a grpc call whose messages are GenerateEvent
+        self._names = tuple(names)  # the variants' names, by index
+        self._closed = False
 
-def health_status(response: health_pb2.HealthCheckResponse) -> str:
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    def close(self) -> None:
+        """Cancels the call if it is still running; iteration then ends."""
+        self._closed = True
+        self._call.cancel()
+
+    def _event(self, message: Any) -> GenerateEvent:
+        return _convert.generate_event(message, self._names)
 
 
 def variant_results(events: Iterable[GenerateEvent]) -> list[VariantResult]:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from google.protobuf.message import Message
 
-from maira_sae.client.images import MediaType
+from maira_sae.client.imaging.decode import MediaType
 from maira_sae.client.requests import (
     Aggregation,
     GenerationSettings,

@@ -27,7 +27,7 @@ from maira_sae.client.cli_arguments import (
     token_filter_from_args,
 )
 from maira_sae.client.errors import MairaSaeError
-from maira_sae.client.images import ImageDecodeError
+from maira_sae.client.imaging.decode import ImageDecodeError
 from maira_sae.client.requests import (
     GenerationSettings,
     TokenFilter,

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from maira_sae.client.connection import RetryPolicy, TlsFiles, read_token_file
-from maira_sae.client.images import MediaType, sniff_media_type
+from maira_sae.client.imaging.decode import MediaType, sniff_media_type
 from maira_sae.client.requests import (
     Aggregation,
     PositionScope,

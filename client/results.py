@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from maira_sae.client.dicom import DicomOptions
+from maira_sae.client.imaging.dicom import DicomOptions
 
 if TYPE_CHECKING:
     import pandas
@@ -282,7 +282,7 @@ class Versions(_Result):
 
 @dataclass(frozen=True)
 class DicomDecoding(_Result):
-    """How the server turns DICOM into greyscale (``client.dicom`` has the details)."""
+    """How the server turns DICOM into greyscale (``client/imaging/dicom.py`` has the details)."""
 
     modalities: tuple[str, ...]  # accepted Modality values; empty: any
     modality_lut: bool  # Rescale Slope/Intercept or Modality LUT

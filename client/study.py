@@ -15,8 +15,7 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-from maira_sae.client.dicom import DicomOptions
-from maira_sae.client.images import (
+from maira_sae.client.imaging.decode import (
     DecodeLimits,
     ImageDecodeError,
     MediaType,
@@ -25,6 +24,7 @@ from maira_sae.client.images import (
     sniff_media_type,
     to_greyscale,
 )
+from maira_sae.client.imaging.dicom import DicomOptions
 
 PathLike = Union[str, "os.PathLike[str]"]
 ImageLike = Union[PathLike, bytes, Image.Image, np.ndarray, "StudyImage"]

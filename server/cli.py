@@ -19,9 +19,10 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from maira_sae.server.service.config import ConfigError
+from maira_sae.server.service.config import ConfigError, ModelConfig, SaeSpec, ServerConfig
 from maira_sae.server.service.config_sources import add_arguments, config_from_sources
 from maira_sae.server.service.logs import configure_logging
 from maira_sae.server.training.cli import add_train_sae_command, run_train_sae
@@ -94,6 +95,34 @@ def _make_demo(directory: Path, *, random: bool, seed: int) -> int:
     return 0
 
 
+def with_demo(config: ServerConfig) -> ServerConfig:
+    """``serve --demo``: the synthetic world demo (a tiny trained MAIRA-2-shaped model and its
+    SAE) materialised once into ``model.demo_dir``, atomically, so concurrent or interrupted
+    starts never see half a build; the config then loads its model and, unless SAEs are
+    configured, its SAE. Any other config is returned as it is."""
+    if not config.model.demo:
+        return config
+    from maira_sae.server.demo.layout import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
+    from maira_sae.server.demo.world.materialise import ensure_world_demo
+
+    demo = ensure_world_demo(demo_folder(config.model))
+    saes = config.saes or (
+        SaeSpec(
+            id="demo-ef4-layer15",
+            path=demo / SAE_FOLDER,
+            interpretations_path=demo / INTERPRETATIONS_FILE,
+        ),
+    )
+    return replace(config, model=replace(config.model, path=str(demo / MODEL_FOLDER)), saes=saes)
+
+
+def demo_folder(model: ModelConfig) -> Path:
+    if model.demo_dir:
+        return Path(model.demo_dir).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "maira-sae" / "demo-checkpoint"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "train-sae":
@@ -112,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.serving.log_level)
     from maira_sae.server.service.app import serve
 
-    return asyncio.run(serve(config))
+    return asyncio.run(serve(with_demo(config)))
 
 
 if __name__ == "__main__":

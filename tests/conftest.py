@@ -12,6 +12,16 @@ import pytest
 if TYPE_CHECKING:
     from maira_sae.server.demo.random_checkpoint import DemoCheckpoint
 
+# A test that needs one of these loads a model or starts a real server: it is marked ``slow``
+# (``make test-fast`` leaves it out). Other slow tests carry ``@pytest.mark.slow`` themselves.
+SLOW_FIXTURES = frozenset({"demo_checkpoint", "world_demo", "world_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> DemoCheckpoint:

@@ -36,7 +36,7 @@ from maira_sae.server.maira2.image_preprocessing import (
     preprocess_image,
 )
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
-from maira_sae.server.service.warmup import synthetic_chest_image
+from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 
 RANDOM_DEMO_VERSION = "random demo checkpoint, seed 0"
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maira_sae.client.images import to_greyscale
+from maira_sae.client.imaging.decode import to_greyscale
 
 __all__ = [
     "MAX_ASPECT_RATIO",

@@ -28,14 +28,13 @@ from maira_sae.server.engine.types import (
     GenerateRequest,
     GenerationSettings,
 )
-from maira_sae.server.maira2.study import Study
 from maira_sae.server.service import to_proto
 from maira_sae.server.service.config import ServerConfig
 from maira_sae.server.service.interceptors import build_interceptors
 from maira_sae.server.service.metrics import Metrics
 from maira_sae.server.service.runtime import Runtime, StartupError, load_runtime
 from maira_sae.server.service.servicer import MairaSaeServicer
-from maira_sae.server.service.warmup import synthetic_chest_image
+from maira_sae.server.service.warmup import warmup_study
 from maira_sae.v1 import maira_sae_pb2 as pb
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
 
@@ -133,7 +132,7 @@ class MairaSaeServer:
         """One Encode and a two-token generation through the scheduler, before SERVING."""
         assert self._scheduler is not None and self.runtime is not None
         engine = self.runtime.engine
-        study = Study(frontal=synthetic_chest_image())
+        study = warmup_study()
         analysis = await asyncio.to_thread(engine.prepare_analysis, EncodeRequest(study=study))
         await self._scheduler.analyse(analysis, deadline=None)
         request = GenerateRequest(study=study, settings=GenerationSettings(max_new_tokens=2))

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maira_sae.client.dicom import DicomOptions
+from maira_sae.client.imaging.dicom import DicomOptions
 from maira_sae.server.engine.decode_choices import DecodeSetting
 
 MIB = 1024 * 1024
@@ -336,7 +336,7 @@ class BatchingConfig:
 
 @dataclass(frozen=True)
 class DicomConfig:
-    """Which DICOM files the server takes and how it windows them (see client/dicom.py)."""
+    """Which DICOM files the server takes and how it windows them (see client/imaging/dicom.py)."""
 
     modalities: str = field(
         default="CR,DX,DR",

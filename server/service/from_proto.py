@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from google.protobuf.message import Message
 
-from maira_sae.client.images import (
+from maira_sae.client.imaging.decode import (
     DecodeLimits,
     ImageDecodeError,
     ImageTooLargeError,
@@ -223,7 +223,7 @@ def _checked_image(image: pb.Image, limits: LimitsConfig, name: str) -> MediaTyp
 
 
 def image_decoder(limits: LimitsConfig, dicom: DicomConfig | None = None) -> DecodeImage:
-    """The server's decoder: ``maira_sae.client.images.decode_image`` under these limits and
+    """The server's decoder: ``maira_sae.client.imaging.decode.decode_image`` under these limits and
     DICOM settings (default: ``DicomConfig()``)."""
     decode_limits = DecodeLimits(
         max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels

@@ -18,7 +18,7 @@ from io import BytesIO
 import numpy as np
 from PIL import Image
 
-from maira_sae.client.images import MediaType, sniff_media_type
+from maira_sae.client.imaging.decode import MediaType, sniff_media_type
 from maira_sae.server.errors import OutOfRange, ResourceExhausted
 from maira_sae.server.service.from_proto import DecodeImage
 
@@ -36,10 +36,6 @@ class ImageMemoryBudget:
         self._max_image_pixels = max_image_pixels
         self._held = 0
         self._lock = threading.Lock()
-
-    @property
-    def held_bytes(self) -> int:
-        return self._held
 
     @contextmanager
     def hold(self) -> Iterator[ImageMemoryHold]:

@@ -1,16 +1,15 @@
 """Load what the server serves, as the config says: MAIRA-2, its processor and the SAEs.
 
 Every file problem surfaces as one ``StartupError`` whose message names the file and the
-problem, so ``serve`` can exit with one clear line. ``--demo`` materialises the synthetic world
-demo (a tiny trained MAIRA-2-shaped model and its SAE, ``server/world``) once into a cache
-folder, atomically, so concurrent or interrupted starts never see half a build.
+problem, so ``serve`` can exit with one clear line. For ``serve --demo`` the command line has
+already put the demo's folders into the config (``server/cli.py``); ``model.demo`` only names
+the model as the demo in GetInfo.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,6 @@ from maira_sae.sae.catalogue import FeatureCatalogue
 from maira_sae.sae.dashboard import DEFAULT_FOLDER as DEFAULT_DASHBOARD_FOLDER
 from maira_sae.sae.dashboard import Dashboard
 from maira_sae.sae.formats import SaeFormatError, load_sae
-from maira_sae.server.demo.layout import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
-from maira_sae.server.demo.world.materialise import ensure_world_demo
 from maira_sae.server.engine.decode_sizing import DecodeSizing, size_decode
 from maira_sae.server.engine.engine import Engine, SaeEntry
 from maira_sae.server.engine.schedule import BatchLimits
@@ -39,7 +36,7 @@ from maira_sae.server.maira2.checkpoint import (
 from maira_sae.server.maira2.config import CheckpointError, ImageFeatures, Maira2Config
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 from maira_sae.server.maira2.processor import Maira2Processor
-from maira_sae.server.service.config import ModelConfig, SaeSpec, ServerConfig
+from maira_sae.server.service.config import SaeSpec, ServerConfig
 from maira_sae.server.service.descriptions import ModelDescription, SaeDescription
 from maira_sae.server.service.metrics import Metrics
 
@@ -145,28 +142,16 @@ def _size_decode(
 
 
 def _what_to_load(config: ServerConfig) -> tuple[str, tuple[SaeSpec, ...]]:
-    if config.model.demo:
-        demo = ensure_world_demo(demo_folder(config.model))
-        specs = config.saes or (
-            SaeSpec(
-                id="demo-ef4-layer15",
-                path=demo / SAE_FOLDER,
-                interpretations_path=demo / INTERPRETATIONS_FILE,
-            ),
+    if not config.model.path and config.model.demo:
+        raise StartupError(
+            "model.demo without a model.path: `maira-sae-server serve` materialises the demo"
+            " (server/cli.py with_demo); a server started in code needs with_demo(config)"
         )
-        return str(demo / MODEL_FOLDER), specs
     if not config.model.path:
         raise StartupError("no model: set model.path (a MAIRA-2 folder or hub id) or model.demo")
     if not config.saes:
         raise StartupError("no SAE: configure at least one [[saes]] entry (id and path)")
     return config.model.path, config.saes
-
-
-def demo_folder(model: ModelConfig) -> Path:
-    if model.demo_dir:
-        return Path(model.demo_dir).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "maira-sae" / "demo-checkpoint"
 
 
 def _load_sae(

@@ -14,7 +14,7 @@ import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -28,6 +28,7 @@ from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
 
 R = TypeVar("R")
 T = TypeVar("T")
+Reply = TypeVar("Reply")
 
 
 class MairaSaeServicer(pb_grpc.MairaSaeServicer):
@@ -72,27 +73,33 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
 
         return await self._in_worker(work)
 
+    async def _analyse(
+        self,
+        message: object,
+        context: grpc.aio.ServicerContext,
+        converter: Callable[..., R],
+        to_reply: Callable[[Any], Reply],
+    ) -> Reply:
+        """Encode and TopFeatures: a place in the scheduler, conversion and preparation on a
+        worker thread, the analysis on the engine, and the reply built off the event loop (an
+        Encode reply holds every selected token's features)."""
+        with self._scheduler.admit() as admission:
+            prepared = await self._prepare(converter, message, self._engine.prepare_analysis)
+            deadline = deadline_from_timeout(context.time_remaining)
+            result = await self._scheduler.analyse(prepared, deadline, admission)
+        return await asyncio.to_thread(to_reply, result)
+
     async def Encode(  # noqa: N802
         self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> pb.EncodeResponse:
-        with self._scheduler.admit() as admission:
-            prepared = await self._prepare(
-                from_proto.encode_request_from_proto, request, self._engine.prepare_analysis
-            )
-            deadline = deadline_from_timeout(context.time_remaining)
-            result = await self._scheduler.analyse(prepared, deadline, admission)
-        return await asyncio.to_thread(to_proto.encode_result_to_proto, result)
+        convert = from_proto.encode_request_from_proto
+        return await self._analyse(request, context, convert, to_proto.encode_result_to_proto)
 
     async def TopFeatures(  # noqa: N802
         self, request: pb.TopFeaturesRequest, context: grpc.aio.ServicerContext
     ) -> pb.TopFeaturesResponse:
-        with self._scheduler.admit() as admission:
-            prepared = await self._prepare(
-                from_proto.top_features_request_from_proto, request, self._engine.prepare_analysis
-            )
-            deadline = deadline_from_timeout(context.time_remaining)
-            result = await self._scheduler.analyse(prepared, deadline, admission)
-        return to_proto.top_features_result_to_proto(result)
+        convert = from_proto.top_features_request_from_proto
+        return await self._analyse(request, context, convert, to_proto.top_features_result_to_proto)
 
     async def GenerateSteered(  # noqa: N802
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext

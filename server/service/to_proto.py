@@ -178,7 +178,7 @@ def info_to_proto(
     """``versions`` maps maira_sae, torch and transformers to their version strings;
     ``token_limits`` are the engine's, resolved against the model's context length;
     ``decode_limits`` are the batching settings as the accelerator's memory bounds them;
-    ``default_sae_id`` is the engine's (the config's may be empty: ``serve --demo``)."""
+    ``default_sae_id`` is the engine's (the config's may be empty: the first SAE)."""
     limits, batching = config.limits, config.batching
     dicom = config.dicom.options()
     return pb.InfoResponse(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maira_sae.client.images import DecodeLimits, decode_image
+from maira_sae.client.imaging.decode import DecodeLimits, decode_image
 from maira_sae.server.maira2.study import Study
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm")

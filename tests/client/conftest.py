@@ -17,7 +17,7 @@ from maira_sae.client import Client, Study
 @pytest.fixture(scope="session")
 def frontal_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo chest picture (560 x 600, not square) as a PNG file."""
-    from maira_sae.server.service.warmup import synthetic_chest_image
+    from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 
     path = tmp_path_factory.mktemp("study") / "frontal.png"
     Image.fromarray(synthetic_chest_image()).save(path)

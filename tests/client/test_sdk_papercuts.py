@@ -77,8 +77,10 @@ def test_the_server_refuses_a_ct_and_takes_a_real_cr(client, study):
     assert sum(t.token.kind is TokenKind.IMAGE_PATCH for t in result.tokens) == 37 * 37
 
 
-def test_a_server_with_no_configured_sae_reports_the_default_it_uses(tmp_path):
-    """``serve --demo`` configures no SAE: GetInfo names the one the engine uses anyway."""
+def test_serve_demo_configures_the_demo_sae_and_reports_it_as_the_default(tmp_path):
+    """``serve --demo`` with no SAE configured: the command line adds the demo's, and GetInfo
+    names it as the default."""
+    from maira_sae.server.cli import with_demo
     from maira_sae.server.service.config import ModelConfig, ServerConfig
     from maira_sae.server.service.config_sources import config_from_mapping
     from tests.support.servers import running_server
@@ -88,9 +90,12 @@ def test_a_server_with_no_configured_sae_reports_the_default_it_uses(tmp_path):
     )
     config = replace(config, model=ModelConfig(demo=True, demo_dir=str(tmp_path / "demo")))
     assert isinstance(config, ServerConfig) and not config.saes
-    with running_server(config) as server, Client(server.target) as client:
+    served = with_demo(config)
+    assert [spec.id for spec in served.saes] == ["demo-ef4-layer15"]
+    with running_server(served) as server, Client(server.target) as client:
         info = client.info()
-        assert info.default_sae_id and info.default_sae_id == info.saes[0].id
+        assert info.model.demo
+        assert info.default_sae_id == info.saes[0].id == "demo-ef4-layer15"
 
 
 def test_a_server_can_be_set_to_take_any_modality_unwindowed(demo_checkpoint):

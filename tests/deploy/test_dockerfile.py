@@ -73,6 +73,10 @@ def test_torch_is_pinned_with_the_right_build(stages: dict[str, Stage]):
     top = _instructions(DOCKERFILE.read_text(encoding="utf-8"))
     (torch_version,) = [rest for name, rest in top if name == "ARG" and "TORCH_VERSION=" in rest]
     assert re.fullmatch(r"TORCH_VERSION=\d+\.\d+\.\d+", torch_version)
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    server_extra = pyproject["project"]["optional-dependencies"]
+    (pin,) = [req for req in server_extra["server"] if req.startswith("torch")]
+    assert pin == f"torch=={torch_version.removeprefix('TORCH_VERSION=')}"  # the one pin
     indexes = {
         "gpu": r"https://download\.pytorch\.org/whl/cu\d+",
         "demo": r"https://download\.pytorch\.org/whl/cpu",

@@ -15,7 +15,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from maira_sae.v1 import maira_sae_pb2 as pb
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
+from tests.support.waiting import wait_until
 
 if TYPE_CHECKING:
     from maira_sae.server.demo.random_checkpoint import DemoCheckpoint
@@ -265,18 +265,6 @@ def scrape_metrics(port: int, timeout_s: float = 5.0) -> dict[str, float]:
 
 def queue_depth(metrics_port: int) -> float:
     return scrape_metrics(metrics_port)["maira_sae_queue_depth"]
-
-
-def wait_until(
-    condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.05, what: str = ""
-) -> float:
-    """Poll until ``condition()`` holds; returns the seconds it took, fails after the timeout."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or condition}")
-        time.sleep(interval_s)
-    return time.monotonic() - start
 
 
 # -------------------------------------------------------------------------------------------

@@ -34,9 +34,9 @@ from tests.reliability._support import (
     length_delimited,
     outcome_of,
     study,
-    wait_until,
 )
 from tests.support.servers import RunningServer, demo_config, running_server
+from tests.support.waiting import wait_until
 
 TOKEN = "t0ken-" + "x" * 26
 Code = grpc.StatusCode

@@ -27,9 +27,9 @@ from tests.reliability._support import (
     queue_depth,
     scrape_metrics,
     study,
-    wait_until,
 )
 from tests.support.servers import RunningServer
+from tests.support.waiting import wait_until
 
 LONG = 1000  # new tokens: tens of seconds on the demo model unless the generation is stopped
 FREED_WITHIN_S = 5.0

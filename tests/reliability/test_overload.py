@@ -7,7 +7,6 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -24,11 +23,12 @@ from tests.reliability._support import (
     png_bytes,
     scrape_metrics,
     study,
-    wait_until,
 )
+from tests.support.waiting import wait_until
 
 Code = grpc.StatusCode
 ENCODE = "/maira_sae.v1.MairaSae/Encode"
+GENERATE = "/maira_sae.v1.MairaSae/GenerateSteered"
 QUEUE_SIZE = 2
 
 
@@ -159,8 +159,11 @@ def test_deadline_expiry_is_deadline_exceeded_in_metrics_and_access_log(
     assert any('"code": "DEADLINE_EXCEEDED"' in line for line in encodes), encodes
 
 
-def test_cancelling_streams_logs_no_error(small_queue_stub, caplog):
+def test_cancelling_streams_logs_no_error(small_queue_stub, small_queue_server, caplog):
     caplog.set_level(logging.DEBUG)
+    metrics_port = small_queue_server.ports.metrics
+    cancelled = f'maira_sae_requests_total{{code="CANCELLED",method="{GENERATE}"}}'
+    before = scrape_metrics(metrics_port).get(cancelled, 0.0)
     request = pb.GenerateRequest(
         study=study(SMALL_PNG), settings=pb.GenerationSettings(max_new_tokens=64)
     )
@@ -169,7 +172,12 @@ def test_cancelling_streams_logs_no_error(small_queue_stub, caplog):
         next(call)
         call.cancel()
     gc.collect()
-    time.sleep(0.5)  # let finalizers and their tasks run on the server's loop
+    # every call has ended on the server (its finalizers and tasks have run on the loop)
+    wait_until(
+        lambda: scrape_metrics(metrics_port).get(cancelled, 0.0) == before + 12,
+        timeout_s=30,
+        what="the server to end the 12 cancelled calls",
+    )
     gc.collect()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [(r.name, r.getMessage()) for r in errors]

@@ -37,8 +37,8 @@ from tests.reliability._support import (
     queue_depth,
     server_process,
     study,
-    wait_until,
 )
+from tests.support.waiting import wait_until
 
 # 5 x 256: every feature the mix's GetFeature asks for (index % 256) is in the logit-effects
 # cache before measuring, so the cache filling up is not counted as growth.

@@ -20,8 +20,8 @@ from tests.reliability._support import (
     outcome_of,
     server_process,
     study,
-    wait_until,
 )
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from maira_sae.server.cli import main
 from maira_sae.server.demo.layout import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
 
@@ -23,6 +25,7 @@ def test_make_demo_writes_the_world_demo(tmp_path, capsys):
     assert main(["make-demo", str(tmp_path / "demo")]) == 0  # a demo built before is reused
 
 
+@pytest.mark.slow
 def test_make_demo_random_writes_the_real_image_size(tmp_path):
     assert main(["make-demo", "--random", str(tmp_path / "demo")]) == 0
     assert _image_tokens(tmp_path / "demo") == 1369  # 37 x 37, as for the real MAIRA-2

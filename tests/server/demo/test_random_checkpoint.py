@@ -24,7 +24,7 @@ from maira_sae.server.maira2.image_preprocessing import (
     ImagePreprocessingSettings,
     preprocess_image,
 )
-from maira_sae.server.service.warmup import synthetic_chest_image
+from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 
 PREFIXES = (
     "language_model.model.",

@@ -6,9 +6,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from maira_sae.server.demo.world.reports import concepts_in_text
 
 
+@pytest.mark.slow
 def test_the_demo_tour_calls_every_rpc_and_stops_the_server_cleanly(tmp_path):
     result = subprocess.run(
         [

@@ -24,6 +24,6 @@ def demo_engine(demo_checkpoint) -> Engine:
 @pytest.fixture(scope="module")
 def study() -> Study:
     from maira_sae.server.maira2.study import Study
-    from maira_sae.server.service.warmup import synthetic_chest_image
+    from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 
     return Study(frontal=synthetic_chest_image(), indication="Shortness of breath.")

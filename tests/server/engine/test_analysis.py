@@ -7,7 +7,7 @@ import numpy as np
 
 from maira_sae.server.engine.types import EncodeRequest, TopFeaturesRequest
 from maira_sae.server.maira2.study import Study
-from maira_sae.server.service.warmup import synthetic_chest_image
+from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 
 
 def test_encode_of_a_study_is_the_same_alone_and_in_a_batch(demo_engine, study):

@@ -23,7 +23,7 @@ from maira_sae.server.engine.types import (
     VariantFinished,
 )
 from maira_sae.server.maira2.study import Study
-from maira_sae.server.service.warmup import synthetic_chest_image
+from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

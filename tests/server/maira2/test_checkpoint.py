@@ -26,8 +26,8 @@ from maira_sae.server.maira2.image_preprocessing import (
     ImagePreprocessingSettings,
     preprocess_image,
 )
+from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 from maira_sae.server.maira2.tensor_names import to_disk_name, to_memory_name
-from maira_sae.server.service.warmup import synthetic_chest_image
 
 IMAGE = 32204
 SEQ = 1369

@@ -20,6 +20,7 @@ from maira_sae.server.maira2.image_preprocessing import (
     ImagePreprocessingSettings,
     preprocess_image,
 )
+from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 from maira_sae.server.maira2.tensor_names import (
     VISION_ATTENTION_NAMES,
     NameForm,
@@ -28,7 +29,6 @@ from maira_sae.server.maira2.tensor_names import (
     to_disk_name,
     to_memory_name,
 )
-from maira_sae.server.service.warmup import synthetic_chest_image
 
 FIXTURE = Path(__file__).parent / "fixtures" / "maira2-tensor-names.txt"
 FIVE_X_ATTENTION = "vision_tower.encoder.layer.0.attention.q_proj.weight"

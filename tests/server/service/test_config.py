@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from maira_sae.client.dicom import DicomOptions
+from maira_sae.client.imaging.dicom import DicomOptions
 from maira_sae.server.service.config import (
     AuthConfig,
     ConfigError,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from maira_sae.client.images import ImageDecodeError, MediaType
+from maira_sae.client.imaging.decode import ImageDecodeError, MediaType
 from maira_sae.sae.interventions import SteeringMode
 from maira_sae.server.engine import types as t
 from maira_sae.server.errors import InvalidArgument, OutOfRange

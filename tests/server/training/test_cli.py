@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from maira_sae.sae import load_sae
-from maira_sae.server.service.warmup import synthetic_chest_image
+from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 from maira_sae.server.training.cli import add_train_sae_command, run_train_sae
 from maira_sae.server.training.folder_training import ACTIVATIONS_FILE
 from maira_sae.server.training.study_folder import read_study_folder

@@ -17,10 +17,10 @@ from maira_sae.sae.dashboard import METADATA_FILE, TENSORS_FILE, Dashboard, read
 from maira_sae.server.cli import main
 from maira_sae.server.engine.types import EncodeRequest
 from maira_sae.server.maira2.study import Study
+from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 from maira_sae.server.service.config import SaeSpec
 from maira_sae.server.service.metrics import Metrics
 from maira_sae.server.service.runtime import load_runtime
-from maira_sae.server.service.warmup import synthetic_chest_image
 from maira_sae.server.training.dashboards import (
     DashboardSettings,
     DashboardStudy,

@@ -11,8 +11,8 @@ from maira_sae.server.demo.random_checkpoint import SAE_LAYER
 from maira_sae.server.engine.engine import Engine, SaeEntry
 from maira_sae.server.engine.types import EncodeRequest, TokenFilter
 from maira_sae.server.maira2.study import Study, Task
+from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 from maira_sae.server.maira2.tokens import TokenKind
-from maira_sae.server.service.warmup import synthetic_chest_image
 from maira_sae.server.training.folder_training import load_model_and_processor
 from maira_sae.server.training.harvest import HarvestFilter, harvest_activations
 

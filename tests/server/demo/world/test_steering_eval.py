@@ -10,7 +10,7 @@ from maira_sae.server.demo.random_checkpoint import SAE_LAYER
 from maira_sae.server.demo.world.steering_eval import evaluate_steering, format_curve
 from maira_sae.server.engine.engine import Engine, SaeEntry
 from maira_sae.server.maira2.study import Study
-from maira_sae.server.service.warmup import synthetic_chest_image
+from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 from maira_sae.server.training.folder_training import load_model_and_processor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

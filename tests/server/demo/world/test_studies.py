@@ -32,6 +32,7 @@ def test_dataset_prefix_is_the_smaller_dataset_and_seeds_are_independent():
     assert not np.array_equal(world_dataset(1, seed=6)[0].frontal, small[0].frontal)
 
 
+@pytest.mark.slow
 def test_the_text_names_exactly_the_concepts_of_the_study_and_its_prior():
     studies = world_dataset(80, seed=11)
     for study in studies:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from maira_sae.server.maira2.grounding import parse_grounded_output
 from maira_sae.server.maira2.image_preprocessing import ImageGeometry
-from maira_sae.server.service.warmup import synthetic_chest_image
+from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 from maira_sae.v1 import maira_sae_pb2 as pb
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
 

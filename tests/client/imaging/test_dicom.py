@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maira_sae.client.dicom import DicomOptions
-from maira_sae.client.images import DecodeLimits, ImageDecodeError, MediaType, decode_image
+from maira_sae.client.imaging.decode import DecodeLimits, ImageDecodeError, MediaType, decode_image
+from maira_sae.client.imaging.dicom import DicomOptions
 from maira_sae.client.study import StudyImage
 
 pydicom = pytest.importorskip("pydicom")
@@ -436,8 +436,8 @@ class NotInstalled:  # as if the client were installed without the pixel-data pl
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 
 sys.meta_path.insert(0, NotInstalled())
-from maira_sae.client.dicom import DicomOptions
-from maira_sae.client.images import DecodeLimits, decode_image
+from maira_sae.client.imaging.dicom import DicomOptions
+from maira_sae.client.imaging.decode import DecodeLimits, decode_image
 data = open(sys.argv[1], "rb").read()
 decode_image(data, None, name="x", limits=DecodeLimits(), dicom=DicomOptions(modalities=None))
 """

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maira_sae.client.images import (
+from maira_sae.client.imaging.decode import (
     DecodeLimits,
     ImageDecodeError,
     MediaType,

@@ -26,7 +26,7 @@ whole rescaled range instead. The window matters where it clips: on pydicom's CR
 it saturates 2.5% more of the pixels and moves the others by up to 3.7% of the range.
 (3) The photometric interpretation: MONOCHROME1 is inverted so that dense is bright; RGB, YBR
 (converted to RGB by pydicom) and PALETTE COLOR (through its lookup table) become luma with
-the weights of an RGB PNG (``images.to_greyscale``); rescale and window apply only to
+the weights of an RGB PNG (``decode.to_greyscale``); rescale and window apply only to
 monochrome images. No further scaling: MAIRA-2's own preprocessing min-max rescales each image
 to 0..255, so only the relative values matter.
 
@@ -44,7 +44,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from maira_sae.client.images import DecodeLimits, ImageDecodeError, check_dimensions, to_greyscale
+from maira_sae.client.imaging.decode import (
+    DecodeLimits,
+    ImageDecodeError,
+    check_dimensions,
+    to_greyscale,
+)
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset

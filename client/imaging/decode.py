@@ -1,9 +1,6 @@
 """Decode PNG, JPEG and DICOM bytes into greyscale pixels at full depth.
 
-One module for the server and the client SDK, so both refuse the same inputs with the same
-messages: the one piece of the client that the server imports (it may, because the client is
-torch-free and imports nothing of the server; the layer contracts in pyproject.toml hold both).
-It needs numpy and Pillow; DICOM (``client.dicom``, where what is accepted and applied is
+It needs numpy and Pillow; DICOM (``dicom.py``, where what is accepted and applied is
 described) imports pydicom only when a DICOM file arrives, so the client works without it until
 then. Never torch.
 
@@ -30,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
-    from maira_sae.client.dicom import DicomOptions
+    from maira_sae.client.imaging.dicom import DicomOptions
 
 __all__ = [
     "DecodeLimits",
@@ -61,7 +58,7 @@ def sniff_media_type(data: bytes) -> MediaType | None:
     DICOM is recognised by "DICM" after the 128-byte preamble, or, for a file written without
     the preamble, by a first element that looks like DICOM's (``dicom.looks_like_bare_dicom``).
     """
-    from maira_sae.client.dicom import looks_like_bare_dicom  # dicom imports this module
+    from maira_sae.client.imaging.dicom import looks_like_bare_dicom  # dicom imports this module
 
     if data.startswith(_PNG_SIGNATURE):
         return MediaType.PNG
@@ -141,7 +138,7 @@ def decode_image(
         )
     resolved = _resolve_media_type(data, media_type, name)
     if resolved is MediaType.DICOM:
-        from maira_sae.client.dicom import decode_dicom  # dicom imports this module
+        from maira_sae.client.imaging.dicom import decode_dicom  # dicom imports this module
 
         return decode_dicom(data, name, limits, dicom)
     return _decode_raster(data, resolved, name, limits)
