@@ -23,9 +23,9 @@ from maira_sae.server.engine.types import (
     VariantFinished,
 )
 from maira_sae.server.maira2.study import Study
+from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 from maira_sae.server.service.metrics import Metrics
 from maira_sae.server.service.runtime import load_runtime
-from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 from tests.support.servers import demo_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
