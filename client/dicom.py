@@ -39,11 +39,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from maira_sae.client.dicom_bounds import PixelGeometry, check_encoded_frame
+from maira_sae.client.dicom_luts import check_luts
+from maira_sae.client.dicom_reading import read_dicom
 from maira_sae.client.images import DecodeLimits, ImageDecodeError, check_dimensions, to_greyscale
 
 if TYPE_CHECKING:
@@ -201,17 +203,16 @@ def decode_dicom(
 ) -> np.ndarray:
     """One DICOM file's frame as 2-D float32 greyscale (see the module docstring)."""
     options = options or DicomOptions()
-    pydicom = _import_pydicom(name)
-    bare = data[128:132] != b"DICM"
-    try:
-        dataset = pydicom.dcmread(BytesIO(data), force=bare, specific_tags=_DICOM_PIXEL_TAGS)
-    except Exception as exc:  # pydicom raises many types for malformed files
-        raise ImageDecodeError(
-            name, f"cannot parse DICOM data (corrupt or truncated: {type(exc).__name__})"
-        ) from exc
-    _check_dicom_header(dataset, name, limits, options)
+    _import_pydicom(name)
+    dataset = read_dicom(data, name, limits, _DICOM_PIXEL_TAGS)
+    geometry = _check_dicom_header(dataset, name, limits, options)
     _set_missing_transfer_syntax(dataset, name)
-    raw = _dicom_pixel_array(dataset, name, options.frame)
+    index = options.frame or 0
+    check_encoded_frame(dataset, name, index, geometry, limits)
+    photometric = str(dataset.PhotometricInterpretation).strip()
+    if photometric in _MONOCHROME:
+        check_luts(dataset, name, voi=options.apply_voi)
+    raw = _dicom_pixel_array(dataset, name, index)
     return _display_values(raw, dataset, name, options)
 
 
@@ -225,7 +226,7 @@ def _import_pydicom(name: str) -> Any:
 
 def _check_dicom_header(
     dataset: Dataset, name: str, limits: DecodeLimits, options: DicomOptions
-) -> None:
+) -> PixelGeometry:
     if "PixelData" not in dataset and (
         "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset
     ):
@@ -244,8 +245,8 @@ def _check_dicom_header(
             f"DICOM photometric interpretation {photometric or 'missing'!r} is not supported "
             f"(supported: {', '.join(_MONOCHROME + _COLOUR)})",
         )
-    frames = _frame_count(dataset, name)
-    frame = options.frame
+    geometry = PixelGeometry.of(dataset, name)
+    frames, frame = geometry.frames, options.frame
     if frames > 1 and frame is None:
         raise ImageDecodeError(
             name,
@@ -256,17 +257,9 @@ def _check_dicom_header(
         raise ImageDecodeError(
             name, f"frame {frame} was chosen, but the DICOM file has {frames} frame(s)"
         )
-    rows, columns = dataset.get("Rows"), dataset.get("Columns")
-    if rows is None or columns is None:
-        raise ImageDecodeError(name, "DICOM file lacks Rows or Columns")
-    check_dimensions(int(columns), int(rows), name, limits)
-
-
-def _frame_count(dataset: Dataset, name: str) -> int:
-    try:
-        return int(dataset.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError) as exc:
-        raise ImageDecodeError(name, "DICOM Number of Frames is not a number") from exc
+    check_dimensions(geometry.columns, geometry.rows, name, limits)
+    geometry.check_budget(name, limits)
+    return geometry
 
 
 def _check_modality(dataset: Dataset, name: str, options: DicomOptions) -> None:
@@ -312,7 +305,9 @@ def _set_missing_transfer_syntax(dataset: Dataset, name: str) -> None:
     dataset.file_meta.TransferSyntaxUID = syntax
 
 
-def _dicom_pixel_array(dataset: Dataset, name: str, frame: int | None) -> np.ndarray:
+def _dicom_pixel_array(dataset: Dataset, name: str, index: int) -> np.ndarray:
+    """Frame ``index`` decoded: always by index, so pydicom decodes the one frame whose header
+    ``check_encoded_frame`` has read, never all of them."""
     from pydicom.pixels import get_decoder
 
     syntax = dataset.file_meta.TransferSyntaxUID
@@ -327,18 +322,20 @@ def _dicom_pixel_array(dataset: Dataset, name: str, frame: int | None) -> np.nda
         raise ImageDecodeError(
             name, f"no decoder is installed for transfer syntax {syntax_text}: {_install(syntax)}"
         )
-    if frame is not None:
-        dataset.pixel_array_options(index=frame)
+    dataset.pixel_array_options(index=index)
     try:
         return dataset.pixel_array
-    except Exception as exc:  # decoder plugins raise arbitrary types; see the message
+    # The plugins raise arbitrary types (struct.error, RuntimeError, MemoryError from a codec,
+    # numpy's ValueError from a reshape): every one is a file that cannot be decoded.
+    except Exception as exc:
         why = (
             "compressed pixel data could not be decoded"
             if syntax.is_compressed
             else "pixel data could not be read"
         )
         raise ImageDecodeError(
-            name, f"{why} (transfer syntax {syntax_text}; {type(exc).__name__})"
+            name,
+            f"PixelData frame {index}: {why} (transfer syntax {syntax_text}; {type(exc).__name__})",
         ) from exc
 
 
@@ -379,9 +376,13 @@ def _monochrome(raw: np.ndarray, dataset: Dataset, name: str, options: DicomOpti
         values = apply_modality_lut(raw, dataset)
         if options.apply_voi:
             values = apply_voi_lut(values, dataset, index=0)
-    except (ValueError, TypeError, IndexError, KeyError) as exc:
+    # check_luts has refused the LUTs pydicom cannot unpack; what is left to fail here is the
+    # attributes' values (a non-numeric window, a mismatched shape...), of arbitrary types.
+    except Exception as exc:
         raise ImageDecodeError(
-            name, f"invalid DICOM rescale or window attributes ({type(exc).__name__})"
+            name,
+            f"invalid DICOM Modality LUT, rescale, VOI LUT or window attributes "
+            f"({type(exc).__name__})",
         ) from exc
     values = np.asarray(values, dtype=np.float32)
     if str(dataset.PhotometricInterpretation).strip() == "MONOCHROME1":
@@ -398,7 +399,7 @@ def _colour_to_grey(raw: np.ndarray, dataset: Dataset, name: str, photometric: s
 
         try:
             rgb = apply_color_lut(raw, dataset)
-        except (ValueError, TypeError, IndexError, AttributeError) as exc:
+        except Exception as exc:  # struct.error from a segmented table, among others
             raise ImageDecodeError(
                 name, f"invalid DICOM palette colour lookup table ({type(exc).__name__})"
             ) from exc

@@ -113,6 +113,13 @@ class DecodeLimits:
         if self.min_side > self.max_side:
             raise ValueError(f"min_side {self.min_side} exceeds max_side {self.max_side}")
 
+    @property
+    def max_decoded_bytes(self) -> int:
+        """The most bytes a decoder may produce for one image: ``max_pixels`` at 8 bytes each
+        (the float64 footprint the limits were sized for). DICOM frames and deflated data
+        sets are held to it before they are decoded or inflated."""
+        return self.max_pixels * 8
+
 
 def decode_image(
     data: bytes,
