@@ -12,6 +12,7 @@ of the encapsulation through pydicom.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from dataclasses import dataclass
 
@@ -75,7 +76,7 @@ def read_rle(frame: bytes) -> RleHeader:
     if not 1 <= count <= 15:
         raise FrameHeaderError(f"RLE header says {count} segments (1..15 allowed)")
     used = tuple(offsets[:count])
-    in_order = used[0] == _RLE_HEADER.size and all(a < b for a, b in zip(used, used[1:]))
+    in_order = used[0] == _RLE_HEADER.size and all(a < b for a, b in itertools.pairwise(used))
     if not in_order or used[-1] >= len(frame):
         raise FrameHeaderError(
             f"RLE segment offsets {list(used)} are not increasing from 64 inside the "

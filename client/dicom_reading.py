@@ -27,7 +27,8 @@ HEADER_ALLOWANCE = 4 * 1024 * 1024
 Data (identification, LUTs, overlays, private blocks)."""
 
 _TRUNCATED = "deflated DICOM data set is truncated (its deflate stream does not end)"
-_GEOMETRY_TAGS = ["Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "NumberOfFrames"]
+# Rows, Columns, Samples per Pixel, Bits Allocated, Number of Frames (read_dataset takes tags).
+_GEOMETRY_TAGS = [0x00280010, 0x00280011, 0x00280002, 0x00280100, 0x00280008]
 
 
 def read_dicom(data: bytes, name: str, limits: DecodeLimits, tags: list[str]) -> Dataset:
