@@ -52,15 +52,16 @@ def _file(dataset, syntax: str) -> bytes:
     return buffer.getvalue()
 
 
-def deflate_bomb(pixel_bytes: int = 2**30) -> bytes:
+def deflate_bomb(pixel_bytes: int = 2**30, dataset=None) -> bytes:
     """A Deflated Explicit VR Little Endian file of about ``pixel_bytes`` / 1000 bytes (1 MB
-    for the default 1 GiB) whose data set inflates to a 64 x 64 header followed by Pixel Data
-    of ``pixel_bytes`` zero bytes: 2**18 times what Rows x Columns x 16 bits hold."""
+    for the default 1 GiB) whose data set inflates to ``dataset`` (default: a 64 x 64 16-bit
+    header) followed by Pixel Data of ``pixel_bytes`` zero bytes: for the defaults, 2**18
+    times what Rows x Columns x 16 bits hold."""
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset, write_file_meta_info
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    dataset = radiograph_dataset()
+    dataset = dataset if dataset is not None else radiograph_dataset()
     _set_file_meta(dataset, DeflatedExplicitVRLittleEndian)
     # The data set is deflated here rather than by pydicom, so that its Pixel Data can be
     # streamed through the compressor without ever being held.
@@ -85,7 +86,7 @@ def deflate_bomb(pixel_bytes: int = 2**30) -> bytes:
 def _blank_jpeg2000(side: int) -> bytes:
     from openjpeg import encode
 
-    return bytes(encode(np.zeros((side, side), dtype=np.uint8)))
+    return bytes(encode(np.zeros((side, side), dtype=np.uint8), bits_stored=8))
 
 
 def lying_jpeg2000(side: int = 12000) -> bytes:
