@@ -107,8 +107,11 @@ def _jpeg_header(frame: bytes, sof_markers: frozenset[int], marker_name: str) ->
                 raise FrameHeaderError(f"{marker_name} segment is truncated")
             precision, rows, columns, samples = struct.unpack_from(">BHHB", frame, position + 4)
             return FrameHeader(marker_name, rows, columns, samples, precision)
-        if length < 2:
-            raise FrameHeaderError(f"{marker_name}: a segment at byte {position} has length 0")
+        if length < 2 or position + 2 + length > len(frame):
+            raise FrameHeaderError(
+                f"{marker_name}: the segment at byte {position} has length {length}, which does "
+                f"not fit the {len(frame)}-byte frame"
+            )
         position += 2 + length
     raise FrameHeaderError(f"{marker_name}: the frame has no frame header before its scan")
 
