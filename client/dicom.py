@@ -46,7 +46,13 @@ import numpy as np
 from maira_sae.client.dicom_bounds import PixelGeometry, check_encoded_frame
 from maira_sae.client.dicom_luts import check_luts
 from maira_sae.client.dicom_reading import read_dicom
-from maira_sae.client.images import DecodeLimits, ImageDecodeError, check_dimensions, to_greyscale
+from maira_sae.client.images import (
+    DecodeLimits,
+    DimensionsCheck,
+    ImageDecodeError,
+    check_dimensions,
+    to_greyscale,
+)
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -199,13 +205,20 @@ def looks_like_bare_dicom(data: bytes) -> bool:
 
 
 def decode_dicom(
-    data: bytes, name: str, limits: DecodeLimits, options: DicomOptions | None = None
+    data: bytes,
+    name: str,
+    limits: DecodeLimits,
+    options: DicomOptions | None = None,
+    on_dimensions: DimensionsCheck | None = None,
 ) -> np.ndarray:
-    """One DICOM file's frame as 2-D float32 greyscale (see the module docstring)."""
+    """One DICOM file's frame as 2-D float32 greyscale (see the module docstring);
+    ``on_dimensions`` as in ``images.decode_image``."""
     options = options or DicomOptions()
     _import_pydicom(name)
     dataset = read_dicom(data, name, limits, _DICOM_PIXEL_TAGS)
     geometry = _check_dicom_header(dataset, name, limits, options)
+    if on_dimensions is not None:
+        on_dimensions(geometry.columns, geometry.rows)
     _set_missing_transfer_syntax(dataset, name)
     index = options.frame or 0
     check_encoded_frame(dataset, name, index, geometry, limits)
@@ -326,8 +339,11 @@ def _dicom_pixel_array(dataset: Dataset, name: str, index: int) -> np.ndarray:
     try:
         return dataset.pixel_array
     # The plugins raise arbitrary types (struct.error, RuntimeError, MemoryError from a codec,
-    # numpy's ValueError from a reshape): every one is a file that cannot be decoded.
-    except Exception as exc:
+    # numpy's ValueError from a reshape, and pylibjpeg-rle's Rust panics, which are not even an
+    # Exception): every one is a file that cannot be decoded.
+    except BaseException as exc:
+        if not _is_decoder_failure(exc):
+            raise
         why = (
             "compressed pixel data could not be decoded"
             if syntax.is_compressed
@@ -337,6 +353,13 @@ def _dicom_pixel_array(dataset: Dataset, name: str, index: int) -> np.ndarray:
             name,
             f"PixelData frame {index}: {why} (transfer syntax {syntax_text}; {type(exc).__name__})",
         ) from exc
+
+
+def _is_decoder_failure(exc: BaseException) -> bool:
+    """An Exception, or a panic in a codec written in Rust (pyo3's PanicException derives
+    from BaseException so that ``except Exception`` does not swallow it; here it is a file
+    the codec could not handle, which must not take the request down with it)."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
 def _install(syntax: str) -> str:

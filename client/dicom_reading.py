@@ -42,12 +42,16 @@ def read_dicom(data: bytes, name: str, limits: DecodeLimits, tags: list[str]) ->
         preamble = read_preamble(file, bare)
         meta = read_dataset(file, False, True, stop_when=_past_file_meta)
         if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
-            return pydicom.dcmread(BytesIO(data), force=bare, specific_tags=tags)
-        inflated = _inflate_bounded(data[file.tell() :], name, limits)
-        # The inflated data set alone: explicit VR little endian, which pydicom recognises.
-        dataset = pydicom.dcmread(BytesIO(inflated), force=True, specific_tags=tags)
-        dataset.file_meta = pydicom.dataset.FileMetaDataset(meta)
-        dataset.preamble = preamble
+            dataset = pydicom.dcmread(BytesIO(data), force=bare, specific_tags=tags)
+        else:
+            inflated = _inflate_bounded(data[file.tell() :], name, limits)
+            # The inflated data set alone: explicit VR little endian, which pydicom recognises.
+            dataset = pydicom.dcmread(BytesIO(inflated), force=True, specific_tags=tags)
+            dataset.file_meta = pydicom.dataset.FileMetaDataset(meta)
+            dataset.preamble = preamble
+        # pydicom converts an element's value when it is first used, and a malformed one (an
+        # unknown VR, a bad number) raises then: convert them all here, in sequences too.
+        dataset.walk(_convert)
         return dataset
     except ImageDecodeError:
         raise
@@ -55,6 +59,10 @@ def read_dicom(data: bytes, name: str, limits: DecodeLimits, tags: list[str]) ->
         raise ImageDecodeError(
             name, f"cannot parse DICOM data (corrupt or truncated: {type(exc).__name__})"
         ) from exc
+
+
+def _convert(_dataset: Dataset, _element: Any) -> None:
+    """Nothing: ``Dataset.walk`` has converted the element by handing it here."""
 
 
 def _past_file_meta(tag: Any, _vr: str | None, _length: int) -> bool:
