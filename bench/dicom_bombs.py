@@ -1,14 +1,16 @@
-"""What a hostile DICOM file costs the decoder: seconds and peak RSS growth per case.
+"""What a hostile DICOM file costs the server's decoder: seconds and peak RSS growth per case.
 
-    python -m bench.dicom_bombs                          # this checkout's decoder
-    python -m bench.dicom_bombs --client-dir /tmp/base/client   # another checkout's (before)
+    python -m bench.dicom_bombs                              # this checkout
+    python -m bench.dicom_bombs --checkout /tmp/base         # another checkout (before)
 
 Cases (tests/support/dicom_bombs.py builds them): a 1 MB Deflated Explicit VR file whose data
 set inflates to 1 GiB; a JPEG 2000 frame that is 12000 x 12000 in a 64 x 64 header; VOI LUT
 and Modality LUT descriptors that claim 4096 entries where the data holds 16. Each is decoded
-with ``decode_image`` under the server's default limits in a fresh subprocess, after a warm-up
-decode (imports, plugins); the peak is VmHWM after resetting it (/proc/self/clear_refs), minus
-VmRSS before. Targets (issue 25): refused in under 1 s with peak RSS growth under 100 MB.
+in a fresh subprocess the way the server prepares a request (servicer: the image memory
+budget's decoder around ``from_proto.image_decoder`` under the default limits), after a
+warm-up decode (imports, plugins); the peak is VmHWM after resetting it
+(/proc/self/clear_refs), minus VmRSS before. Targets (issue 25): refused in under 1 s with
+peak RSS growth under 100 MB.
 """
 
 from __future__ import annotations
@@ -26,28 +28,39 @@ from tests.support.dicom_bombs import deflate_bomb, lut_file, lying_jpeg2000
 
 TARGET_SECONDS = 1.0
 TARGET_GROWTH_MB = 100.0
-REFUSED = ("ImageDecodeError", "ImageTooLargeError")  # what the server maps to a status
+REFUSED = ("ImageDecodeError", "ImageTooLargeError")  # INVALID_ARGUMENT, OUT_OF_RANGE
 
-# Run in a fresh interpreter: argv = client dir ("" for the installed one), warm-up file, case.
+# Run in a fresh interpreter: argv = checkout ("" for this one), warm-up file, case file.
 _CHILD = r"""
 import atexit, json, os, shutil, sys, tempfile, time
-client_dir, warm_path, case_path = sys.argv[1:4]
-if client_dir:  # import that checkout's client as maira_sae.client
+checkout, warm_path, case_path = sys.argv[1:4]
+if checkout:  # import that checkout as maira_sae, linked as the Makefile's import tree does
     root = tempfile.mkdtemp()
     atexit.register(shutil.rmtree, root)
-    os.mkdir(os.path.join(root, "maira_sae"))
-    open(os.path.join(root, "maira_sae", "__init__.py"), "w").close()
-    os.symlink(os.path.abspath(client_dir), os.path.join(root, "maira_sae", "client"))
+    package = os.path.join(root, "maira_sae")
+    os.mkdir(package)
+    links = {"__init__.py": "protos/maira_sae/__init__.py", "v1": "protos/maira_sae/v1",
+             "sae": "sae", "server": "server", "client": "client"}
+    for name, target in links.items():
+        os.symlink(os.path.join(os.path.abspath(checkout), target), os.path.join(package, name))
     sys.path.insert(0, root)
-from maira_sae.client.images import DecodeLimits, decode_image
 import maira_sae.client.images as images
+from maira_sae.server.service.config import LimitsConfig
+from maira_sae.server.service.from_proto import image_decoder
+from maira_sae.server.service.image_memory import ImageMemoryBudget
 
 def status(field):
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith(field + ":"))
 
-limits = DecodeLimits(max_bytes=32 * 2**20, max_pixels=40_000_000)  # the server's defaults
-decode = lambda data: decode_image(data, None, name="study.frontal", limits=limits)
+limits = LimitsConfig()  # the server's defaults
+budget = ImageMemoryBudget(limits.image_memory_bytes, limits.max_image_pixels)
+server_decoder = image_decoder(limits)
+
+def decode(data):
+    with budget.hold() as hold:  # as servicer._prepare does
+        return hold.decoder(server_decoder)(data, None, "study.frontal")
+
 decode(open(warm_path, "rb").read())
 data = open(case_path, "rb").read()
 before = status("VmRSS")
@@ -73,9 +86,9 @@ def cases() -> dict[str, bytes]:
     }
 
 
-def measure(client_dir: str, warm: Path, case: Path) -> dict:
+def measure(checkout: str, warm: Path, case: Path) -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", _CHILD, client_dir, str(warm), str(case)],
+        [sys.executable, "-c", _CHILD, checkout, str(warm), str(case)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -88,18 +101,16 @@ def measure(client_dir: str, warm: Path, case: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--client-dir", default="", help="a checkout's client/ folder to measure instead"
-    )
+    parser.add_argument("--checkout", default="", help="another checkout's root to measure")
     args = parser.parse_args(argv)
-    report: dict = {"client_dir": args.client_dir or "this checkout", "cases": {}}
+    report: dict = {"checkout": args.checkout or "this one", "cases": {}}
     with tempfile.TemporaryDirectory() as folder:
         warm = Path(folder, "warm.dcm")
         warm.write_bytes(lying_jpeg2000(64))  # an honest 64 x 64 JPEG 2000 file
         for case, data in cases().items():
             path = Path(folder, f"{case}.dcm")
             path.write_bytes(data)
-            figures = measure(args.client_dir, warm, path)
+            figures = measure(args.checkout, warm, path)
             figures["file_bytes"] = len(data)
             if "seconds" in figures:
                 figures["met"] = (
