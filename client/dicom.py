@@ -19,6 +19,14 @@ pylibjpeg-libjpeg (JPEG baseline, extended, lossless, JPEG-LS), pylibjpeg-openjp
 HTJ2K) and pylibjpeg-rle (RLE); all in the ``images`` and ``server`` extras. Without the one
 a file needs, the error names the packages to install.
 
+**Bounds, before anything is allocated.** The header's Rows, Columns, Samples per Pixel and
+Bits Allocated must fit ``DecodeLimits`` (``max_decoded_bytes`` for one decoded frame); a
+compressed frame's own header (JPEG SOF, JPEG-LS SOF55, JPEG 2000 SIZ, the RLE segment table;
+``dicom_frames``) must agree with them, or the frame is refused naming what it claims before a
+codec sees it; a deflated data set is inflated under a cap derived from them
+(``dicom_reading``); LUTs are held to their descriptors (``dicom_luts``). Only the chosen
+frame is decoded, and any failure of pydicom or a codec is an ``ImageDecodeError``.
+
 **Pixels, in order.** (1) The Modality LUT: Rescale Slope/Intercept or the Modality LUT
 Sequence, to the modality's units. (2) The first VOI LUT or window (Window Center/Width with
 its VOI LUT Function), the display the acquiring site chose; ``apply_voi=False`` keeps the
