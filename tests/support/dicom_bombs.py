@@ -73,13 +73,15 @@ def deflate_bomb(pixel_bytes: int = 2**30, dataset=None) -> bytes:
     write_dataset(body, dataset)
     pixel_header = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, pixel_bytes)
     compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    parts = [bytes(128) + b"DICM" + meta.getvalue()]
-    parts.append(compressor.compress(body.getvalue() + pixel_header))
-    zeros = bytes(2**24)
-    for start in range(0, pixel_bytes, len(zeros)):
-        parts.append(compressor.compress(zeros[: min(len(zeros), pixel_bytes - start)]))
-    parts.append(compressor.flush())
-    return b"".join(parts)
+    head = compressor.compress(body.getvalue() + pixel_header)
+    head += compressor.flush(zlib.Z_FULL_FLUSH)
+    # After a full flush the deflate stream is byte-aligned and forgets its history, so one
+    # compressed run of zeros can be repeated as is: a real stream, built in milliseconds.
+    chunk = 2**24
+    run = compressor.compress(bytes(chunk)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    runs, rest = divmod(pixel_bytes, chunk)
+    tail = compressor.compress(bytes(rest)) + compressor.flush()
+    return bytes(128) + b"DICM" + meta.getvalue() + head + run * runs + tail
 
 
 @cache
