@@ -236,3 +236,43 @@ def _saved(dataset) -> bytes:
     buffer = pydicom.filebase.DicomBytesIO()
     dataset.save_as(buffer)
     return buffer.getvalue()
+
+
+# --- one parse ------------------------------------------------------------------------------
+
+
+class Stop(Exception):
+    pass
+
+
+def test_the_file_is_parsed_once_and_its_dimensions_reported_before_any_pixel(monkeypatch):
+    import pydicom.pixels.decoders.base as decoders
+
+    reads, seen = [], []
+    real_dcmread = pydicom.dcmread
+
+    def counted(*args, **kwargs):
+        reads.append(kwargs.get("specific_tags"))
+        return real_dcmread(*args, **kwargs)
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("pixels decoded before the dimensions were reported")
+
+    def report_then_stop(width: int, height: int) -> None:
+        seen.append((width, height))
+        raise Stop
+
+    monkeypatch.setattr(pydicom, "dcmread", counted)
+    monkeypatch.setattr(decoders.DecodeRunner, "decode", never)
+    for data, size in [(sample_bytes("image_dfl.dcm"), (512, 512)), (lying_jpeg2000(64), (64, 64))]:
+        reads.clear()
+        with pytest.raises(Stop):
+            decode_image(
+                data,
+                None,
+                name="x",
+                limits=LIMITS,
+                dicom=ANY_MODALITY,
+                on_dimensions=report_then_stop,
+            )
+        assert len(reads) == 1 and seen[-1] == size
