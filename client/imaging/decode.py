@@ -18,6 +18,7 @@ import enum
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DecodeLimits",
+    "DimensionsCheck",
     "ImageDecodeError",
     "MediaType",
     "check_dimensions",
@@ -39,6 +41,11 @@ __all__ = [
     "sniff_media_type",
     "to_greyscale",
 ]
+
+
+DimensionsCheck = Callable[[int, int], None]
+"""``check(width, height)``, called with an image's header dimensions before its pixels are
+decoded; it may raise to stop the decoding."""
 
 
 class MediaType(enum.Enum):
@@ -110,6 +117,13 @@ class DecodeLimits:
         if self.min_side > self.max_side:
             raise ValueError(f"min_side {self.min_side} exceeds max_side {self.max_side}")
 
+    @property
+    def max_decoded_bytes(self) -> int:
+        """The most bytes a decoder may produce for one image: ``max_pixels`` at 8 bytes each
+        (the float64 footprint the limits were sized for). DICOM frames and deflated data
+        sets are held to it before they are decoded or inflated."""
+        return self.max_pixels * 8
+
 
 def decode_image(
     data: bytes,
@@ -118,6 +132,7 @@ def decode_image(
     name: str,
     limits: DecodeLimits,
     dicom: DicomOptions | None = None,
+    on_dimensions: DimensionsCheck | None = None,
 ) -> np.ndarray:
     """Decode one image into a 2-D greyscale array at full depth.
 
@@ -126,7 +141,9 @@ def decode_image(
     Pillow's "L" weights (ITU-R 601-2 luma) at the stored depth and alpha is dropped. Animated
     PNGs give their first frame; JPEG EXIF orientation is not applied (neither does MAIRA-2).
     ``dicom`` says which DICOM files are accepted and how they are windowed (default:
-    ``DicomOptions()``).
+    ``DicomOptions()``). ``on_dimensions(width, height)`` is called once the header has been
+    read and checked, before any pixel is decoded: the server reserves the image's working
+    memory there, from the one parse of the header the decoder makes anyway.
     """
     if not data:
         raise ImageDecodeError(name, "empty image (0 bytes)")
@@ -140,8 +157,8 @@ def decode_image(
     if resolved is MediaType.DICOM:
         from maira_sae.client.imaging.dicom import decode_dicom  # dicom imports this module
 
-        return decode_dicom(data, name, limits, dicom)
-    return _decode_raster(data, resolved, name, limits)
+        return decode_dicom(data, name, limits, dicom, on_dimensions)
+    return _decode_raster(data, resolved, name, limits, on_dimensions)
 
 
 def to_greyscale(pixels: np.ndarray) -> np.ndarray:
@@ -240,7 +257,11 @@ _CONVERTED_MODES = {"1": "L", "P": "RGBA", "PA": "RGBA"}
 
 
 def _decode_raster(
-    data: bytes, media_type: MediaType, name: str, limits: DecodeLimits
+    data: bytes,
+    media_type: MediaType,
+    name: str,
+    limits: DecodeLimits,
+    on_dimensions: DimensionsCheck | None,
 ) -> np.ndarray:
     kind = _PILLOW_FORMATS[media_type]
     try:
@@ -248,6 +269,8 @@ def _decode_raster(
         # dimension check, so a file claiming huge dimensions costs nothing.
         with Image.open(BytesIO(data), formats=[kind]) as image:
             check_dimensions(image.width, image.height, name, limits)
+            if on_dimensions is not None:
+                on_dimensions(image.width, image.height)
             if image.mode not in _DIRECT_MODES and image.mode not in _CONVERTED_MODES:
                 raise ImageDecodeError(name, f"unsupported {kind} pixel mode {image.mode!r}")
             image.load()

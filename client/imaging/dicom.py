@@ -19,6 +19,14 @@ pylibjpeg-libjpeg (JPEG baseline, extended, lossless, JPEG-LS), pylibjpeg-openjp
 HTJ2K) and pylibjpeg-rle (RLE); all in the ``images`` and ``server`` extras. Without the one
 a file needs, the error names the packages to install.
 
+**Bounds, before anything is allocated.** The header's Rows, Columns, Samples per Pixel and
+Bits Allocated must fit ``DecodeLimits`` (``max_decoded_bytes`` for one decoded frame); a
+compressed frame's own header (JPEG SOF, JPEG-LS SOF55, JPEG 2000 SIZ, the RLE segment table;
+``dicom_frames``) must agree with them, or the frame is refused naming what it claims before a
+codec sees it; a deflated data set is inflated under a cap derived from them
+(``dicom_reading``); LUTs are held to their descriptors (``dicom_luts``). Only the chosen
+frame is decoded, and any failure of pydicom or a codec is an ``ImageDecodeError``.
+
 **Pixels, in order.** (1) The Modality LUT: Rescale Slope/Intercept or the Modality LUT
 Sequence, to the modality's units. (2) The first VOI LUT or window (Window Center/Width with
 its VOI LUT Function), the display the acquiring site chose; ``apply_voi=False`` keeps the
@@ -39,17 +47,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from maira_sae.client.imaging.decode import (
     DecodeLimits,
+    DimensionsCheck,
     ImageDecodeError,
     check_dimensions,
     to_greyscale,
 )
+from maira_sae.client.imaging.dicom_bounds import PixelGeometry, check_encoded_frame
+from maira_sae.client.imaging.dicom_luts import check_luts
+from maira_sae.client.imaging.dicom_reading import read_dicom
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -202,21 +213,27 @@ def looks_like_bare_dicom(data: bytes) -> bool:
 
 
 def decode_dicom(
-    data: bytes, name: str, limits: DecodeLimits, options: DicomOptions | None = None
+    data: bytes,
+    name: str,
+    limits: DecodeLimits,
+    options: DicomOptions | None = None,
+    on_dimensions: DimensionsCheck | None = None,
 ) -> np.ndarray:
-    """One DICOM file's frame as 2-D float32 greyscale (see the module docstring)."""
+    """One DICOM file's frame as 2-D float32 greyscale (see the module docstring);
+    ``on_dimensions`` as in ``images.decode_image``."""
     options = options or DicomOptions()
-    pydicom = _import_pydicom(name)
-    bare = data[128:132] != b"DICM"
-    try:
-        dataset = pydicom.dcmread(BytesIO(data), force=bare, specific_tags=_DICOM_PIXEL_TAGS)
-    except Exception as exc:  # pydicom raises many types for malformed files
-        raise ImageDecodeError(
-            name, f"cannot parse DICOM data (corrupt or truncated: {type(exc).__name__})"
-        ) from exc
-    _check_dicom_header(dataset, name, limits, options)
+    _import_pydicom(name)
+    dataset = read_dicom(data, name, limits, _DICOM_PIXEL_TAGS)
+    geometry = _check_dicom_header(dataset, name, limits, options)
+    if on_dimensions is not None:
+        on_dimensions(geometry.columns, geometry.rows)
     _set_missing_transfer_syntax(dataset, name)
-    raw = _dicom_pixel_array(dataset, name, options.frame)
+    index = options.frame or 0
+    check_encoded_frame(dataset, name, index, geometry, limits)
+    photometric = str(dataset.PhotometricInterpretation).strip()
+    if photometric in _MONOCHROME:
+        check_luts(dataset, name, voi=options.apply_voi)
+    raw = _dicom_pixel_array(dataset, name, index)
     return _display_values(raw, dataset, name, options)
 
 
@@ -230,7 +247,7 @@ def _import_pydicom(name: str) -> Any:
 
 def _check_dicom_header(
     dataset: Dataset, name: str, limits: DecodeLimits, options: DicomOptions
-) -> None:
+) -> PixelGeometry:
     if "PixelData" not in dataset and (
         "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset
     ):
@@ -249,8 +266,8 @@ def _check_dicom_header(
             f"DICOM photometric interpretation {photometric or 'missing'!r} is not supported "
             f"(supported: {', '.join(_MONOCHROME + _COLOUR)})",
         )
-    frames = _frame_count(dataset, name)
-    frame = options.frame
+    geometry = PixelGeometry.of(dataset, name)
+    frames, frame = geometry.frames, options.frame
     if frames > 1 and frame is None:
         raise ImageDecodeError(
             name,
@@ -261,17 +278,9 @@ def _check_dicom_header(
         raise ImageDecodeError(
             name, f"frame {frame} was chosen, but the DICOM file has {frames} frame(s)"
         )
-    rows, columns = dataset.get("Rows"), dataset.get("Columns")
-    if rows is None or columns is None:
-        raise ImageDecodeError(name, "DICOM file lacks Rows or Columns")
-    check_dimensions(int(columns), int(rows), name, limits)
-
-
-def _frame_count(dataset: Dataset, name: str) -> int:
-    try:
-        return int(dataset.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError) as exc:
-        raise ImageDecodeError(name, "DICOM Number of Frames is not a number") from exc
+    check_dimensions(geometry.columns, geometry.rows, name, limits)
+    geometry.check_budget(name, limits)
+    return geometry
 
 
 def _check_modality(dataset: Dataset, name: str, options: DicomOptions) -> None:
@@ -317,7 +326,9 @@ def _set_missing_transfer_syntax(dataset: Dataset, name: str) -> None:
     dataset.file_meta.TransferSyntaxUID = syntax
 
 
-def _dicom_pixel_array(dataset: Dataset, name: str, frame: int | None) -> np.ndarray:
+def _dicom_pixel_array(dataset: Dataset, name: str, index: int) -> np.ndarray:
+    """Frame ``index`` decoded: always by index, so pydicom decodes the one frame whose header
+    ``check_encoded_frame`` has read, never all of them."""
     from pydicom.pixels import get_decoder
 
     syntax = dataset.file_meta.TransferSyntaxUID
@@ -332,19 +343,31 @@ def _dicom_pixel_array(dataset: Dataset, name: str, frame: int | None) -> np.nda
         raise ImageDecodeError(
             name, f"no decoder is installed for transfer syntax {syntax_text}: {_install(syntax)}"
         )
-    if frame is not None:
-        dataset.pixel_array_options(index=frame)
+    dataset.pixel_array_options(index=index)
     try:
         return dataset.pixel_array
-    except Exception as exc:  # decoder plugins raise arbitrary types; see the message
+    # The plugins raise arbitrary types (struct.error, RuntimeError, MemoryError from a codec,
+    # numpy's ValueError from a reshape, and pylibjpeg-rle's Rust panics, which are not even an
+    # Exception): every one is a file that cannot be decoded.
+    except BaseException as exc:
+        if not _is_decoder_failure(exc):
+            raise
         why = (
             "compressed pixel data could not be decoded"
             if syntax.is_compressed
             else "pixel data could not be read"
         )
         raise ImageDecodeError(
-            name, f"{why} (transfer syntax {syntax_text}; {type(exc).__name__})"
+            name,
+            f"PixelData frame {index}: {why} (transfer syntax {syntax_text}; {type(exc).__name__})",
         ) from exc
+
+
+def _is_decoder_failure(exc: BaseException) -> bool:
+    """An Exception, or a panic in a codec written in Rust (pyo3's PanicException derives
+    from BaseException so that ``except Exception`` does not swallow it; here it is a file
+    the codec could not handle, which must not take the request down with it)."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
 def _install(syntax: str) -> str:
@@ -384,9 +407,13 @@ def _monochrome(raw: np.ndarray, dataset: Dataset, name: str, options: DicomOpti
         values = apply_modality_lut(raw, dataset)
         if options.apply_voi:
             values = apply_voi_lut(values, dataset, index=0)
-    except (ValueError, TypeError, IndexError, KeyError) as exc:
+    # check_luts has refused the LUTs pydicom cannot unpack; what is left to fail here is the
+    # attributes' values (a non-numeric window, a mismatched shape...), of arbitrary types.
+    except Exception as exc:
         raise ImageDecodeError(
-            name, f"invalid DICOM rescale or window attributes ({type(exc).__name__})"
+            name,
+            f"invalid DICOM Modality LUT, rescale, VOI LUT or window attributes "
+            f"({type(exc).__name__})",
         ) from exc
     values = np.asarray(values, dtype=np.float32)
     if str(dataset.PhotometricInterpretation).strip() == "MONOCHROME1":
@@ -403,7 +430,7 @@ def _colour_to_grey(raw: np.ndarray, dataset: Dataset, name: str, photometric: s
 
         try:
             rgb = apply_color_lut(raw, dataset)
-        except (ValueError, TypeError, IndexError, AttributeError) as exc:
+        except Exception as exc:  # struct.error from a segmented table, among others
             raise ImageDecodeError(
                 name, f"invalid DICOM palette colour lookup table ({type(exc).__name__})"
             ) from exc

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 
 from maira_sae.client.imaging.decode import (
     DecodeLimits,
+    DimensionsCheck,
     ImageDecodeError,
     ImageTooLargeError,
     MediaType,
@@ -51,6 +52,19 @@ from maira_sae.v1 import maira_sae_pb2 as pb
 DecodeImage = Callable[[bytes, MediaType | None, str], np.ndarray]
 """``decode(data, media_type, name) -> pixels``; media type None means sniff the bytes. Raises
 ImageDecodeError for an unusable image. ``image_decoder(limits)`` builds the server's."""
+
+
+class ImageDecoder(Protocol):
+    """A ``DecodeImage`` that also takes ``on_dimensions`` (see ``decode_image``)."""
+
+    def __call__(
+        self,
+        data: bytes,
+        media_type: MediaType | None,
+        name: str,
+        on_dimensions: DimensionsCheck | None = None,
+    ) -> np.ndarray: ...
+
 
 DEFAULT_TOP_K = 20  # TopFeaturesRequest.k and SearchFeaturesRequest.limit when 0
 DEFAULT_NUM_LOGITS = 10  # GetFeatureRequest.num_logits when 0
@@ -222,7 +236,7 @@ def _checked_image(image: pb.Image, limits: LimitsConfig, name: str) -> MediaTyp
     return _enum(image.media_type, _MEDIA_TYPES, f"study.{name}.media_type", unspecified=None)
 
 
-def image_decoder(limits: LimitsConfig, dicom: DicomConfig | None = None) -> DecodeImage:
+def image_decoder(limits: LimitsConfig, dicom: DicomConfig | None = None) -> ImageDecoder:
     """The server's decoder: ``maira_sae.client.imaging.decode.decode_image`` under these limits and
     DICOM settings (default: ``DicomConfig()``)."""
     decode_limits = DecodeLimits(
@@ -230,8 +244,20 @@ def image_decoder(limits: LimitsConfig, dicom: DicomConfig | None = None) -> Dec
     )
     dicom_options = (dicom or DicomConfig()).options()
 
-    def decode(data: bytes, media_type: MediaType | None, name: str) -> np.ndarray:
-        return decode_image(data, media_type, name=name, limits=decode_limits, dicom=dicom_options)
+    def decode(
+        data: bytes,
+        media_type: MediaType | None,
+        name: str,
+        on_dimensions: DimensionsCheck | None = None,
+    ) -> np.ndarray:
+        return decode_image(
+            data,
+            media_type,
+            name=name,
+            limits=decode_limits,
+            dicom=dicom_options,
+            on_dimensions=on_dimensions,
+        )
 
     return decode
 

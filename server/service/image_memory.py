@@ -3,8 +3,9 @@
 A request's images are decoded, reduced to greyscale and preprocessed in a worker thread; at
 their peak that takes tens of bytes per pixel (Pillow's bands, integer luma, the float64
 min-max), so a few large images at once can take gigabytes. Each image reserves its share of
-``limits.image_memory_bytes`` from its header's dimensions *before* it is decoded, and the
-request gives it all back once its model inputs are built. When the budget is full the request
+``limits.image_memory_bytes`` from its header's dimensions *before* its pixels are decoded (the
+decoder calls back once it has read and checked the header), and the request gives it all back
+once its model inputs are built. When the budget is full the request
 fails with RESOURCE_EXHAUSTED (retry shortly); a request that could never fit, OUT_OF_RANGE.
 """
 
@@ -12,15 +13,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from io import BytesIO
+from contextlib import contextmanager
 
 import numpy as np
-from PIL import Image
 
-from maira_sae.client.imaging.decode import MediaType, sniff_media_type
+from maira_sae.client.imaging.decode import MediaType
 from maira_sae.server.errors import OutOfRange, ResourceExhausted
-from maira_sae.server.service.from_proto import DecodeImage
+from maira_sae.server.service.from_proto import DecodeImage, ImageDecoder
 
 # Peak working memory per pixel while one image is decoded and preprocessed (8-bit RGBA:
 # 4 bytes in Pillow, 16 in integer luma, 8 for the float64 min-max; greyscale needs less).
@@ -67,12 +66,8 @@ class ImageMemoryBudget:
         with self._lock:
             self._held -= nbytes
 
-    def estimate_bytes(self, data: bytes, media_type: MediaType | None) -> int:
-        """Working memory for an image, from the pixel count its header claims; an unreadable
-        header counts as the largest image allowed (decoding then says what is wrong)."""
-        pixels = claimed_pixels(data, media_type)
-        if pixels is None:
-            pixels = self._max_image_pixels
+    def bytes_for(self, pixels: int) -> int:
+        """Working memory for an image of ``pixels`` (its header's width x height)."""
         return min(pixels, self._max_image_pixels) * BYTES_PER_PIXEL
 
 
@@ -83,28 +78,15 @@ class ImageMemoryHold:
         self._budget = budget
         self.bytes = 0
 
-    def decoder(self, decode: DecodeImage) -> DecodeImage:
-        """``decode`` that first reserves the image's working memory."""
+    def decoder(self, decode: ImageDecoder) -> DecodeImage:
+        """``decode`` that reserves the image's working memory once the decoder has read its
+        header's dimensions, before any pixel is decoded: the decoder's own parse of the
+        header, not a second one (which, for a deflated DICOM file, would inflate it whole)."""
 
         def reserve_then_decode(data: bytes, media_type: MediaType | None, name: str) -> np.ndarray:
-            self._budget._reserve(self, self._budget.estimate_bytes(data, media_type), name)
-            return decode(data, media_type, name)
+            def reserve(width: int, height: int) -> None:
+                self._budget._reserve(self, self._budget.bytes_for(width * height), name)
+
+            return decode(data, media_type, name, on_dimensions=reserve)
 
         return reserve_then_decode
-
-
-def claimed_pixels(data: bytes, media_type: MediaType | None) -> int | None:
-    """Width x height as the header says, without decoding pixels; None when unreadable."""
-    kind = media_type or sniff_media_type(data)
-    with suppress(Exception):  # any parse failure: unknown, the decoder reports it
-        if kind is MediaType.DICOM:
-            import pydicom
-
-            header = pydicom.dcmread(
-                BytesIO(data), stop_before_pixels=True, specific_tags=["Rows", "Columns"]
-            )
-            return int(header.Rows) * int(header.Columns)
-        if kind in (MediaType.PNG, MediaType.JPEG):
-            with Image.open(BytesIO(data)) as image:  # parses the header only
-                return image.width * image.height
-    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import subprocess
 import sys
 import warnings
@@ -149,9 +150,15 @@ def test_without_pixel_data():
 
 
 def test_compressed_syntax_that_cannot_be_decoded_names_it():
-    junk = encapsulate([b"\xff\x4f\xff\x51" + b"junk" * 50])
+    # A SIZ marker that agrees with the header (4 x 2, one 12-bit component), then junk.
+    siz = struct.pack(">HHIIIIIIIIHBBB", 41, 0, 4, 2, 0, 0, 4, 2, 0, 0, 1, 11, 1, 1)
+    junk = encapsulate([b"\xff\x4f\xff\x51" + siz + b"junk" * 50])
     data = dicom_bytes(RAW, syntax=JPEG2000, PixelData=junk)
-    with pytest.raises(ImageDecodeError, match=r"JPEG 2000 Image Compression \(1\.2\.840"):
+    with pytest.raises(
+        ImageDecodeError,
+        match=r"PixelData frame 0: compressed pixel data could not be decoded \(transfer syntax "
+        r"JPEG 2000 Image Compression \(1\.2\.840",
+    ):
         decode(data)
 
 
@@ -286,7 +293,7 @@ def sample_headers() -> dict[str, Dataset]:
 # Sample files that are broken on purpose or by accident, and what they are refused for.
 BROKEN = {
     "JPEG-lossy.dcm": "compressed pixel data could not be decoded",  # misplaced JPEG marker
-    "JPEG2000-embedded-sequence-delimiter.dcm": "compressed pixel data could not be decoded",
+    "JPEG2000-embedded-sequence-delimiter.dcm": "PixelData frame 0: JPEG 2000 SIZ says",
     "emri_small_jpeg_2k_lossless_too_short.dcm": "DICOM photometric interpretation 'missing'",
     "MR_truncated.dcm": "pixel data could not be read",
     "badVR.dcm": "Number of Frames is not a number",
