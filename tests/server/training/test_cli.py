@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from maira_sae.sae import load_sae
+from maira_sae.sae.activation_store import MANIFEST_FILE
 from maira_sae.server.service.warmup import synthetic_chest_image
 from maira_sae.server.training.cli import add_train_sae_command, run_train_sae
-from maira_sae.server.training.folder_training import ACTIVATIONS_FILE
+from maira_sae.server.training.folder_training import STORE_FOLDER
 from maira_sae.server.training.study_folder import read_study_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -72,7 +73,7 @@ def test_train_sae_writes_a_servable_sae_and_a_report(
     captured = capsys.readouterr()
     assert "L0" in captured.out
 
-    assert (out / ACTIVATIONS_FILE).is_file() and "harvested" in captured.err
+    assert (out / STORE_FOLDER / MANIFEST_FILE).is_file() and "harvested" in captured.err
 
     resumed = [*argv[: argv.index("--steps") + 1], "60", *argv[argv.index("--steps") + 2 :]]
     assert run_train_sae(parse([*resumed, "--resume"])) == 0
