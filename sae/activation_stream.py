@@ -121,13 +121,14 @@ class ShuffledStream:
         return {"epoch": epoch, "window": window, "row": offset - window_start}
 
     def rows(self, indices: torch.Tensor) -> torch.Tensor:
-        """The rows at sorted ``indices``, read a chunk at a time."""
+        """The rows at sorted ``indices``; each chunk's span from its first to its last wanted
+        row is read, so a sparse sample reads little and a dense one a chunk at a time."""
         blocks = indices // self.chunk_rows
         pieces = []
         for block in torch.unique_consecutive(blocks).tolist():
-            begin = block * self.chunk_rows
-            chunk = self.source.read(begin, min(begin + self.chunk_rows, self._n))
-            pieces.append(chunk[indices[blocks == block] - begin])
+            wanted = indices[blocks == block]
+            first, last = int(wanted[0]), int(wanted[-1])
+            pieces.append(self.source.read(first, last + 1)[wanted - first])
         return torch.cat(pieces)
 
     def _locate(self, epoch: int, offset: int) -> tuple[int, int, int]:
