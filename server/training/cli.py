@@ -15,7 +15,8 @@ into STORE, so N processes or pods fill one store; run again, it keeps the shard
 The store's format: ``maira_sae.sae.activation_store``. OUT gets:
 
     activations/            the store train-sae harvests when not given --store (reused when
-                            its settings match; a rerun finishes an interrupted harvest)
+                            its settings match, refused when not; a rerun finishes an
+                            interrupted harvest)
     checkpoints/            resumable trainer state
     sae/                    ae.pt + config.json (dictionary_learning layout)
     training_report.json    L0, explained variance, dead-feature fraction and the settings

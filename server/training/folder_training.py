@@ -60,7 +60,10 @@ def train_sae_on_study_folder(args: argparse.Namespace) -> int:
     store = args.store or out / STORE_FOLDER
     if args.store is None and not store_is_current(_harvest_plan(args), store):
         model, processor = load_model_and_processor(args.model, device=device, dtype=args.dtype)
-        harvest_into_store(model, processor, _harvest_plan(args), store)
+        try:
+            harvest_into_store(model, processor, _harvest_plan(args), store)
+        except ValueError as error:  # a store of other settings: never overwritten silently
+            raise SystemExit(f"{error} (or remove {store} to harvest again)") from None
         del model  # the SAE trains on the activations alone
     activations = StoreReader(store)
     num_studies = activations.manifest.num_items

@@ -80,3 +80,7 @@ def test_train_sae_writes_a_servable_sae_and_a_report(
     assert "harvested" not in capsys.readouterr().err  # the harvest was reused
     summary = json.loads((out / "training_report.json").read_text())
     assert (summary["report"]["resumed_from_step"], summary["report"]["steps"]) == (40, 60)
+
+    other_layer = [*argv, "--layer", "14"]
+    with pytest.raises(SystemExit, match=r"other settings.*remove .*activations"):
+        run_train_sae(parse(other_layer))
