@@ -12,7 +12,7 @@ STUDIES holds one subfolder per study (layout: ``maira_sae.server.training.study
 study's findings.txt, when present, is teacher-forced so its report tokens are harvested too.
 ``harvest --shard I/N`` harvests the I-th of N contiguous runs of the studies (in name order)
 into STORE, so N processes or pods fill one store; run again, it keeps the shards it finished.
-The store's format: ``maira_sae.sae.activation_store``. OUT gets:
+The store's format: ``maira_sae.sae.activation_store``. train-sae's OUT gets:
 
     activations/            the store train-sae harvests when not given --store (reused when
                             its settings match, refused when not; a rerun finishes an
