@@ -21,9 +21,12 @@ The rules, each as that library has them:
   training and the scale is folded into ``b_enc``, ``b_dec`` and the threshold at the end, so the
   returned SAE reads raw activations (as dictionary_learning saves it).
 
-No random numbers are drawn after initialisation: batch ``s`` is a pure function of the seed and
-``s``, so a checkpoint (parameters, Adam state, threshold, dead-feature counters, step) resumes
-bit-identically on CPU without saving RNG state.
+The activations are a tensor or an activation store (``maira_sae.sae.activation_store``), read
+through a shuffle buffer of ``shuffle_buffer_gb`` (``maira_sae.sae.activation_stream``): with a
+bound, memory holds one window of the data, never the store. No random numbers are drawn after
+initialisation: batch ``s`` is a pure function of the seed, the window size and ``s``, so a
+checkpoint (parameters, Adam state, threshold, dead-feature counters, step, and the stream
+position for the record) resumes bit-identically on CPU, mid-epoch too, without RNG state.
 """
 
 from __future__ import annotations
@@ -41,13 +44,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from maira_sae.sae.activation_stream import (
+    RowSource,
+    ShuffledStream,
+    as_row_source,
+    window_rows_for,
+)
 from maira_sae.sae.evaluation import SaeEvaluation, evaluate_sae
 from maira_sae.sae.model import UNSET_THRESHOLD, MatryoshkaSAE, SaeMetadata
 
 CHECKPOINT_FILE = "trainer_state.pt"
 DICT_CLASS = "MatryoshkaBatchTopKSAE"
 DEFAULT_GROUP_FRACTIONS = (1 / 16, 1 / 8, 1 / 4)  # the rest of the dictionary is the last group
-_CHECKPOINT_FORMAT = 1
+_CHECKPOINT_FORMAT = 2
 # Settings that define a run: a checkpoint resumes only under the same ones.
 _RUN_DEFINING = (
     "d_model",
@@ -66,6 +75,7 @@ _RUN_DEFINING = (
     "normalize_activations",
     "grad_clip",
     "seed",
+    "shuffle_buffer_gb",
 )
 
 
@@ -79,7 +89,8 @@ def default_group_sizes(d_sae: int) -> tuple[int, ...]:
 class MatryoshkaTrainingConfig:
     """One training run. ``lr=None`` uses dictionary_learning's rule 2e-4 / sqrt(d_sae / 2^14);
     ``aux_k=None`` uses d_model // 2. ``layer``, ``lm_name`` and ``submodule_name`` only describe
-    the activations (they go into the SAE's metadata and config.json)."""
+    the activations (they go into the SAE's metadata and config.json). ``shuffle_buffer_gb``
+    bounds the rows held for shuffling (``None``: all of them)."""
 
     d_model: int
     group_sizes: tuple[int, ...]
@@ -98,6 +109,7 @@ class MatryoshkaTrainingConfig:
     normalize_activations: bool = True
     grad_clip: float = 1.0
     seed: int = 0
+    shuffle_buffer_gb: float | None = None
     device: str = "cpu"
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 1000
@@ -116,6 +128,8 @@ class MatryoshkaTrainingConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.group_weights is not None and len(self.group_weights) != len(self.group_sizes):
             raise ValueError("group_weights needs one weight per group")
+        if self.shuffle_buffer_gb is not None and self.shuffle_buffer_gb <= 0:
+            raise ValueError(f"shuffle_buffer_gb must be > 0, got {self.shuffle_buffer_gb}")
         if not 0 <= self.threshold_decay < 1:
             raise ValueError(f"threshold_decay must be in [0, 1), got {self.threshold_decay}")
 
@@ -192,14 +206,15 @@ class _State:
 
 
 def train_matryoshka_sae(
-    activations: torch.Tensor | Iterable[torch.Tensor],
+    activations: torch.Tensor | Iterable[torch.Tensor] | RowSource,
     config: MatryoshkaTrainingConfig,
     *,
     progress: bool = True,
     resume: bool = True,
 ) -> tuple[MatryoshkaSAE, TrainingReport]:
-    """Train on ``activations`` ([N, d_model], or chunks of it that are concatenated in memory)
-    and return the SAE (scalar learned threshold, raw-activation space) and a report.
+    """Train on ``activations`` ([N, d_model], chunks of it that are concatenated in memory, or
+    a row source such as a ``StoreReader``) and return the SAE (scalar learned threshold,
+    raw-activation space) and a report.
 
     With ``config.checkpoint_dir`` a checkpoint is written every ``checkpoint_every`` steps and
     at the end; with ``resume`` a checkpoint found there is continued (its run-defining settings
@@ -207,28 +222,34 @@ def train_matryoshka_sae(
     ``config.device``; the data stays where it is and each batch is moved there.
     """
     started = time.perf_counter()
-    data = _as_matrix(activations, config.d_model)
-    order = _BatchOrder(data.shape[0], config.batch_size, config.seed)
+    source = as_row_source(activations)
+    if source.d_model != config.d_model:
+        raise ValueError(
+            f"expected activations [N >= 2, {config.d_model}], "
+            f"got [{len(source)}, {source.d_model}]"
+        )
+    window_rows = window_rows_for(source, config.shuffle_buffer_gb, config.batch_size)
+    stream = ShuffledStream(source, config.batch_size, config.seed, window_rows)
     checkpoint = _checkpoint_path(config)
     if resume and checkpoint is not None and checkpoint.exists():
-        state = _load_state(checkpoint, config, data)
+        state = _load_state(checkpoint, config, stream)
     else:
-        state = _initial_state(data, order, config)
+        state = _initial_state(stream, config)
     resumed_from = state.step
     bar = _ProgressBar(config.steps, resumed_from, enabled=progress)
     for step in range(state.step, config.steps):
-        batch = data[order.indices(step)].to(device=config.device, dtype=torch.float32)
+        batch = stream.batch(step).to(device=config.device, dtype=torch.float32)
         loss = _training_step(state, batch * state.input_scale, config)
         state.step = step + 1
         state.recent_losses = [*state.recent_losses[-99:], loss]
         if checkpoint is not None and state.step % config.checkpoint_every == 0:
-            _save_state(checkpoint, state, config, data)
+            _save_state(checkpoint, state, config, stream)
         bar.update(loss, state.threshold / state.input_scale)
     bar.close()
     if checkpoint is not None and state.step % config.checkpoint_every != 0:
-        _save_state(checkpoint, state, config, data)
+        _save_state(checkpoint, state, config, stream)
     sae = _served_sae(state, config)
-    sample = data[_evaluation_rows(data.shape[0], config)]
+    sample = stream.rows(_evaluation_rows(len(source), config))
     report = TrainingReport(
         steps=state.step,
         tokens_seen=state.step * config.batch_size,
@@ -245,52 +266,15 @@ def train_matryoshka_sae(
     return sae, report
 
 
-def _as_matrix(activations: torch.Tensor | Iterable[torch.Tensor], d_model: int) -> torch.Tensor:
-    data = activations if torch.is_tensor(activations) else torch.cat(list(activations))
-    if data.ndim != 2 or data.shape[1] != d_model or data.shape[0] < 2:
-        raise ValueError(f"expected activations [N >= 2, {d_model}], got {tuple(data.shape)}")
-    if not bool(torch.isfinite(data).all()):
-        raise ValueError("activations have NaN or inf values")
-    return data
-
-
-class _BatchOrder:
-    """Epoch after epoch, a fresh permutation of the N rows seeded by (seed, epoch); batch
-    ``s`` is rows ``s * batch_size`` to ``(s + 1) * batch_size`` of that endless stream."""
-
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        self._n, self._batch_size, self._seed = n, batch_size, seed
-        self._cached: tuple[int, torch.Tensor] | None = None
-
-    def indices(self, step: int) -> torch.Tensor:
-        start = step * self._batch_size
-        end = start + self._batch_size
-        pieces, position = [], start
-        while position < end:
-            epoch, offset = divmod(position, self._n)
-            take = min(self._n - offset, end - position)
-            pieces.append(self._permutation(epoch)[offset : offset + take])
-            position += take
-        return torch.cat(pieces)
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if self._cached is None or self._cached[0] != epoch:
-            generator = torch.Generator().manual_seed(self._seed * 1_000_003 + epoch)
-            self._cached = (epoch, torch.randperm(self._n, generator=generator))
-        return self._cached[1]
-
-
-def _initial_state(
-    data: torch.Tensor, order: _BatchOrder, config: MatryoshkaTrainingConfig
-) -> _State:
+def _initial_state(stream: ShuffledStream, config: MatryoshkaTrainingConfig) -> _State:
     generator = torch.Generator().manual_seed(config.seed)
-    input_scale = _input_scale(data, config) if config.normalize_activations else 1.0
+    input_scale = _input_scale(stream, config) if config.normalize_activations else 1.0
     sae = _TrainableSae(config.d_model, config.d_sae)
     with torch.no_grad():
         decoder = torch.rand(config.d_sae, config.d_model, generator=generator) * 2 - 1
         sae.W_dec.copy_(decoder / decoder.norm(dim=1, keepdim=True))
         sae.W_enc.copy_(sae.W_dec.T)
-        first_batch = data[order.indices(0)].float() * input_scale
+        first_batch = stream.batch(0).float() * input_scale
         sae.b_dec.copy_(geometric_median(first_batch))
     sae.to(config.device)
     return _State(
@@ -304,9 +288,9 @@ def _initial_state(
     )
 
 
-def _input_scale(data: torch.Tensor, config: MatryoshkaTrainingConfig) -> float:
+def _input_scale(stream: ShuffledStream, config: MatryoshkaTrainingConfig) -> float:
     """sqrt(d_model) / mean norm, over up to ``eval_tokens`` rows (dictionary_learning's rule)."""
-    norms = data[_evaluation_rows(data.shape[0], config)].float().norm(dim=1)
+    norms = stream.rows(_evaluation_rows(len(stream.source), config)).float().norm(dim=1)
     return math.sqrt(config.d_model) / float(norms.mean())
 
 
@@ -437,21 +421,27 @@ def _checkpoint_path(config: MatryoshkaTrainingConfig) -> Path | None:
     return None if config.checkpoint_dir is None else Path(config.checkpoint_dir) / CHECKPOINT_FILE
 
 
-def _run_settings(config: MatryoshkaTrainingConfig, data: torch.Tensor) -> dict[str, Any]:
+def _run_settings(config: MatryoshkaTrainingConfig, stream: ShuffledStream) -> dict[str, Any]:
     settings = {name: getattr(config, name) for name in _RUN_DEFINING}
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
-    return {**settings, "num_activations": int(data.shape[0])}
+    return {
+        **settings,
+        "num_activations": len(stream.source),
+        "window_rows": stream.window_rows,
+        "data": getattr(stream.source, "fingerprint", None),
+    }
 
 
 def _save_state(
-    path: Path, state: _State, config: MatryoshkaTrainingConfig, data: torch.Tensor
+    path: Path, state: _State, config: MatryoshkaTrainingConfig, stream: ShuffledStream
 ) -> None:
     """Written to a temporary file and renamed, so a crash never leaves half a checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     content = {
         "format": _CHECKPOINT_FORMAT,
-        "run": _run_settings(config, data),
+        "run": _run_settings(config, stream),
         "step": state.step,
+        "stream_position": stream.position(state.step),
         "sae": {name: t.detach().cpu() for name, t in state.sae.state_dict().items()},
         "optimizer": state.optimizer.state_dict(),
         "threshold": state.threshold,
@@ -464,11 +454,11 @@ def _save_state(
     os.replace(temporary, path)
 
 
-def _load_state(path: Path, config: MatryoshkaTrainingConfig, data: torch.Tensor) -> _State:
+def _load_state(path: Path, config: MatryoshkaTrainingConfig, stream: ShuffledStream) -> _State:
     content = torch.load(path, map_location="cpu", weights_only=True)
     if content.get("format") != _CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a trainer checkpoint of format {_CHECKPOINT_FORMAT}")
-    expected = _run_settings(config, data)
+    expected = _run_settings(config, stream)
     differing = sorted(k for k in expected if content["run"].get(k) != expected[k])
     if differing:
         found = {k: content["run"].get(k) for k in differing}

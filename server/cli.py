@@ -25,7 +25,12 @@ from pathlib import Path
 from maira_sae.server.service.config import ConfigError, ModelConfig, SaeSpec, ServerConfig
 from maira_sae.server.service.config_sources import add_arguments, config_from_sources
 from maira_sae.server.service.logs import configure_logging
-from maira_sae.server.training.cli import add_train_sae_command, run_train_sae
+from maira_sae.server.training.cli import (
+    add_harvest_command,
+    add_train_sae_command,
+    run_harvest,
+    run_train_sae,
+)
 from maira_sae.server.training.dashboard_cli import add_build_dashboard_command, run_build_dashboard
 
 
@@ -53,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     make_demo.add_argument("--seed", type=int, default=0, help="of the random checkpoint")
     add_train_sae_command(commands)
+    add_harvest_command(commands)
     add_build_dashboard_command(commands)
     check = commands.add_parser(
         "check-snapshot",
@@ -127,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "train-sae":
         return run_train_sae(args)
+    if args.command == "harvest":
+        return run_harvest(args)
     if args.command == "build-dashboard":
         return run_build_dashboard(args)
     if args.command == "make-demo":

@@ -1,17 +1,17 @@
-"""The work behind ``maira-sae-server train-sae`` (``maira_sae.server.training.cli``): load
-MAIRA-2, harvest a study folder, train the SAE, write it with its report."""
+"""The work behind ``maira-sae-server train-sae`` and ``harvest``
+(``maira_sae.server.training.cli``): load MAIRA-2, harvest a study folder into an activation
+store, train the SAE from the store, write it with its report."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from maira_sae.sae.activation_store import StoreReader
 from maira_sae.sae.formats import write_dictionary_learning
 from maira_sae.sae.training import (
     MatryoshkaTrainingConfig,
@@ -21,12 +21,30 @@ from maira_sae.sae.training import (
 from maira_sae.server.maira2.checkpoint import load_maira2, resolve_device, resolve_dtype
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 from maira_sae.server.maira2.processor import Maira2Processor
-from maira_sae.server.maira2.tokens import TokenKind
-from maira_sae.server.training.harvest import HarvestedTokens, HarvestFilter, harvest_activations
-from maira_sae.server.training.study_folder import read_study_folder
+from maira_sae.server.training.store_harvest import (
+    HarvestPlan,
+    harvest_into_store,
+    store_is_current,
+    token_filter_of,
+)
 
-ACTIVATIONS_FILE = "activations.pt"
+STORE_FOLDER = "activations"
 REPORT_FILE = "training_report.json"
+
+
+def harvest_study_folder(args: argparse.Namespace) -> int:
+    """``harvest`` with its parsed arguments: part ``--shard`` of the studies into ``--out``."""
+    part, num_parts = args.shard
+    plan = _harvest_plan(args, part=part, num_parts=num_parts)
+    model, processor = load_model_and_processor(
+        args.model, device=resolve_device(args.device), dtype=args.dtype
+    )
+    manifest = harvest_into_store(model, processor, plan, args.out)
+    print(
+        f"part {part}/{num_parts}: {manifest.rows} tokens of studies "
+        f"{manifest.first_item}..{manifest.end_item - 1} in {len(manifest.shards)} shard(s)"
+    )
+    return 0
 
 
 def train_sae_on_study_folder(args: argparse.Namespace) -> int:
@@ -39,12 +57,18 @@ def train_sae_on_study_folder(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    token_filter = _token_filter(args)
-    model, processor = load_model_and_processor(args.model, device=device, dtype=args.dtype)
-    harvest = _harvest_cached(args, model, processor, token_filter, out / ACTIVATIONS_FILE)
-    print(f"{len(harvest)} activations from {harvest.num_studies} studies", file=sys.stderr)
-    del model  # the SAE trains on the activations alone
-    d_model = harvest.activations.shape[1]
+    store = args.store or out / STORE_FOLDER
+    if args.store is None and not store_is_current(_harvest_plan(args), store):
+        model, processor = load_model_and_processor(args.model, device=device, dtype=args.dtype)
+        try:
+            harvest_into_store(model, processor, _harvest_plan(args), store)
+        except ValueError as error:  # a store of other settings: never overwritten silently
+            raise SystemExit(f"{error} (or remove {store} to harvest again)") from None
+        del model  # the SAE trains on the activations alone
+    activations = StoreReader(store)
+    num_studies = activations.manifest.num_items
+    print(f"{len(activations)} activations from {num_studies} studies", file=sys.stderr)
+    d_model = activations.d_model
     group_sizes = args.groups or default_group_sizes(args.dict_size or 4 * d_model)
     if args.dict_size and sum(group_sizes) != args.dict_size:
         raise SystemExit(f"--groups sum to {sum(group_sizes)}, not --dict-size {args.dict_size}")
@@ -59,6 +83,7 @@ def train_sae_on_study_folder(args: argparse.Namespace) -> int:
         threshold_start_step=args.threshold_start_step,
         dead_after_tokens=args.dead_after_tokens,
         seed=args.seed,
+        shuffle_buffer_gb=args.shuffle_buffer_gb,
         device=str(device),
         checkpoint_dir=out / "checkpoints",
         checkpoint_every=args.checkpoint_every,
@@ -66,16 +91,18 @@ def train_sae_on_study_folder(args: argparse.Namespace) -> int:
         lm_name=args.model,
         submodule_name=f"model.language_model.layers.{args.layer}",
     )
-    sae, report = train_matryoshka_sae(harvest.activations, config, resume=args.resume)
+    sae, report = train_matryoshka_sae(activations, config, resume=args.resume)
     settings = {
         "steps": config.steps,
         "batch_size": config.batch_size,
         "lr": config.learning_rate,
         "seed": config.seed,
-        "harvest_filter": _filter_settings(token_filter),
+        "shuffle_buffer_gb": config.shuffle_buffer_gb,
+        "store": str(store),
+        "harvest_filter": activations.manifest.settings.get("harvest_filter"),
     }
     write_dictionary_learning(sae, out / "sae", extra_trainer_config=settings)
-    summary = {"report": report.to_dict(), "settings": settings, "num_studies": harvest.num_studies}
+    summary = {"report": report.to_dict(), "settings": settings, "num_studies": num_studies}
     (out / REPORT_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     evaluation = report.evaluation
     print(
@@ -94,54 +121,18 @@ def load_model_and_processor(
     return loaded.model, Maira2Processor.for_model(loaded.snapshot_dir, loaded.config)
 
 
-def _harvest_cached(
-    args: argparse.Namespace,
-    model: Maira2ForConditionalGeneration,
-    processor: Maira2Processor,
-    token_filter: HarvestFilter,
-    path: Path,
-) -> HarvestedTokens:
-    """The harvest of OUT when ``--resume`` finds one made with the same settings, else a new
-    one (saved before training starts, so an interrupted run does not harvest again)."""
-    settings = {
-        "model": args.model,
-        "studies": str(args.studies.resolve()),
-        "layer": args.layer,
-        "filter": _filter_settings(token_filter),
-    }
-    if args.resume and path.exists():
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        if cached.get("settings") == settings:
-            return HarvestedTokens(**cached["tokens"])
-        print(f"{path}: made with other settings; harvesting again", file=sys.stderr)
-    studies = read_study_folder(args.studies)
-    harvest = harvest_activations(
-        model,
-        processor,
-        [item.study for item in studies],
-        args.layer,
-        reports=[item.findings for item in studies],
-        token_filter=token_filter,
+def _harvest_plan(args: argparse.Namespace, *, part: int = 0, num_parts: int = 1) -> HarvestPlan:
+    return HarvestPlan(
+        model=args.model,
+        studies=args.studies,
+        layer=args.layer,
+        token_filter=token_filter_of(
+            no_image_tokens=args.no_image_tokens,
+            image_patch_stride=args.image_patch_stride,
+            drop_boilerplate=args.drop_boilerplate,
+        ),
+        part=part,
+        num_parts=num_parts,
+        shard_tokens=args.shard_tokens,
         batch_size=args.harvest_batch,
-        progress=True,
     )
-    torch.save({"settings": settings, "tokens": asdict(harvest)}, path)
-    return harvest
-
-
-def _token_filter(args: argparse.Namespace) -> HarvestFilter:
-    base = HarvestFilter()
-    kinds = base.kinds - {TokenKind.IMAGE_PATCH} if args.no_image_tokens else base.kinds
-    return HarvestFilter(
-        kinds=kinds,
-        image_patch_stride=args.image_patch_stride,
-        drop_boilerplate=args.drop_boilerplate,
-    )
-
-
-def _filter_settings(token_filter: HarvestFilter) -> dict[str, Any]:
-    return {
-        "kinds": sorted(kind.value for kind in token_filter.kinds),
-        "image_patch_stride": token_filter.image_patch_stride,
-        "drop_boilerplate": token_filter.drop_boilerplate,
-    }

@@ -22,8 +22,9 @@ first token's residual is huge and would dominate a reconstruction loss.
 from __future__ import annotations
 
 import difflib
+import itertools
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -87,33 +88,61 @@ def harvest_activations(
     forward (right-padded, so a study's activations do not depend on its batch)."""
     if reports is not None and len(reports) != len(studies):
         raise ValueError(f"{len(reports)} reports for {len(studies)} studies")
+    pairs = zip(studies, reports if reports is not None else [None] * len(studies), strict=True)
+    harvested = iter_harvest(
+        model, processor, pairs, layer, task=task, token_filter=token_filter, batch_size=batch_size
+    )
+    parts = []
+    for index, part in enumerate(harvested):
+        parts.append((index, part))
+        if progress and ((index + 1) % batch_size == 0 or index + 1 == len(studies)):
+            print(f"harvested {index + 1}/{len(studies)} studies", file=sys.stderr)
+    return _assemble(parts, len(studies), model.hidden_size, dtype)
+
+
+@dataclass(frozen=True)
+class HarvestedStudy:
+    """One study's kept tokens and their activations [len(tokens), d_model] (model dtype)."""
+
+    tokens: list[TokenInfo]
+    activations: torch.Tensor
+
+
+def iter_harvest(
+    model: Maira2ForConditionalGeneration,
+    processor: Maira2Processor,
+    studies: Iterable[tuple[Study, str | None]],
+    layer: int,
+    *,
+    task: Task | None = None,
+    token_filter: HarvestFilter | None = None,
+    batch_size: int = 4,
+) -> Iterator[HarvestedStudy]:
+    """The kept tokens of each (study, report) in order, ``batch_size`` studies per forward;
+    the studies are read from ``studies`` only as each batch needs them."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     task = task or Task()
     token_filter = token_filter or HarvestFilter()
     boilerplate = _BoilerplateDetector(processor, task) if token_filter.drop_boilerplate else None
-    parts: list[_Part] = []
-    for start in range(0, len(studies), batch_size):
-        indices = range(start, min(start + batch_size, len(studies)))
-        inputs = [
-            processor.process(studies[i], task, reports[i] if reports is not None else None)
-            for i in indices
-        ]
+    pending = iter(studies)
+    while batch := list(itertools.islice(pending, batch_size)):
+        inputs = [processor.process(study, task, report) for study, report in batch]
         residuals = capture_batch(model, inputs, {layer}, pad_token_id=processor.pad_token_id)
-        for index, study_inputs, by_layer in zip(indices, inputs, residuals, strict=True):
-            boiler = boilerplate.positions(studies[index], study_inputs) if boilerplate else set()
+        for (study, _), study_inputs, by_layer in zip(batch, inputs, residuals, strict=True):
+            boiler = boilerplate.positions(study, study_inputs) if boilerplate else set()
             kept = [token for token in study_inputs.tokens if _keep(token, token_filter, boiler)]
-            parts.append(_Part(index, kept, by_layer[layer][[t.position for t in kept]]))
-        if progress:
-            print(f"harvested {indices.stop}/{len(studies)} studies", file=sys.stderr)
-    return _assemble(parts, len(studies), model.hidden_size, dtype)
+            yield HarvestedStudy(kept, by_layer[layer][[t.position for t in kept]])
 
 
-@dataclass(frozen=True)
-class _Part:
-    study_index: int
-    tokens: list[TokenInfo]
-    activations: torch.Tensor
+def token_columns(study_index: int, tokens: Sequence[TokenInfo]) -> dict[str, torch.Tensor]:
+    """Where each harvested token came from, as int64 columns (``HarvestedTokens``' fields)."""
+    return {
+        "study_index": torch.full((len(tokens),), study_index, dtype=torch.long),
+        "position": torch.tensor([token.position for token in tokens], dtype=torch.long),
+        "kinds": torch.tensor([KIND_CODES.index(t.kind) for t in tokens], dtype=torch.long),
+        "token_ids": torch.tensor([token.token_id for token in tokens], dtype=torch.long),
+    }
 
 
 def _keep(token: TokenInfo, token_filter: HarvestFilter, boilerplate: set[int]) -> bool:
@@ -127,16 +156,21 @@ def _keep(token: TokenInfo, token_filter: HarvestFilter, boilerplate: set[int]) 
 
 
 def _assemble(
-    parts: list[_Part], num_studies: int, d_model: int, dtype: torch.dtype
+    parts: list[tuple[int, HarvestedStudy]], num_studies: int, d_model: int, dtype: torch.dtype
 ) -> HarvestedTokens:
-    tokens = [(part.study_index, token) for part in parts for token in part.tokens]
-    activations = [part.activations.to(device="cpu", dtype=dtype) for part in parts]
+    columns = [token_columns(index, part.tokens) for index, part in parts]
+    activations = [part.activations.to(device="cpu", dtype=dtype) for _, part in parts]
+
+    def joined(name: str, column_dtype: torch.dtype) -> torch.Tensor:
+        values = [column[name] for column in columns]
+        return torch.cat(values).to(column_dtype) if values else torch.zeros(0, dtype=column_dtype)
+
     return HarvestedTokens(
         activations=torch.cat(activations) if activations else torch.zeros(0, d_model, dtype=dtype),
-        study_index=torch.tensor([index for index, _ in tokens], dtype=torch.long),
-        position=torch.tensor([token.position for _, token in tokens], dtype=torch.long),
-        kinds=torch.tensor([KIND_CODES.index(token.kind) for _, token in tokens], dtype=torch.int8),
-        token_ids=torch.tensor([token.token_id for _, token in tokens], dtype=torch.long),
+        study_index=joined("study_index", torch.long),
+        position=joined("position", torch.long),
+        kinds=joined("kinds", torch.int8),
+        token_ids=joined("token_ids", torch.long),
         num_studies=num_studies,
     )
 

@@ -22,7 +22,7 @@ from maira_sae.server.service.config_sources import config_from_sources
 
 REPO = Path(__file__).resolve().parents[2]
 OVERLAYS_DIR = REPO / "deploy" / "k8s" / "overlays"
-OVERLAYS = ("gpu", "demo-cpu")
+OVERLAYS = ("gpu", "demo-cpu", "research")
 CONFIG_FILE_KEY = "config.toml"
 
 

@@ -28,6 +28,8 @@ EXPECTED_KINDS = {
     "gpu": BUILT_IN_KINDS | {"PersistentVolumeClaim", "Job", "ServiceMonitor"},
     # No weights to download, no Prometheus Operator on a laptop cluster.
     "demo-cpu": BUILT_IN_KINDS,
+    # The GPU install plus the research Jobs and their shared volume: no new kinds.
+    "research": BUILT_IN_KINDS | {"PersistentVolumeClaim", "Job", "ServiceMonitor"},
 }
 
 # The ServiceMonitor fields we use, typed as in the monitoring.coreos.com/v1 CRD; anything

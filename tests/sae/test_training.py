@@ -25,6 +25,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def planted() -> torch.Tensor:
+    return planted_activations()
+
+
+def planted_activations() -> torch.Tensor:
     """4000 tokens, each a sum of about K of 48 unit directions with magnitudes 0.5..2.5, plus
     a constant offset and a little noise."""
     generator = torch.Generator().manual_seed(0)

@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from maira_sae.sae import load_sae
+from maira_sae.sae.activation_store import MANIFEST_FILE
 from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 from maira_sae.server.training.cli import add_train_sae_command, run_train_sae
-from maira_sae.server.training.folder_training import ACTIVATIONS_FILE
+from maira_sae.server.training.folder_training import STORE_FOLDER
 from maira_sae.server.training.study_folder import read_study_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -72,10 +73,14 @@ def test_train_sae_writes_a_servable_sae_and_a_report(
     captured = capsys.readouterr()
     assert "L0" in captured.out
 
-    assert (out / ACTIVATIONS_FILE).is_file() and "harvested" in captured.err
+    assert (out / STORE_FOLDER / MANIFEST_FILE).is_file() and "harvested" in captured.err
 
     resumed = [*argv[: argv.index("--steps") + 1], "60", *argv[argv.index("--steps") + 2 :]]
     assert run_train_sae(parse([*resumed, "--resume"])) == 0
     assert "harvested" not in capsys.readouterr().err  # the harvest was reused
     summary = json.loads((out / "training_report.json").read_text())
     assert (summary["report"]["resumed_from_step"], summary["report"]["steps"]) == (40, 60)
+
+    other_layer = [*argv, "--layer", "14"]
+    with pytest.raises(SystemExit, match=r"other settings.*remove .*activations"):
+        run_train_sae(parse(other_layer))
