@@ -223,11 +223,11 @@ class ExampleSource:
             for q, s in _quantile_samples(held_act, settings.held_out_per_quantile, settings, rng)
         ]
         contrast = self._non_activating(
-            np.flatnonzero(~fires & ~self._held_out), explain_act, j, settings.contrast, rng
+            np.flatnonzero(~fires & ~self._held_out), explain_act, j, settings.contrast, 0, rng
         )
-        non_activating = self._non_activating(
-            np.flatnonzero(~fires & self._held_out), held_act, j, settings.non_activating, rng
-        )
+        held_out = np.flatnonzero(~fires & self._held_out)
+        count = settings.non_activating
+        non_activating = self._non_activating(held_out, held_act, j, count, count // 2, rng)
         return FeatureExamples(
             feature, tuple(explain), tuple(activating), tuple(non_activating), tuple(contrast)
         )
@@ -275,10 +275,11 @@ class ExampleSource:
         activating: np.ndarray,
         j: int,
         count: int,
+        similar_count: int,
         rng: np.random.Generator,
     ) -> list[Example]:
-        """``count`` examples from ``candidates`` (studies where the feature is 0): half the
-        most similar-looking to ``activating``, the rest at random."""
+        """``count`` examples from ``candidates`` (studies that do not activate the feature):
+        the ``similar_count`` most similar-looking to ``activating``, the rest at random."""
         if len(candidates) == 0 or count == 0:
             return []
         a = self.activations
@@ -286,18 +287,18 @@ class ExampleSource:
         text_ids = {
             a.studies[s].text_ids[a.text_index[s, j]] for s in reference if a.text_index[s, j] >= 0
         }
-        on_text = 2 * len(text_ids) > len(reference)
+        on_text = 2 * int((a.text_index[reference, j] >= 0).sum()) > len(reference)
         similar = (
             self._holding(candidates, text_ids) if on_text else self._closest(candidates, reference)
         )
-        similar = similar[: count // 2]
-        rest = np.setdiff1d(candidates, similar)
-        drawn = rng.permutation(rest)[: count - len(similar)]
-        chosen = [*similar.tolist(), *drawn.tolist()]
+        similar = similar[:similar_count]
+        drawn = rng.permutation(np.setdiff1d(candidates, similar))[: count - len(similar)]
         if on_text:
-            return [self._text_token(s, j, text_ids, rng) for s in chosen]
+            return [self._text_token(s, j, text_ids, rng) for s in similar] + [
+                self._text_token(s, j, set(), rng) for s in drawn
+            ]
         where = reference[0] if len(reference) else None
-        return [self._image_at(s, where, j) for s in chosen]
+        return [self._image_at(s, where, j) for s in (*similar, *drawn)]
 
     def _holding(self, candidates: np.ndarray, text_ids: set[int]) -> np.ndarray:
         """The candidates that hold one of ``text_ids``."""

@@ -9,6 +9,9 @@ from the same explain studies) by the weighted log-odds ratio (``contrastive``),
 strongest few that overlap no stronger one, as written, joined by "; " ("pacemaker; right
 ventricle"). It reads only the examples' texts (reports and token contexts).
 
+A text token is read as the sentence that holds it (its context window spans neighbouring
+sentences, which say other things); an image patch as its study's text.
+
 The judge reads an explanation back as its "; "-separated phrases, the first weighing most,
 and gives each example 0 when none of them is in its text, else 0.5 plus half the matched
 weight: "applies" (>= 0.5) when any phrase matches, more strongly the more match. Negation is
@@ -26,11 +29,13 @@ from maira_sae.server.training.explain.phrases import (
     MAX_WORDS,
     NEGATED,
     STOP_WORDS,
+    marked_sentence,
     phrase_key,
     phrases_of,
 )
 from maira_sae.server.training.explain.protocols import (
     Example,
+    ExampleKind,
     Explanation,
     FeatureExamples,
     Usage,
@@ -43,7 +48,7 @@ NO_PHRASE = "no distinctive phrase"  # what the explainer writes when nothing st
 
 @dataclass(frozen=True)
 class OfflineSettings:
-    max_phrases: int = 3
+    max_phrases: int = 4
     min_z: float = 1.96  # a phrase must be this sure (two-sided 5%)...
     min_support: float = 0.2  # ...and held by this share of the activating examples
     prior_strength: float = 100.0  # pseudo-counts of the informative prior
@@ -60,8 +65,8 @@ class ContrastivePhraseExplainer:
 
     def describe(self, examples: FeatureExamples) -> str:
         """The explanation text (synchronous: the work is all CPU)."""
-        focus = [phrases_of(e.text) for e in examples.explain]
-        contrast = [phrases_of(e.text) for e in examples.contrast]
+        focus = [_phrases(e) for e in examples.explain]
+        contrast = [_phrases(e) for e in examples.contrast]
         if not focus:
             return NO_PHRASE
         settings = self.settings
@@ -84,19 +89,26 @@ class PhraseJudge:
     async def judge(
         self, explanation: str, examples: Sequence[Example]
     ) -> tuple[list[float], Usage]:
-        return [self.match(explanation, example.text) for example in examples], Usage()
+        return [self.match(explanation, example) for example in examples], Usage()
 
     @staticmethod
-    def match(explanation: str, text: str) -> float:
+    def match(explanation: str, example: Example) -> float:
         keys = [key for key in (phrase_key(p) for p in explanation.split(";")) if key]
         if not keys:
             return 0.0
-        present = phrases_of(text)
+        present = _phrases(example)
         weights = [1 / (1 + rank) for rank in range(len(keys))]
         matched = sum(
             weight * _match(key, present) for key, weight in zip(keys, weights, strict=True)
         )
         return 0.0 if matched == 0 else 0.5 + 0.5 * matched / sum(weights)
+
+
+def _phrases(example: Example) -> dict[str, str]:
+    """What the explainer and the judge read of an example: a text token's sentence, or an
+    image patch's study text."""
+    text = example.text
+    return phrases_of(marked_sentence(text) if example.kind is ExampleKind.TEXT else text)
 
 
 def _match(key: str, present: dict[str, str]) -> float:

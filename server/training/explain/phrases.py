@@ -3,6 +3,7 @@ explainer mines and the offline judge matches, so both read a text the same way.
 
     phrases_of(text) -> dict[phrase key, surface form]
     phrase_key(text) -> the key of one phrase as written in an explanation ("no pacemaker")
+    marked_sentence(text) -> the sentence that holds a text example's marked token
 
 A text is split into sentences; in each, NegEx-style triggers mark negated spans: a
 pre-negation trigger ("no", "without", "negative for", ...) negates what follows it up to the
@@ -119,6 +120,19 @@ def phrase_key(phrase: str) -> str:
     words = _WORD.findall(phrase.lower())
     negated = len(words) > 1 and words[0] == "no"
     return (NEGATED if negated else "") + " ".join(_stem(w) for w in words[negated:])
+
+
+def marked_sentence(text: str) -> str:
+    """The sentence of ``text`` around its ``<<token>>`` (all of ``text`` when unmarked): a
+    text example's context window spans neighbouring sentences, which say other things."""
+    start = text.find("<<")
+    end = text.find(">>", start)
+    if start < 0 or end < 0:
+        return text
+    before = _SENTENCE.split(text[:start])[-1]
+    token = text[start : end + 2]
+    after = "" if _SENTENCE.search(token) else _SENTENCE.split(text[end + 2 :])[0]
+    return before + token + after
 
 
 def _spans(words: Sequence[str]) -> list[tuple[list[str], bool]]:
