@@ -19,7 +19,7 @@ import asyncio
 import json
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from maira_sae.server.training.explain.examples import (
     collect_activations,
 )
 from maira_sae.server.training.explain.offline import ContrastivePhraseExplainer, PhraseJudge
-from maira_sae.server.training.explain.protocols import DetectionScore, FeatureExamples
+from maira_sae.server.training.explain.protocols import DetectionScore
 from maira_sae.server.training.explain.scoring import score_detection, shuffled_control
 
 EVAL_STUDIES = 200  # held-out studies (the dashboard's 100 are the first of them)
@@ -58,7 +58,6 @@ class WorldExplanations:
     live_features: int
     explained: dict[int, ExplainedFeature]
     control: dict[int, DetectionScore]
-    examples: dict[int, FeatureExamples] = field(repr=False)
 
     @property
     def mean_auroc(self) -> float:
@@ -111,7 +110,7 @@ async def _explain_and_score(
     control = await shuffled_control(
         judge, {f: e.explanation for f, e in explained.items()}, examples, seed=CONTROL_SEED
     )
-    return WorldExplanations(live, explained, control.scores, examples)
+    return WorldExplanations(live, explained, control.scores)
 
 
 def world_report(demo: WorldDemo, result: WorldExplanations) -> dict[str, Any]:
