@@ -117,8 +117,12 @@ def collect_activations(
     progress: bool = False,
 ) -> StudyActivations:
     """Each study's peak activation of each of ``features`` (default: all) and its token."""
+    if not studies:
+        raise ValueError("no studies to collect examples from")
     task = task or Task()
     chosen = tuple(range(sae.d_sae)) if features is None else tuple(features)
+    if not chosen:
+        raise ValueError("no features to collect examples of")
     if any(not 0 <= f < sae.d_sae for f in chosen):
         raise ValueError(f"features must lie in [0, {sae.d_sae}), got {chosen[0]}..{chosen[-1]}")
     columns = torch.tensor(chosen, dtype=torch.long)
