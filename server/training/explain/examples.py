@@ -71,6 +71,7 @@ class ExampleSettings:
     held_out_per_quantile: int = 5  # held out: activating samples from each bin
     contrast: int = 40  # explain: non-activating examples for contrast
     non_activating: int = 24  # held out: non-activating, half random, half similar-looking
+    similar_pool: int = 500  # similar-looking ones are the closest of this many drawn at random
     held_out_fraction: float = 0.5  # of the studies
     context: int = 10  # text tokens each side of a text example
     # A feature that fires in more than this share of the studies (on every film, say, with a
@@ -202,7 +203,9 @@ class ExampleSource:
         self._held_out = np.array(
             [_held_out(s.study_id, settings) for s in activations.studies], dtype=bool
         )
-        self._words: list[Counter[str]] | None = None  # each study's phrases, when first needed
+        # Each study's phrases and text tokens, when first needed.
+        self._words: list[Counter[str]] | None = None
+        self._token_sets: list[frozenset[int]] | None = None
 
     def features(self) -> list[int]:
         """The features that fire in at least one study."""
@@ -322,9 +325,10 @@ class ExampleSource:
             a.studies[s].text_ids[a.text_index[s, j]] for s in reference if a.text_index[s, j] >= 0
         }
         on_text = 2 * int((a.text_index[reference, j] >= 0).sum()) > len(reference)
-        similar = (
-            self._holding(candidates, text_ids) if on_text else self._closest(candidates, reference)
-        )
+        pool = candidates
+        if similar_count and len(candidates) > self.settings.similar_pool:
+            pool = rng.choice(candidates, self.settings.similar_pool, replace=False)
+        similar = self._holding(pool, text_ids) if on_text else self._closest(pool, reference)
         similar = similar[:similar_count]
         drawn = rng.permutation(np.setdiff1d(candidates, similar))[: count - len(similar)]
         if on_text:
@@ -336,10 +340,10 @@ class ExampleSource:
 
     def _holding(self, candidates: np.ndarray, text_ids: set[int]) -> np.ndarray:
         """The candidates that hold one of ``text_ids``."""
-        studies = self.activations.studies
-        return np.array(
-            [s for s in candidates if text_ids & set(studies[s].text_ids)], dtype=np.int64
-        )
+        if self._token_sets is None:
+            self._token_sets = [frozenset(s.text_ids) for s in self.activations.studies]
+        sets = self._token_sets
+        return np.array([s for s in candidates if not text_ids.isdisjoint(sets[s])], dtype=np.int64)
 
     def _closest(self, candidates: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """The candidates by the cosine of their phrase counts with the reference's pooled."""

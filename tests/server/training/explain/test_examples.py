@@ -89,3 +89,11 @@ def test_a_dense_feature_counts_below_its_median_peak_as_not_activating():
     examples = source.for_feature(2)
     assert max(e.activation for e in examples.non_activating) <= source.floor(2)
     assert min(e.activation for e in examples.activating) > source.floor(2)
+
+
+def test_similar_looking_negatives_are_sought_in_a_bounded_pool():
+    source = ExampleSource(table(), ExampleSettings(non_activating=10, similar_pool=3))
+    examples = source.for_feature(0)
+    assert len(examples.non_activating) == 10  # at most 3 similar, the rest at random
+    assert all(e.activation == 0 for e in examples.non_activating)
+    assert len({e.study_id for e in examples.non_activating}) == 10
