@@ -27,6 +27,10 @@ study and a feature range run in another process splits the same way:
   similar-looking: for a feature that peaks on text, studies holding the token it peaks on;
   for one that peaks on the films, the studies whose text is closest to the activating ones'.
 
+A feature that fires in nearly every study has no silent one: for it, a study at or below its
+median peak counts as not activating (``ExampleSource.floor``), and such an example's
+``activation`` is its study's peak (not 0).
+
 Given the SAE's dashboard built with content (``build-dashboard --thumbnails``), an image
 example whose study is among the feature's top dashboard examples, on the same film, carries
 the film with the feature's heat map (``heat_map_png``), for explainers that see images.
