@@ -2,7 +2,7 @@
 
     collect_activations(model, processor, sae, layer, studies, features=None, *,
                         task=None, batch_size=4, progress=False) -> StudyActivations
-    ExampleSource(activations, settings=ExampleSettings(), dashboard=None)
+    ExampleSource(activations, settings=ExampleSettings())
         .features() -> list[int]             the features that fire in some study
         .for_feature(feature) -> FeatureExamples
 
@@ -31,9 +31,8 @@ A feature that fires in nearly every study has no silent one: for it, a study at
 median peak counts as not activating (``ExampleSource.floor``), and such an example's
 ``activation`` is its study's peak (not 0).
 
-Given the SAE's dashboard built with content (``build-dashboard --thumbnails``), an image
-example whose study is among the feature's top dashboard examples, on the same film, carries
-the film with the feature's heat map (``heat_map_png``), for explainers that see images.
+The films with the feature's heat map (``Example.heat_map_png``) are attached from a
+dashboard built with content by ``films.with_dashboard_films``.
 
 Studies hold patient data: the examples carry their text, so treat them as the studies.
 """
@@ -45,12 +44,11 @@ import math
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from maira_sae.sae.dashboard import Dashboard
 from maira_sae.sae.model import MatryoshkaSAE
 from maira_sae.server.engine.capture import capture_batch
 from maira_sae.server.engine.types import DEFAULT_TOKEN_KINDS
@@ -59,7 +57,6 @@ from maira_sae.server.maira2.processor import Maira2Processor
 from maira_sae.server.maira2.study import Study, Task
 from maira_sae.server.maira2.tokens import TokenKind
 from maira_sae.server.training.dashboards import DashboardStudy
-from maira_sae.server.training.explain.heat_maps import heat_map_png
 from maira_sae.server.training.explain.phrases import phrases_of
 from maira_sae.server.training.explain.protocols import Example, ExampleKind, FeatureExamples
 
@@ -195,14 +192,10 @@ class ExampleSource:
     """The examples of every feature of ``activations`` (see the module docstring)."""
 
     def __init__(
-        self,
-        activations: StudyActivations,
-        settings: ExampleSettings = ExampleSettings(),
-        dashboard: Dashboard | None = None,
+        self, activations: StudyActivations, settings: ExampleSettings = ExampleSettings()
     ) -> None:
         self.activations = activations
         self.settings = settings
-        self._dashboard = dashboard if dashboard is not None and dashboard.has_content else None
         self._column = {feature: j for j, feature in enumerate(activations.features)}
         self._held_out = np.array(
             [_held_out(s.study_id, settings) for s in activations.studies], dtype=bool
@@ -250,28 +243,8 @@ class ExampleSource:
         count = settings.non_activating
         non_activating = self._non_activating(held_out, held_act, j, count, count // 2, rng)
         return FeatureExamples(
-            feature,
-            tuple(self._with_heat_maps(feature, explain)),
-            tuple(activating),
-            tuple(non_activating),
-            tuple(contrast),
+            feature, tuple(explain), tuple(activating), tuple(non_activating), tuple(contrast)
         )
-
-    def _with_heat_maps(self, feature: int, examples: list[Example]) -> list[Example]:
-        """``examples``, each image one that the dashboard holds a heat map of with it."""
-        if self._dashboard is None or feature >= self._dashboard.d_sae:
-            return examples
-        pictures = {
-            (top.study_id, top.image_index): heat_map_png(top.thumbnail, top.heatmap)
-            for top in self._dashboard.feature(feature).top_examples
-            if top.heatmap is not None and top.thumbnail is not None
-        }
-        return [
-            replace(example, heat_map_png=pictures.get((example.study_id, example.image)))
-            if example.kind is ExampleKind.IMAGE
-            else example
-            for example in examples
-        ]
 
     def _example(self, study: int, j: int, quantile: int | None) -> Example:
         a = self.activations

@@ -4,7 +4,6 @@ the world labelled, and its explanations detect their features better than shuff
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from maira_sae.server.demo.world.explain_eval import demo_studies, explain_world, world_report
@@ -44,34 +43,3 @@ def test_the_three_best_features_score_at_least_0_8(report):
     assert len(best) == 3
     assert all(entry["auroc"] >= MIN_BEST_SCORE for entry in best), best
     assert all(entry["n_activating"] >= 10 and entry["n_non_activating"] >= 10 for entry in best)
-
-
-def test_image_examples_carry_the_dashboards_heat_maps(world_demo):
-    """With the shipped dashboard (built with films), the top image examples of the best
-    pacemaker feature carry their film with the feature's heat map, as PNG."""
-    import io
-
-    from PIL import Image
-
-    from maira_sae.sae.dashboard import Dashboard
-    from maira_sae.server.demo.layout import SAE_FOLDER
-    from maira_sae.server.demo.world.model_spec import SAE_LAYER
-    from maira_sae.server.training.explain.examples import ExampleSource, collect_activations
-    from maira_sae.server.training.explain.protocols import ExampleKind
-
-    demo = load_world_demo(world_demo)
-    engine = demo.engine
-    activations = collect_activations(
-        engine.model, engine.processor, engine.sae("").sae, SAE_LAYER, demo_studies(100), [205]
-    )
-    dashboard = Dashboard.load(world_demo / SAE_FOLDER / "dashboard")
-    examples = ExampleSource(activations, dashboard=dashboard).for_feature(205)
-    pictured = [e for e in examples.explain if e.heat_map_png is not None]
-    top_studies = {e.study_id for e in dashboard.feature(205).top_examples}
-    assert len(pictured) >= 5
-    assert all(e.kind is ExampleKind.IMAGE and e.study_id in top_studies for e in pictured)
-    picture = Image.open(io.BytesIO(pictured[0].heat_map_png))
-    assert picture.format == "PNG" and picture.size == (96, 96)  # the dashboard's thumbnails
-    red, green, _ = (np.asarray(picture, dtype=float)[..., c] for c in range(3))
-    assert (red - green).max() > 50  # the heat map tints the film red where it fires
-    assert not any(e.heat_map_png for e in ExampleSource(activations).for_feature(205).explain)
