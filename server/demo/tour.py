@@ -5,8 +5,10 @@ loopback, calls every RPC with the ``maira-sae`` command line (the client SDK un
 two generated studies, one with a pacemaker and one without: finds the pacemaker-labelled
 feature, shows where it fires on the film (a heat map, and its hottest patch against where the
 device is drawn) and its dashboard page (the held-out films where it fires hardest, its logit
-effects), clamps it while writing the report of the study without one, and stops the server
-with SIGTERM as Kubernetes would.
+effects), shows the explanation the offline explainer writes for it from held-out studies (no
+LLM, no annotations) with its detection score beside the shuffled control, clamps it while
+writing the report of the study without one, and stops the server with SIGTERM as Kubernetes
+would.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from maira_sae.client import Client, TokenFilter, TokenKind
@@ -59,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server, target = _start_server(args.checkpoint.resolve(), server_log)
     try:
         _wait_until_serving(target)
-        _tour(target, args.output)
+        _tour(target, args.output, args.checkpoint.resolve())
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(60)
@@ -99,7 +102,7 @@ def _wait_until_serving(target: str) -> None:
         print(f"health: {client.health()}")
 
 
-def _tour(target: str, output: Path) -> None:
+def _tour(target: str, output: Path, checkpoint: Path) -> None:
     with_device = generate_study(TOUR_SEED, concepts={PACEMAKER}, **_FRONTAL_ONLY)
     without = generate_study(TOUR_SEED + 1, concepts=(), **_FRONTAL_ONLY)
     paced, clear = output / "with-pacemaker.png", output / "without-pacemaker.png"
@@ -127,6 +130,8 @@ def _tour(target: str, output: Path) -> None:
     _section(f"GetFeature {feature}: its dashboard (100 held-out studies) and logit effects")
     page = output / f"feature-{feature}.html"
     client("feature", str(feature), "--html", str(page))
+    _section(f"explain: the offline explainer's explanation of feature {feature}, and its score")
+    _explain_step(checkpoint, feature)
     _section("Encode: per-token SAE features of the study with its findings teacher-forced")
     client(
         "encode", *study, "--response", with_device.findings,
@@ -140,6 +145,38 @@ def _tour(target: str, output: Path) -> None:
         "--max-new-tokens", "48", "--steer", f"{feature}:clamp:{strength:.1f}@{STEER_SCOPE}",
     )  # fmt: skip
     print(f"\npictures: {heatmap}, {html} and the dashboard page {page}")
+
+
+def _explain_step(checkpoint: Path, feature: int) -> None:
+    """Explain every live feature of the served SAE from the world's held-out studies with the
+    offline explainer, score each by detection, and print ``feature``'s with the control."""
+    from maira_sae.server.demo.world.explain_eval import demo_studies, explain_world
+    from maira_sae.server.demo.world.measure import load_world_demo
+
+    started = time.monotonic()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # beside the server's threads, more would only contend
+    try:
+        result = explain_world(load_world_demo(checkpoint), demo_studies())
+    finally:
+        torch.set_num_threads(threads)
+    explained = result.explained.get(feature)
+    if explained is None:
+        print(f"feature {feature} has no held-out examples on both sides here: not scored")
+        return
+    score, control = explained.score, result.control[feature]
+    print(
+        f'feature {feature}: "{explained.explanation}"\n'
+        f"  detection AUROC {score.auroc:.2f}, balanced accuracy {score.balanced_accuracy:.2f} "
+        f"({score.n_activating} held-out activating, {score.n_non_activating} non-activating "
+        f"examples, judge {score.scorer})\n"
+        f"  shuffled control (another feature's explanation on these examples): AUROC "
+        f"{control.auroc:.2f}\n"
+        f"  over {len(result.explained)} live features: mean AUROC {result.mean_auroc:.2f}, "
+        f"shuffled control {result.control_mean_auroc:.2f} "
+        f"({time.monotonic() - started:.0f} s; python -m "
+        "maira_sae.server.demo.world.explain_eval prints the world's figures)"
+    )
 
 
 def _top_pacemaker_feature(sdk: Client, study: WorldStudy, frontal: Path) -> tuple[int, float]:

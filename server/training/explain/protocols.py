@@ -46,6 +46,9 @@ class FeatureExamples:
     explain: tuple[Example, ...]  # top activations plus samples from activation quantiles
     activating: tuple[Example, ...]  # held out, from several quantiles
     non_activating: tuple[Example, ...]  # held out: random and similar-looking
+    # Non-activating examples from the explain studies (not held out), for explainers that
+    # contrast (the offline one); an LLM explainer may ignore them.
+    contrast: tuple[Example, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,17 @@ def test_the_demo_tour_calls_every_rpc_and_stops_the_server_cleanly(tmp_path):
     # The world demo's story: a pacemaker feature tops the labelled features of the film with a
     # pacemaker, and clamping it writes a pacemaker into the report of the study without one.
     assert re.search(r"feature \d+ \(pacemaker .*\): rank 1 among the labelled", result.stdout)
+    # The offline explainer's explanation of that feature, its score and the control, computed.
+    explained = re.search(
+        r'=== explain: .* feature (\d+),.*\nfeature \1: "(.+)"\n  detection AUROC ([\d.]+)'
+        r".*\n  shuffled control .*AUROC ([\d.]+)\n  over \d+ live features: mean AUROC "
+        r"([\d.]+), shuffled control ([\d.]+)",
+        result.stdout,
+    )
+    assert explained, result.stdout
+    assert "pacemaker" in explained.group(2).split("; ")
+    assert float(explained.group(3)) >= 0.8 > float(explained.group(4))
+    assert float(explained.group(5)) >= float(explained.group(6)) + 0.2
     baseline = re.search(r"== baseline: .*==\n(.*)", result.stdout)
     steered = re.search(r"== \d+:clamp:[\d.]+@all: .*==\n(.*)", result.stdout)
     assert baseline and steered, result.stdout
