@@ -3,6 +3,7 @@
     maira-sae-server serve --config server.toml
     maira-sae-server serve --demo                  # the synthetic world demo (tiny, trained)
     maira-sae-server make-demo DIR [--random]
+    maira-sae-server make-demo --studies STUDIES   # the world's held-out studies as a folder
     maira-sae-server train-sae --model PATH --studies FOLDER --out DIR
     maira-sae-server build-dashboard --model PATH --sae SAE --studies FOLDER [--thumbnails]
     maira-sae-server check-snapshot PATH_OR_HUB_ID [--json]   # will it load? (no weights read)
@@ -42,9 +43,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_arguments(serve)
     make_demo = commands.add_parser(
-        "make-demo", help="write the demo checkpoint (model, SAE, interpretations) into DIR"
+        "make-demo",
+        help="write the demo checkpoint (model, SAE, interpretations) into DIR, and/or the"
+        " world's held-out studies as a study folder",
     )
-    make_demo.add_argument("directory", type=Path)
+    make_demo.add_argument("directory", type=Path, nargs="?")
+    make_demo.add_argument(
+        "--studies",
+        type=Path,
+        metavar="STUDIES",
+        help="write the world's held-out studies (films, findings, sections) into this new"
+        " folder, in the layout train-sae, build-dashboard and explain read",
+    )
+    make_demo.add_argument(
+        "--num-studies", type=int, default=100, help="how many held-out studies (--studies)"
+    )
     make_demo.add_argument(
         "--random",
         action="store_true",
@@ -76,6 +89,33 @@ def _check_snapshot(snapshot: str, *, as_json: bool) -> int:
     return 0 if report.will_load else 1
 
 
+def _make_demo_command(args: argparse.Namespace) -> int:
+    if args.directory is None and args.studies is None:
+        print("maira-sae-server: make-demo needs DIR, --studies STUDIES or both", file=sys.stderr)
+        return 2
+    if args.studies is not None:
+        code = _export_studies(args.studies, args.num_studies)
+        if code:
+            return code
+    if args.directory is None:
+        return 0
+    return _make_demo(args.directory, random=args.random, seed=args.seed)
+
+
+def _export_studies(folder: Path, count: int) -> int:
+    from maira_sae.server.demo.world.study_export import write_held_out_studies
+
+    if count < 1:
+        print(f"maira-sae-server: --num-studies must be >= 1, got {count}", file=sys.stderr)
+        return 2
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        print(f"maira-sae-server: {folder} is not an empty folder; give a new one", file=sys.stderr)
+        return 2
+    written = write_held_out_studies(folder, count)
+    print(f"{len(written)} held-out world studies written: {folder}")
+    return 0
+
+
 def _make_demo(directory: Path, *, random: bool, seed: int) -> int:
     from maira_sae.server.demo.layout import BUILD_MARKER, MODEL_FOLDER, SAE_FOLDER
     from maira_sae.server.demo.random_checkpoint import write_demo_checkpoint
@@ -101,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "build-dashboard":
         return run_build_dashboard(args)
     if args.command == "make-demo":
-        return _make_demo(args.directory, random=args.random, seed=args.seed)
+        return _make_demo_command(args)
     if args.command == "check-snapshot":
         return _check_snapshot(args.snapshot, as_json=args.json)
     try:

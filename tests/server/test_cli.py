@@ -34,3 +34,34 @@ def test_make_demo_refuses_a_folder_that_holds_other_files(tmp_path, capsys):
     assert main(["make-demo", "--random", str(tmp_path)]) == 2
     assert "is not empty" in capsys.readouterr().err
     assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_make_demo_studies_writes_the_held_out_studies_as_a_study_folder(tmp_path, capsys):
+    import numpy as np
+
+    from maira_sae.server.demo.world.dashboard import DASHBOARD_SEED
+    from maira_sae.server.demo.world.studies import world_dataset
+    from maira_sae.server.training.study_folder import read_study_folder
+
+    out = tmp_path / "studies"
+    assert main(["make-demo", "--studies", str(out), "--num-studies", "6"]) == 0
+    assert "6 held-out world studies written" in capsys.readouterr().out
+    read = read_study_folder(out)  # the layout train-sae, build-dashboard and explain read
+    expected = world_dataset(6, DASHBOARD_SEED)
+    assert [s.name for s in read] == [f"held-out-{i:03d}" for i in range(6)]
+    for folder_study, world in zip(read, expected, strict=True):
+        assert np.array_equal(folder_study.study.frontal, world.frontal)
+        assert (folder_study.study.lateral is None) == (world.lateral is None)
+        assert (folder_study.study.prior is None) == (world.prior is None)
+        assert folder_study.findings == world.findings
+        assert folder_study.study.indication == world.indication
+        assert folder_study.study.prior_report == world.prior_findings
+    assert any(s.study.prior is not None for s in read)
+    assert not list(out.rglob("*concept*"))  # a study folder holds what a real one holds
+    assert main(["make-demo", "--studies", str(out)]) == 2  # never into a folder in use
+    assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_make_demo_needs_a_folder(capsys):
+    assert main(["make-demo"]) == 2
+    assert "needs DIR, --studies STUDIES or both" in capsys.readouterr().err
