@@ -87,8 +87,8 @@ class _HttpServer:
                 keep_open = await self.handle(request, writer)
                 if not keep_open:
                     break
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client went away, or the server is stopping
         finally:
             self._connections.discard(task)
             writer.close()

@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import httpx
+import httpx2
 import openai
 
 from maira_sae.server.training.explain.protocols import LlmCallFailed, UnparseableReply, Usage
@@ -93,7 +93,7 @@ class ChatCaller:
         if settings.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {settings.concurrency}")
         self.settings = settings
-        pool = httpx.Limits(
+        pool = httpx2.Limits(
             max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency
         )
         self._client = openai.AsyncOpenAI(
@@ -192,10 +192,10 @@ def _text_of(response: Any) -> str | None:
     return getattr(message, "content", None)
 
 
-def _body_text(response: httpx.Response) -> str | None:
+def _body_text(response: httpx2.Response) -> str | None:
     try:
         return response.text
-    except (httpx.ResponseNotRead, UnicodeDecodeError):
+    except (httpx2.ResponseNotRead, UnicodeDecodeError):
         return None
 
 
