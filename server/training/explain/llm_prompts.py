@@ -64,7 +64,8 @@ FUZZING_SYSTEM = (
     "example, in order, such as [1, 0, 0, 1]."
 )
 
-_EXPLANATION_LINE = re.compile(r"^\s*\**EXPLANATION\**\s*:\s*(.+?)\s*$", re.IGNORECASE | re.M)
+# "EXPLANATION: x", also in Markdown bold ("**EXPLANATION:** x"), any case
+_EXPLANATION_LINE = re.compile(r"^\s*\**EXPLANATION\**\s*:\s*\**\s*(.+?)\s*$", re.I | re.M)
 _LIST = re.compile(r"\[[^\[\]]*\]")
 MAX_EXPLANATION_CHARS = 300
 
