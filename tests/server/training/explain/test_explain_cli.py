@@ -1,0 +1,112 @@
+"""``maira-sae-server explain`` on the demo checkpoint: arguments checked before the model
+loads, the offline run writes a file the server reads, a rerun resumes, ranges merge."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from maira_sae.sae.interpretation_file import read_interpretation_file
+from maira_sae.server.cli import main
+from maira_sae.server.training.explain.progress import ProgressFile, Status
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The world demo (model and SAE) and 32 of its held-out studies as a study folder."""
+    from maira_sae.server.demo.layout import MODEL_FOLDER, SAE_FOLDER
+    from maira_sae.server.demo.world.materialise import ensure_world_demo
+    from maira_sae.server.demo.world.study_export import write_held_out_studies
+
+    root = tmp_path_factory.mktemp("world")
+    demo = ensure_world_demo(root / "demo")
+    write_held_out_studies(root / "studies", 32)
+    return demo / MODEL_FOLDER, demo / SAE_FOLDER, root / "studies"
+
+
+def explain(world, out, *extra: str) -> list[str]:
+    model, sae, studies = world
+    return [
+        "explain",
+        *("--model", str(model), "--sae", str(sae), "--studies", str(studies)),
+        *("--out", str(out), "--device", "cpu"),
+        *extra,
+    ]
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["explain", "--help"])
+    assert exited.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 32)", "(default: offline)", "(default: 0)", "(default: 256)"):
+        assert default in shown
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--features", "9:3"], "expected A:B with 0 <= A < B, got '9:3'"),
+        (["--concurrency", "0"], "expected a whole number >= 1, got '0'"),
+    ],
+)
+def test_bad_arguments_stop_before_anything_loads(tmp_path, extra, message, capsys):
+    argv = ["explain", "--model", "m", "--sae", "s", "--studies", "d", "--out", "o.csv", *extra]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_llm_explainer_needs_an_endpoint_and_a_model(tmp_path, capsys, monkeypatch):
+    for name in ("OPENAI_BASE_URL", "MAIRA_SAE_EXPLAIN_BASE_URL", "MAIRA_SAE_EXPLAIN_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    argv = ["explain", "--model", "m", "--sae", str(tmp_path), "--studies", str(tmp_path)]
+    assert main([*argv, "--out", str(tmp_path / "o.csv"), "--judge", "llm"]) == 2
+    err = capsys.readouterr().err
+    assert "--llm-base-url (or MAIRA_SAE_EXPLAIN_BASE_URL / OPENAI_BASE_URL)" in err
+    assert "--llm-model (or MAIRA_SAE_EXPLAIN_MODEL)" in err
+    missing = tmp_path / "missing"
+    argv[4] = str(missing)  # --sae
+    assert main([*argv, "--out", str(tmp_path / "o.csv")]) == 2
+    assert f"--sae {missing} is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_offline_ranges_resume_and_merge_into_one_file(world, tmp_path, capsys):
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    assert main(explain(world, first, "--features", "0:12")) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["features"] == 12 and summary["explained"] + summary["failed"] == 12
+    assert summary["explained"] >= 2 and summary["resumed"] == 0
+    assert summary["usage"] == {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    assert summary["control_features"] == summary["explained"]
+    assert 0 <= summary["mean_score"] <= 1 and 0 <= summary["control_score"] <= 1
+
+    outcomes = ProgressFile(first.with_name("a.progress.jsonl")).finished()
+    assert sorted(outcomes) == list(range(12))
+    for outcome in outcomes.values():
+        if outcome.status is Status.FAILED:
+            assert outcome.reason.startswith("too few examples")
+    records = read_interpretation_file(first)
+    assert [r.feature for r in records] == sorted(
+        f for f, o in outcomes.items() if o.status is Status.EXPLAINED
+    )
+    for record in records:
+        assert record.explainer == "offline-contrastive" and record.scorer == "detection-phrase"
+        assert record.score == record.auroc and record.n_activating and record.n_non_activating
+        assert record.created and record.explainer_model is None
+
+    again = main(explain(world, first, "--features", "0:12"))
+    assert again == 0 and json.loads(capsys.readouterr().out)["resumed"] == 12
+    assert len(first.with_name("a.progress.jsonl").read_text().splitlines()) == 12
+
+    assert main(explain(world, second, "--features", "12:20")) == 0
+    capsys.readouterr()
+    merged = tmp_path / "merged.csv"
+    progress = [str(first.with_name("a.progress.jsonl")), str(second.with_name("b.progress.jsonl"))]
+    assert main(["merge-explanations", "--out", str(merged), *progress]) == 0
+    assert json.loads(capsys.readouterr().out)["features"] == 20
+    assert read_interpretation_file(merged) == records + read_interpretation_file(second)
