@@ -65,6 +65,12 @@ def add_explain_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--llm-base-url", help="e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--llm-model", help="the model name the endpoint serves")
     parser.add_argument("--llm-timeout", type=float, default=120.0, help="seconds per attempt")
+    parser.add_argument(
+        "--llm-explanation-tokens",
+        type=_positive,
+        default=400,
+        help="the most tokens an explanation reply may take (room to think, then the answer)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="of the requests and the control")
     parser.add_argument(
         "--control-features",

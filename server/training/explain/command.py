@@ -133,7 +133,11 @@ def _roles(args: argparse.Namespace, caller: Any) -> tuple[Explainer, DetectionJ
         LlmFuzzingScorer,
     )
 
-    explainer = LlmExplainer(caller) if args.explainer == "llm" else ContrastivePhraseExplainer()
+    explainer = (
+        LlmExplainer(caller, max_tokens=args.llm_explanation_tokens)
+        if args.explainer == "llm"
+        else ContrastivePhraseExplainer()
+    )
     if args.judge != "llm":
         return explainer, PhraseJudge(), None
     fuzzer = None if args.no_fuzzing else LlmFuzzingScorer(caller, seed=args.seed)

@@ -44,14 +44,17 @@ T = TypeVar("T")
 class LlmExplainer:
     name = EXPLAINER_NAME
 
-    def __init__(self, caller: ChatCaller, *, with_images: int = 0) -> None:
+    def __init__(
+        self, caller: ChatCaller, *, with_images: int = 0, max_tokens: int = EXPLANATION_TOKENS
+    ) -> None:
         self.caller = caller
         self.with_images = with_images
+        self.max_tokens = max_tokens
 
     async def explain(self, examples: FeatureExamples) -> Explanation:
         messages = explanation_messages(examples, with_images=self.with_images)
         text, usage = await self.caller.complete(
-            messages, read_explanation, max_tokens=EXPLANATION_TOKENS
+            messages, read_explanation, max_tokens=self.max_tokens
         )
         return Explanation(examples.feature, text, self.name, self.caller.settings.model, usage)
 

@@ -14,19 +14,6 @@ from maira_sae.server.training.explain.progress import ProgressFile, Status
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """The world demo (model and SAE) and 32 of its held-out studies as a study folder."""
-    from maira_sae.server.demo.layout import MODEL_FOLDER, SAE_FOLDER
-    from maira_sae.server.demo.world.materialise import ensure_world_demo
-    from maira_sae.server.demo.world.study_export import write_held_out_studies
-
-    root = tmp_path_factory.mktemp("world")
-    demo = ensure_world_demo(root / "demo")
-    write_held_out_studies(root / "studies", 32)
-    return demo / MODEL_FOLDER, demo / SAE_FOLDER, root / "studies"
-
-
 def explain(world, out, *extra: str) -> list[str]:
     model, sae, studies = world
     return [
