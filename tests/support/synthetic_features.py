@@ -70,7 +70,13 @@ def keyword_reply(request: dict[str, Any]) -> str:
 
 
 async def run_synthetic(
-    url: str, progress_path: str, features: range, *, concurrency: int = 8, **llm: Any
+    url: str,
+    progress_path: str,
+    features: range,
+    *,
+    concurrency: int = 8,
+    control_features: int = 256,
+    **llm: Any,
 ) -> dict[str, Any]:
     from maira_sae.server.training.explain.llm_client import ChatCaller, LlmSettings
     from maira_sae.server.training.explain.llm_roles import LlmDetectionJudge, LlmExplainer
@@ -86,7 +92,11 @@ async def run_synthetic(
             LlmExplainer(caller),
             LlmDetectionJudge(caller),
             ProgressFile(progress_path),
-            settings=RunSettings(features_in_flight=concurrency, progress_bar=False),
+            settings=RunSettings(
+                features_in_flight=concurrency,
+                control_features=control_features,
+                progress_bar=False,
+            ),
         )
     finally:
         await caller.close()
