@@ -37,6 +37,8 @@ import os
 import sys
 from pathlib import Path
 
+from maira_sae.server.training.model_loading import add_model_loading_arguments
+
 
 def add_explain_commands(commands: argparse._SubParsersAction) -> None:
     """Register ``explain`` and ``merge-explanations`` on the ``maira-sae-server`` commands."""
@@ -82,14 +84,7 @@ def add_explain_commands(commands: argparse._SubParsersAction) -> None:
         "--retry-failed", action="store_true", help="also rerun the features that failed before"
     )
     parser.add_argument("--batch", type=_positive, default=4, help="studies per forward")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float32")
-    parser.add_argument(
-        "--image-features",
-        default="feature_maps",
-        choices=("feature_maps", "hidden_states"),
-        help="as the server's model.image_features",
-    )
+    add_model_loading_arguments(parser)
     merge = commands.add_parser(
         "merge-explanations",
         help="merge the progress files of explain runs (ranges) into one interpretation file",

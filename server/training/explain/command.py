@@ -30,10 +30,9 @@ def explain_command(args: argparse.Namespace, llm: Any) -> dict[str, Any] | None
     """Load the model and SAE, collect the range's activations, run it, write ``args.out``;
     the summary, or None (after saying why on stderr) when the range does not fit the SAE."""
     from maira_sae.sae.formats import load_sae
-    from maira_sae.server.maira2.checkpoint import load_maira2, resolve_device, resolve_dtype
-    from maira_sae.server.maira2.config import ImageFeatures
-    from maira_sae.server.maira2.processor import Maira2Processor
+    from maira_sae.server.maira2.checkpoint import resolve_device
     from maira_sae.server.training.dashboard_cli import FolderStudies
+    from maira_sae.server.training.model_loading import load_model
 
     device = resolve_device(args.device)
     sae = load_sae(args.sae, device=device, layer=args.layer)
@@ -50,15 +49,9 @@ def explain_command(args: argparse.Namespace, llm: Any) -> dict[str, Any] | None
             "maira-sae-server explain: the SAE's files name no layer; pass --layer", file=sys.stderr
         )
         return None
-    loaded = load_maira2(
-        args.model,
-        device=device,
-        dtype=resolve_dtype(args.dtype),
-        image_features=ImageFeatures(args.image_features),
-    )
-    processor = Maira2Processor.for_model(loaded.snapshot_dir, loaded.config)
+    model, processor = load_model(args, device)
     activations = collect_activations(
-        loaded.model,
+        model,
         processor,
         sae,
         sae.metadata.layer,

@@ -59,8 +59,8 @@ class LlmExplainer:
         return Explanation(examples.feature, text, self.name, self.caller.settings.model, usage)
 
 
-class LlmDetectionJudge:
-    name = JUDGE_NAME
+class _BatchedQuestions:
+    """Asks the LLM about examples ``batch_size`` at a time; ``seed`` shuffles them."""
 
     def __init__(self, caller: ChatCaller, *, batch_size: int = 10, seed: int = 0) -> None:
         if batch_size < 1:
@@ -68,6 +68,10 @@ class LlmDetectionJudge:
         self.caller = caller
         self.batch_size = batch_size
         self.seed = seed
+
+
+class LlmDetectionJudge(_BatchedQuestions):
+    name = JUDGE_NAME
 
     async def judge(
         self, explanation: str, examples: Sequence[Example]
@@ -78,16 +82,9 @@ class LlmDetectionJudge:
         )
 
 
-class LlmFuzzingScorer:
+class LlmFuzzingScorer(_BatchedQuestions):
     """Delphi's fuzzing: the held-out activating text examples, each shown once as marked and
     once with its mark moved to another word; None for a feature without text examples."""
-
-    def __init__(self, caller: ChatCaller, *, batch_size: int = 10, seed: int = 0) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {batch_size}")
-        self.caller = caller
-        self.batch_size = batch_size
-        self.seed = seed
 
     async def score(
         self, explanation: str, examples: FeatureExamples
