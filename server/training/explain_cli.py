@@ -54,6 +54,20 @@ def add_explain_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="the interpretation file (CSV)")
     parser.add_argument("--layer", type=int, help="default: the SAE's own config")
     parser.add_argument(
+        "--dashboard",
+        type=Path,
+        help="the SAE's dashboard (build-dashboard --thumbnails), for --with-images;"
+        " default: the SAE folder's dashboard/",
+    )
+    parser.add_argument(
+        "--with-images",
+        type=int,
+        default=0,
+        metavar="N",
+        help="send up to N films of each feature's explain examples, with its heat map over"
+        " them, to a vision model (the LLM explainer; films from --dashboard)",
+    )
+    parser.add_argument(
         "--explainer", choices=("offline", "llm"), default="offline", help="who writes them"
     )
     parser.add_argument("--judge", choices=("offline", "llm"), help="default: as --explainer")
@@ -127,6 +141,11 @@ def run_explain(args: argparse.Namespace) -> int:
             folder = getattr(args, name)
             print(f"maira-sae-server explain: --{name} {folder} is not a folder", file=sys.stderr)
             return 2
+    if args.with_images:
+        problem = _films_problem(args)
+        if problem:
+            print(f"maira-sae-server explain: {problem}", file=sys.stderr)
+            return 2
     if args.out.is_dir():
         print(
             f"maira-sae-server explain: --out {args.out} is a folder; give a file", file=sys.stderr
@@ -158,6 +177,22 @@ def run_merge_explanations(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _films_problem(args: argparse.Namespace) -> str | None:
+    """Why --with-images cannot run (None when it can), read from the dashboard's metadata."""
+    from maira_sae.sae.dashboard import DEFAULT_FOLDER, read_metadata
+
+    if args.explainer != "llm":
+        return "--with-images sends films to the LLM explainer; add --explainer llm"
+    args.dashboard = args.dashboard or args.sae / DEFAULT_FOLDER
+    try:
+        metadata = read_metadata(args.dashboard)
+    except (OSError, ValueError) as error:
+        return f"--with-images needs the SAE's dashboard ({error})"
+    if not metadata.get("has_content"):
+        return f"{args.dashboard} holds no films: build it with build-dashboard --thumbnails"
+    return None
 
 
 def _llm_settings(args: argparse.Namespace) -> object | None:

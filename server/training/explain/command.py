@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,11 @@ from maira_sae.server.training.explain.progress import (
     merge_progress,
     progress_path_for,
 )
-from maira_sae.server.training.explain.protocols import DetectionJudge, Explainer
+from maira_sae.server.training.explain.protocols import (
+    DetectionJudge,
+    Explainer,
+    FeatureExamples,
+)
 from maira_sae.server.training.explain.runner import RunSettings, explain_features
 
 
@@ -61,11 +65,27 @@ def explain_command(args: argparse.Namespace, llm: Any) -> dict[str, Any] | None
         progress=True,
     )
     source = ExampleSource(activations, ExampleSettings(seed=args.seed))
+    examples_of = _with_films(source, args) if args.with_images else source.for_feature
     progress = ProgressFile(progress_path_for(args.out))
-    summary = asyncio.run(_run(args, llm, features, source, progress))
+    summary = asyncio.run(_run(args, llm, features, examples_of, progress))
     records = [o.record for o in merge_progress([progress.path]) if o.record is not None]
     write_interpretation_file(args.out, records)
     return {**summary, "output": str(args.out), "progress": str(progress.path)}
+
+
+def _with_films(
+    source: ExampleSource, args: argparse.Namespace
+) -> Callable[[int], FeatureExamples]:
+    """Each feature's examples, its films with their heat maps attached from the dashboard."""
+    from maira_sae.sae.dashboard import Dashboard
+    from maira_sae.server.training.explain.films import with_dashboard_films
+
+    dashboard = Dashboard.load(args.dashboard)
+
+    def examples_of(feature: int) -> FeatureExamples:
+        return with_dashboard_films(source.for_feature(feature), dashboard, args.with_images)
+
+    return examples_of
 
 
 def merge_command(progress_files: Sequence[Path], out: Path) -> dict[str, Any]:
@@ -84,7 +104,7 @@ async def _run(
     args: argparse.Namespace,
     llm: Any,
     features: range,
-    source: ExampleSource,
+    examples_of: Callable[[int], FeatureExamples],
     progress: ProgressFile,
 ) -> dict[str, Any]:
     settings = RunSettings(
@@ -102,7 +122,7 @@ async def _run(
         explainer, judge, fuzzer = _roles(args, caller)
         summary = await explain_features(
             features,
-            source.for_feature,
+            examples_of,
             explainer,
             judge,
             progress,
@@ -127,7 +147,7 @@ def _roles(args: argparse.Namespace, caller: Any) -> tuple[Explainer, DetectionJ
     )
 
     explainer = (
-        LlmExplainer(caller, max_tokens=args.llm_explanation_tokens)
+        LlmExplainer(caller, with_images=args.with_images, max_tokens=args.llm_explanation_tokens)
         if args.explainer == "llm"
         else ContrastivePhraseExplainer()
     )

@@ -3,13 +3,17 @@ loads, the offline run writes a file the server reads, a rerun resumes, ranges m
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 
 import pytest
+from PIL import Image
 
 from maira_sae.sae.interpretation_file import read_interpretation_file
 from maira_sae.server.cli import main
 from maira_sae.server.training.explain.progress import ProgressFile, Status
+from tests.support.chat_endpoint import ChatEndpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -97,3 +101,44 @@ def test_offline_ranges_resume_and_merge_into_one_file(world, tmp_path, capsys):
     assert main(["merge-explanations", "--out", str(merged), *progress]) == 0
     assert json.loads(capsys.readouterr().out)["features"] == 20
     assert read_interpretation_file(merged) == records + read_interpretation_file(second)
+
+
+def test_films_with_heat_maps_reach_the_llm_explainer(world, tmp_path, capsys):
+    """--with-images: the LLM explainer gets films with the feature's heat map (PNG parts)
+    from the SAE's dashboard; the offline judge scores its explanations."""
+    films: list[bytes] = []
+
+    def reply(request: dict) -> str:
+        for message in request["messages"]:
+            if isinstance(message["content"], list):
+                films.extend(
+                    base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
+                    for part in message["content"]
+                    if part["type"] == "image_url"
+                )
+        return "EXPLANATION: left pleural effusion"
+
+    out = tmp_path / "films.csv"
+    with ChatEndpoint(reply) as endpoint:
+        argv = explain(world, out, "--features", "0:16", "--explainer", "llm")
+        argv += ["--judge", "offline", "--with-images", "2", "--llm-base-url", endpoint.url]
+        assert main([*argv, "--llm-model", "vision"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["judge"] == "offline" and summary["explained"] >= 1
+    assert films and len(films) <= 2 * endpoint.requests
+    picture = Image.open(io.BytesIO(films[0]))
+    assert picture.format == "PNG" and picture.mode == "RGB"
+    for record in read_interpretation_file(out):
+        assert record.explanation == "left pleural effusion" and record.explainer == "llm"
+        assert record.explainer_model == "vision" and record.scorer == "detection-phrase"
+
+
+def test_with_images_needs_the_llm_explainer_and_a_dashboard_with_films(world, tmp_path, capsys):
+    argv = explain(world, tmp_path / "o.csv", "--with-images", "2")
+    assert main(argv) == 2
+    assert "add --explainer llm" in capsys.readouterr().err
+    empty = tmp_path / "no-dashboard"
+    empty.mkdir()
+    argv += ["--explainer", "llm", "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-model", "m"]
+    assert main([*argv, "--dashboard", str(empty)]) == 2
+    assert "--with-images needs the SAE's dashboard" in capsys.readouterr().err
