@@ -38,7 +38,13 @@ def fault_of(body: bytes, attempt: int) -> str | None:
 
 def test_every_feature_ends_explained_or_failed_with_its_reason_through_faults(tmp_path):
     progress = tmp_path / "run.progress.jsonl"
-    with ChatEndpoint(keyword_reply) as endpoint, FaultProxy(endpoint, fault_of) as proxy:
+    requests: list[dict] = []
+
+    def reply(request: dict) -> str:
+        requests.append(request)
+        return keyword_reply(request)
+
+    with ChatEndpoint(reply) as endpoint, FaultProxy(endpoint, fault_of) as proxy:
         summary = asyncio.run(
             run_synthetic(
                 proxy.url,
@@ -53,6 +59,9 @@ def test_every_feature_ends_explained_or_failed_with_its_reason_through_faults(t
         log = list(proxy.log)
         faults = Counter(proxy.faults)
 
+    # deterministic requests: temperature 0, the run's seed, a bounded reply
+    assert {(r["temperature"], r["seed"], r["model"]) for r in requests} == {(0, 0, "local")}
+    assert all(0 < r["max_tokens"] <= 400 for r in requests)
     assert set(faults) == {"429", "500", "timeout", "malformed", "truncated", "garbage"}
     lines = [json.loads(line) for line in progress.read_text().splitlines()]
     assert sorted(line["feature"] for line in lines) == list(FEATURES)  # each once, none lost

@@ -90,6 +90,15 @@ def test_the_minute_budget_holds_back_requests_past_it():
         return time.monotonic() - started
 
     assert asyncio.run(scenario()) >= 1.0
+
+    async def tokens() -> float:
+        budget = MinuteBudget(requests_per_minute=None, tokens_per_minute=6000)  # 100 a second
+        started = time.monotonic()
+        await budget.acquire(9000)  # more than a minute's worth: capped at the whole bucket
+        await budget.acquire(100)  # then waits for 100 tokens to drip back
+        return time.monotonic() - started
+
+    assert asyncio.run(tokens()) >= 0.9
     with pytest.raises(ValueError, match="tokens per minute must be >= 1"):
         MinuteBudget(None, 0)
 
