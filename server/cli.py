@@ -6,6 +6,8 @@
     maira-sae-server make-demo --studies STUDIES   # the world's held-out studies as a folder
     maira-sae-server train-sae --model PATH --studies FOLDER --out DIR
     maira-sae-server build-dashboard --model PATH --sae SAE --studies FOLDER [--thumbnails]
+    maira-sae-server explain --model PATH --sae SAE --studies FOLDER --out FILE [--explainer llm]
+    maira-sae-server merge-explanations --out FILE PROGRESS...   # ranges run apart, as one
     maira-sae-server check-snapshot PATH_OR_HUB_ID [--json]   # will it load? (no tensor data read)
 
 Settings come from defaults < config file < MAIRA_SAE_* environment variables < flags
@@ -33,6 +35,11 @@ from maira_sae.server.training.cli import (
     run_train_sae,
 )
 from maira_sae.server.training.dashboard_cli import add_build_dashboard_command, run_build_dashboard
+from maira_sae.server.training.explain_cli import (
+    add_explain_commands,
+    run_explain,
+    run_merge_explanations,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     add_train_sae_command(commands)
     add_harvest_command(commands)
     add_build_dashboard_command(commands)
+    add_explain_commands(commands)
     check = commands.add_parser(
         "check-snapshot",
         help="say whether the server will load a MAIRA-2 snapshot, reading only its config,"
@@ -177,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_harvest(args)
     if args.command == "build-dashboard":
         return run_build_dashboard(args)
+    if args.command == "explain":
+        return run_explain(args)
+    if args.command == "merge-explanations":
+        return run_merge_explanations(args)
     if args.command == "make-demo":
         return _make_demo_command(args)
     if args.command == "check-snapshot":

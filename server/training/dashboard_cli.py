@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import overload
 
+from maira_sae.server.training.model_loading import add_model_loading_arguments, load_model
+
 
 def add_build_dashboard_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -41,33 +43,18 @@ def add_build_dashboard_command(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch", type=int, default=4, help="studies per forward")
     parser.add_argument("--save-every", type=int, default=32, help="studies between saves")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float32")
-    parser.add_argument(
-        "--image-features",
-        default="feature_maps",
-        choices=("feature_maps", "hidden_states"),
-        help="as the server's model.image_features",
-    )
+    add_model_loading_arguments(parser)
 
 
 def run_build_dashboard(args: argparse.Namespace) -> int:
     """Run ``build-dashboard``; torch and the model load only now, not for ``--help``."""
     from maira_sae.sae.dashboard import DEFAULT_FOLDER
     from maira_sae.sae.formats import load_sae
-    from maira_sae.server.maira2.checkpoint import load_maira2, resolve_device, resolve_dtype
-    from maira_sae.server.maira2.config import ImageFeatures
-    from maira_sae.server.maira2.processor import Maira2Processor
+    from maira_sae.server.maira2.checkpoint import resolve_device
     from maira_sae.server.training.dashboards import DashboardSettings, build_dashboard
 
     device = resolve_device(args.device)
-    loaded = load_maira2(
-        args.model,
-        device=device,
-        dtype=resolve_dtype(args.dtype),
-        image_features=ImageFeatures(args.image_features),
-    )
-    processor = Maira2Processor.for_model(loaded.snapshot_dir, loaded.config)
+    model, processor = load_model(args, device)
     sae = load_sae(args.sae, device=device, layer=args.layer)
     layer = sae.metadata.layer
     if layer is None:
@@ -81,9 +68,7 @@ def run_build_dashboard(args: argparse.Namespace) -> int:
         save_every=args.save_every,
     )
     studies = FolderStudies(args.studies)
-    build_dashboard(
-        loaded.model, processor, sae, layer, studies, out, settings, study_ids=studies.ids
-    )
+    build_dashboard(model, processor, sae, layer, studies, out, settings, study_ids=studies.ids)
     print(f"dashboard written: {out}")
     return 0
 

@@ -111,3 +111,26 @@ class DetectionJudge(Protocol):
     async def judge(
         self, explanation: str, examples: Sequence[Example]
     ) -> tuple[list[float], Usage]: ...
+
+
+@dataclass(frozen=True)
+class FuzzingScore:
+    """How well an explanation tells activating tokens marked where the feature fired from the
+    same examples with the mark moved to another word (the LLM path's second score)."""
+
+    auroc: float
+    balanced_accuracy: float
+    n_correct: int
+    n_fuzzed: int
+    scorer: str = "fuzzing-llm"
+
+
+class LlmCallFailed(Exception):
+    """A request to an LLM that gave no readable reply within its attempts: the run records
+    the feature as failed with ``reason`` and the last reply's ``raw_text``."""
+
+    def __init__(self, reason: str, raw_text: str | None, usage: Usage) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.raw_text = raw_text
+        self.usage = usage
