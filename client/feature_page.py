@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from maira_sae.client.pictures import HEAT_COLOURS, crop_box, overlay_heatmap
+from maira_sae.client.imaging.heatmap import HEAT_COLOURS, crop_box, overlay_heatmap
 from maira_sae.client.results import (
     Feature,
     FeatureDashboard,

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from maira_sae.client import pictures
+from maira_sae.client.imaging.heatmap import crop_box
 from maira_sae.client.results import (
     EncodeResult,
     FeatureScore,
@@ -30,7 +31,7 @@ def film() -> np.ndarray:
 
 def cell_centre(row: int, col: int) -> tuple[int, int]:
     """(x, y) in the original image of the centre of a patch grid cell."""
-    left, top, side = pictures.crop_box(WIDTH, HEIGHT)
+    left, top, side = crop_box(WIDTH, HEIGHT)
     return left + int((col + 0.5) * side / COLS), top + int((row + 0.5) * side / ROWS)
 
 
@@ -64,7 +65,7 @@ def test_heatmap_png_has_the_image_size_and_is_hot_where_planted(tmp_path):
     # The hottest pixel of the whole picture lies in the planted cell.
     coloured = heat_map(rgb)
     y, x = np.unravel_index(np.argmax(coloured), coloured.shape)
-    left, top, side = pictures.crop_box(WIDTH, HEIGHT)
+    left, top, side = crop_box(WIDTH, HEIGHT)
     assert (int((y - top) * ROWS / side), int((x - left) * COLS / side)) == (5, 30)
     # Outside the square the model saw: dimmed grey, never coloured.
     outside = np.concatenate([rgb[:top], rgb[top + side :]])

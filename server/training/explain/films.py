@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from PIL import Image
 
-from maira_sae.client.pictures import overlay_heatmap
+from maira_sae.client.imaging.heatmap import overlay_heatmap
 from maira_sae.sae.dashboard import Dashboard
 from maira_sae.server.training.explain.protocols import ExampleKind, FeatureExamples
 
