@@ -79,7 +79,7 @@ def add_harvest_command(commands: argparse._SubParsersAction) -> None:
     _add_harvest_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="the store folder")
     parser.add_argument(
-        "--shard", type=_shard, default=(0, 1), help="I/N: harvest part I (from 0) of N"
+        "--shard", type=shard_spec, default=(0, 1), help="I/N: harvest part I (from 0) of N"
     )
 
 
@@ -112,7 +112,7 @@ def run_harvest(args: argparse.Namespace) -> int:
     return harvest_study_folder(args)
 
 
-def _shard(text: str) -> tuple[int, int]:
+def shard_spec(text: str) -> tuple[int, int]:
     part, _, count = text.partition("/")
     try:
         index, total = int(part), int(count)
