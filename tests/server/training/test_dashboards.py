@@ -29,6 +29,7 @@ from maira_sae.server.training.dashboards import (
     build_dashboard,
     merge_dashboards,
 )
+from tests.support.dashboards import assert_same_dashboard
 from tests.support.servers import demo_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -179,16 +180,6 @@ def test_build_dashboard_command_writes_what_the_server_serves(demo_checkpoint, 
     details = engine.feature("", 3)
     assert details.dashboard is not None and details.dashboard.num_studies == 2
     assert {e.study_id for e in details.dashboard.top_examples} <= {"a", "b"}
-
-
-def assert_same_dashboard(folder, reference) -> None:
-    """The same files: metadata equal key for key, every tensor equal to the last bit."""
-    assert read_metadata(folder) == read_metadata(reference)
-    ours, theirs = load_file(str(folder / TENSORS_FILE)), load_file(str(reference / TENSORS_FILE))
-    assert ours.keys() == theirs.keys()
-    for name, tensor in theirs.items():
-        assert ours[name].dtype == tensor.dtype, name
-        assert np.array_equal(ours[name], tensor, equal_nan=True), name
 
 
 @pytest.mark.parametrize("shards", [1, 3])
