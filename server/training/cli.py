@@ -30,11 +30,11 @@ from pathlib import Path
 
 def add_train_sae_command(commands: argparse._SubParsersAction) -> None:
     """Register ``train-sae`` on the ``maira-sae-server`` subcommands."""
-    parser = commands.add_parser(
+    parser = documented_command(
+        commands,
         "train-sae",
-        help="train a Matryoshka BatchTopK SAE on MAIRA-2 activations of a study folder",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "train a Matryoshka BatchTopK SAE on MAIRA-2 activations of a study folder",
+        __doc__,
     )
     _add_harvest_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="output folder")
@@ -70,16 +70,28 @@ def add_train_sae_command(commands: argparse._SubParsersAction) -> None:
 
 def add_harvest_command(commands: argparse._SubParsersAction) -> None:
     """Register ``harvest`` on the ``maira-sae-server`` subcommands."""
-    parser = commands.add_parser(
+    parser = documented_command(
+        commands,
         "harvest",
-        help="harvest MAIRA-2 activations of (a shard of) a study folder into an activation store",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "harvest MAIRA-2 activations of (a shard of) a study folder into an activation store",
+        __doc__,
     )
     _add_harvest_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="the store folder")
     parser.add_argument(
         "--shard", type=shard_spec, default=(0, 1), help="I/N: harvest part I (from 0) of N"
+    )
+
+
+def documented_command(
+    commands: argparse._SubParsersAction, name: str, help_text: str, doc: str | None
+) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` shows its module's docstring ``doc`` as written."""
+    return commands.add_parser(
+        name,
+        help=help_text,
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
 

@@ -143,7 +143,7 @@ def merge_dashboards(partials: Sequence[Path], out: Path) -> Path:
     )
     first = headers[0][0]
     identity = {key: first[key] for key in first if key not in _PROGRESS_KEYS}
-    fmt.check_shards_cover_the_studies([(meta, path) for meta, path in headers])
+    fmt.check_shards_cover_the_studies(headers)
     for metadata, path in headers:
         if not _same_build(metadata, identity):
             raise ValueError(f"{path}: a partial of another SAE, study set or settings")
