@@ -159,12 +159,22 @@ class Engine:
         return entry
 
     def feature(
-        self, sae_id: str, feature: int, *, num_logits: int = 10, decoder_row: bool = False
+        self,
+        sae_id: str,
+        feature: int,
+        *,
+        num_logits: int = 10,
+        num_nearest: int = 10,
+        decoder_row: bool = False,
     ) -> FeatureDetails:
         """One feature of an SAE ("" is the default one): see ``FeatureLookup.feature``.
         Runs torch (the logit effects): call it from a worker thread."""
         return self._features.feature(
-            self.sae(sae_id), feature, num_logits=num_logits, decoder_row=decoder_row
+            self.sae(sae_id),
+            feature,
+            num_logits=num_logits,
+            num_nearest=num_nearest,
+            decoder_row=decoder_row,
         )
 
     def search_features(self, sae_id: str, query: str, limit: int) -> FeatureSearchResult:
