@@ -21,6 +21,10 @@ import torch
 
 from maira_sae.sae.model import FeatureOutOfRange
 from maira_sae.sae.steering import validate_intervention
+from maira_sae.server.engine.activation_search import (
+    activation_search_result,
+    activation_text_inputs,
+)
 from maira_sae.server.engine.capture import capture_batch
 from maira_sae.server.engine.decode_batch import DecodeBatch
 from maira_sae.server.engine.feature_lookup import FeatureLookup
@@ -35,6 +39,7 @@ from maira_sae.server.engine.sae_entry import SaeEntry, feature_out_of_range
 from maira_sae.server.engine.static_decode_batch import StaticDecodeBatch, StaticDecodeSettings
 from maira_sae.server.engine.token_limits import TokenLimits
 from maira_sae.server.engine.types import (
+    ActivationSearchRequest,
     EncodeRequest,
     EncodeResult,
     FeatureDetails,
@@ -59,8 +64,8 @@ from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 from maira_sae.server.maira2.processor import Maira2Processor, ModelInputs
 from maira_sae.server.maira2.study import TaskKind
 
-AnalysisRequest = EncodeRequest | TopFeaturesRequest
-AnalysisResult = EncodeResult | TopFeaturesResult
+AnalysisRequest = EncodeRequest | TopFeaturesRequest | ActivationSearchRequest
+AnalysisResult = EncodeResult | TopFeaturesResult | FeatureSearchResult
 RowBatch = DecodeBatch | StaticDecodeBatch
 R = TypeVar("R", EncodeRequest, TopFeaturesRequest, GenerateRequest)
 
@@ -69,7 +74,8 @@ _NO_PIXELS = np.zeros((0, 0), dtype=np.uint8)
 
 @dataclass(frozen=True)
 class PreparedAnalysis:
-    """An Encode or TopFeatures request checked and turned into model inputs, ready to batch."""
+    """An Encode, TopFeatures or search-by-activation request checked and turned into model
+    inputs, ready to batch."""
 
     request: AnalysisRequest
     entry: SaeEntry
@@ -195,8 +201,16 @@ class Engine:
         self.token_limits.check(inputs, request.settings.max_new_tokens)
         return PreparedGeneration(_without_pixels(request), entry, inputs)
 
+    def prepare_activation_search(self, request: ActivationSearchRequest) -> PreparedAnalysis:
+        """Check a search-by-activation request and tokenise its text (CPU work for any
+        thread); it then runs as an analysis job, in ``analyse``."""
+        entry = self.sae(request.sae_id)
+        inputs = activation_text_inputs(self.processor, request, self.token_limits)
+        return PreparedAnalysis(request, entry, inputs)
+
     def analyse(self, batch: Sequence[PreparedAnalysis]) -> list[AnalysisResult]:
-        """Encode and TopFeatures requests as one forward pass; one result per request."""
+        """Encode, TopFeatures and search-by-activation requests as one forward pass; one
+        result per request."""
         with _out_of_memory_is_retryable():
             residuals = capture_batch(
                 self.model,
@@ -211,6 +225,8 @@ class Engine:
 
     def _analysis_result(self, item: PreparedAnalysis, residual: torch.Tensor) -> AnalysisResult:
         request, entry, tokens = item.request, item.entry, item.inputs.tokens
+        if isinstance(request, ActivationSearchRequest):
+            return activation_search_result(self._features, entry, request, item.inputs, residual)
         positions = accepted_positions(tokens, request.token_filter)
         if isinstance(request, EncodeRequest):
             features = entry.sae.encode(residual, level=request.matryoshka_level)

@@ -14,12 +14,14 @@ import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TypeVar
 
 import grpc
 
 from maira_sae.server.engine.engine import Engine
 from maira_sae.server.engine.scheduler import Scheduler, deadline_from_timeout
+from maira_sae.server.engine.types import ActivationSearchRequest
 from maira_sae.server.service import feature_to_proto, from_proto, to_proto
 from maira_sae.server.service.config import ServerConfig
 from maira_sae.server.service.image_memory import ImageMemoryBudget
@@ -116,11 +118,12 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
         self, request: pb.GetFeatureRequest, context: grpc.aio.ServicerContext
     ) -> pb.Feature:
         query = from_proto.feature_query_from_proto(request, self._limits)
-        details = await asyncio.to_thread(  # the logit effects run torch
+        details = await asyncio.to_thread(  # the logit effects and cosines run torch
             self._engine.feature,
             query.sae_id,
             query.feature,
             num_logits=query.num_logits,
+            num_nearest=query.num_nearest,
             decoder_row=query.decoder_row,
         )
         return await asyncio.to_thread(feature_to_proto.feature_details_to_proto, details)
@@ -129,5 +132,13 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
         self, request: pb.SearchFeaturesRequest, context: grpc.aio.ServicerContext
     ) -> pb.SearchFeaturesResponse:
         query = from_proto.search_query_from_proto(request, self._limits)
-        result = self._engine.search_features(query.sae_id, query.query, query.limit)
+        if isinstance(query, ActivationSearchRequest):  # runs the model: queued as analysis
+            with self._scheduler.admit() as admission:
+                prepared = await self._in_worker(
+                    partial(self._engine.prepare_activation_search, query)
+                )
+                deadline = deadline_from_timeout(context.time_remaining)
+                result = await self._scheduler.analyse(prepared, deadline, admission)
+        else:
+            result = self._engine.search_features(query.sae_id, query.query, query.limit)
         return to_proto.search_response_to_proto(result)
