@@ -210,12 +210,17 @@ class AsyncClient(ClientBase):
         sae_id: str = "",
         include_decoder_row: bool = False,
         num_logits: int = 10,
+        num_nearest: int = 10,
         timeout: float | None = None,
     ) -> Feature:
-        """One feature: label, decoder norm, logit effects, dashboard, decoder row on request
-        (see ``Client.feature``)."""
+        """One feature: label and provenance, decoder norm, logit effects, nearest features,
+        dashboard, decoder row on request (see ``Client.feature``)."""
         request = _convert.feature_request(
-            feature, sae_id, include_decoder_row=include_decoder_row, num_logits=num_logits
+            feature,
+            sae_id,
+            include_decoder_row=include_decoder_row,
+            num_logits=num_logits,
+            num_nearest=num_nearest,
         )
         return await self._unary(self._stub.GetFeature, request, _convert.feature_result, timeout)
 
@@ -223,6 +228,15 @@ class AsyncClient(ClientBase):
         self, query: str, *, limit: int = 0, sae_id: str = "", timeout: float | None = None
     ) -> SearchResult:
         request = _convert.search_request(query, limit, sae_id)
+        return await self._unary(
+            self._stub.SearchFeatures, request, _convert.search_result, timeout
+        )
+
+    async def search_by_activation(
+        self, text: str, *, limit: int = 0, sae_id: str = "", timeout: float | None = None
+    ) -> SearchResult:
+        """The features that fire most on ``text`` (see ``Client.search_by_activation``)."""
+        request = _convert.activation_search_request(text, limit, sae_id)
         return await self._unary(
             self._stub.SearchFeatures, request, _convert.search_result, timeout
         )
