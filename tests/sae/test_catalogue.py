@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -12,7 +13,11 @@ import pytest
 
 from maira_sae.sae import FeatureCatalogue, FeatureInterpretation
 from maira_sae.sae.catalogue import MatchQuality, Provenance, tokenize
-from maira_sae.sae.interpretation_file import InterpretationRecord, write_interpretation_file
+from maira_sae.sae.interpretation_file import (
+    INTERPRETATION_COLUMNS,
+    InterpretationRecord,
+    write_interpretation_file,
+)
 
 ROWS = [
     (0, "Pacemaker leads projecting over the right heart", 0.91),
@@ -223,41 +228,25 @@ def test_a_whole_phrase_beats_its_words_apart_and_a_fuzzy_match():
 
 
 def test_the_provenance_columns_are_kept(tmp_path):
+    provenance = Provenance(
+        explainer="offline-contrastive",
+        scorer="detection-phrase",
+        n_activating=40,
+        n_non_activating=60,
+        auroc=0.91,
+        balanced_accuracy=0.85,
+        created="2026-12-05",
+    )
     path = write_interpretation_file(
         tmp_path / "explained.csv",
         [
-            InterpretationRecord(
-                3,
-                "pacemaker",
-                0.91,
-                explainer="offline-contrastive",
-                explainer_model=None,
-                scorer="detection-phrase",
-                n_activating=40,
-                n_non_activating=60,
-                auroc=0.91,
-                balanced_accuracy=0.85,
-                created="2026-12-05",
-            ),
+            InterpretationRecord(3, "pacemaker", 0.91, **dataclasses.asdict(provenance)),
             InterpretationRecord(5, "no provenance given", 0.5),
         ],
     )
     catalogue = FeatureCatalogue.from_file(path)
-    assert catalogue.get(3) == FeatureInterpretation(
-        3,
-        "pacemaker",
-        0.91,
-        Provenance(
-            explainer="offline-contrastive",
-            scorer="detection-phrase",
-            n_activating=40,
-            n_non_activating=60,
-            auroc=0.91,
-            balanced_accuracy=0.85,
-            created="2026-12-05",
-        ),
-    )
-    assert catalogue.get(5).provenance == Provenance()
+    assert catalogue.get(3) == FeatureInterpretation(3, "pacemaker", 0.91, provenance)
+    assert catalogue.get(5).provenance == Provenance()  # the columns are there, empty
 
 
 def test_provenance_in_json_lines_with_user_named_columns(tmp_path):
@@ -286,3 +275,8 @@ def test_bad_provenance_values_name_the_row_and_column(tmp_path):
     path.write_text("feature,explanation,score,auroc\n1,a,0.5,nan\n")
     with pytest.raises(ValueError, match=r"row 1: auroc 'nan' is not finite"):
         FeatureCatalogue.from_file(path)
+
+
+def test_the_provenance_fields_are_the_files_provenance_columns():
+    names = tuple(field.name for field in dataclasses.fields(Provenance))
+    assert names == INTERPRETATION_COLUMNS[3:]  # after feature, explanation, score

@@ -13,36 +13,21 @@ from maira_sae.sae.formats import load_sae
 from maira_sae.sae.interpretation import read_interpretations
 from maira_sae.sae.interpretation_file import read_interpretation_file
 from maira_sae.server.demo.layout import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
-from maira_sae.server.demo.random_checkpoint import DemoCheckpoint
 from maira_sae.server.demo.world.materialise import ARTIFACT_DIR
 from maira_sae.server.demo.world.model_spec import SAE_LAYER
 from maira_sae.server.demo.world.reports import CONCEPTS
-from maira_sae.server.service.config import LimitsConfig
 from maira_sae.server.training.folder_training import load_model_and_processor
 from maira_sae.v1 import maira_sae_pb2 as pb
-from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
-from tests.support.servers import demo_config, running_server
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PACEMAKER_FEATURE = 4
-MAX_ACTIVATION_TEXT_TOKENS = 12
+MAX_ACTIVATION_TEXT_TOKENS = 256  # limits.max_activation_text_tokens by default
 
 
 @pytest.fixture(scope="module")
-def stub(world_demo):
-    checkpoint = DemoCheckpoint(
-        world_demo,
-        world_demo / MODEL_FOLDER,
-        world_demo / SAE_FOLDER,
-        world_demo / INTERPRETATIONS_FILE,
-    )
-    limits = LimitsConfig(max_activation_text_tokens=MAX_ACTIVATION_TEXT_TOKENS)
-    with (
-        running_server(demo_config(checkpoint, limits=limits)) as server,
-        grpc.insecure_channel(server.target) as channel,
-    ):
-        yield pb_grpc.MairaSaeStub(channel)
+def stub(world_stub):
+    return world_stub
 
 
 @pytest.fixture(scope="module")
