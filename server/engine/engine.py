@@ -174,7 +174,7 @@ class Engine:
         decoder_row: bool = False,
     ) -> FeatureDetails:
         """One feature of an SAE ("" is the default one): see ``FeatureLookup.feature``.
-        Runs torch (the logit effects): call it from a worker thread."""
+        Runs torch (the logit effects, the decoder cosines): call it from a worker thread."""
         return self._features.feature(
             self.sae(sae_id),
             feature,
