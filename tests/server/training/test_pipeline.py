@@ -100,6 +100,7 @@ def assert_same_store(store, reference) -> None:
     assert ours.manifest.settings == theirs.manifest.settings
 
 
+@pytest.mark.timeout(900)  # nine processes one after another; each loads torch and the model
 def test_three_harvest_shards_and_two_dashboard_shards_equal_one_process(
     world_model, world_studies, single_process_store, tmp_path
 ):
