@@ -7,12 +7,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from maira_sae.server.maira2.processor import ModelInputs
+if TYPE_CHECKING:
+    from maira_sae.server.maira2.processor import ModelInputs
 
 MAX_IMAGES = 3
 

@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,13 +33,14 @@ from tqdm import tqdm
 from maira_sae.sae import dashboard as fmt
 from maira_sae.sae.activation_store import item_range
 from maira_sae.sae.model import MatryoshkaSAE
-from maira_sae.server.engine.capture import capture_batch
 from maira_sae.server.engine.types import DEFAULT_TOKEN_KINDS
-from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
-from maira_sae.server.maira2.processor import Maira2Processor, ModelInputs
 from maira_sae.server.maira2.study import Study, Task
 from maira_sae.server.maira2.tokens import TokenKind
 from maira_sae.server.training.dashboard_slots import MAX_IMAGES, ExampleSlots, TokenMeta
+
+if TYPE_CHECKING:  # the merge runs no model, so it needs none of the model's code
+    from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
+    from maira_sae.server.maira2.processor import Maira2Processor, ModelInputs
 
 KINDS = tuple(kind for kind in TokenKind if kind in DEFAULT_TOKEN_KINDS)
 
@@ -83,6 +84,8 @@ def build_dashboard(
     ``study_ids`` spares reading them all for their ids. With ``shard`` (I, N), only part I of
     N of the studies (``shard_studies``) is run and ``out`` gets a partial dashboard, which
     ``merge_dashboards`` combines with the other parts."""
+    from maira_sae.server.engine.capture import capture_batch
+
     task = task or Task()
     ids = list(study_ids) if study_ids is not None else [s.study_id for s in studies]
     todo = range(len(studies)) if shard is None else shard_studies(*shard, len(studies), settings)
