@@ -101,10 +101,9 @@ def _feature(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         args.html.write_text(page, encoding="utf-8")
     if args.json:
         return print_json(feature.to_dict(), out)
-    score = feature.interpretation_score
     print(f"feature   {feature.feature}", file=out)
     print(f"label     {feature.label or '(none)'}", file=out)
-    print(f"score     {'-' if score is None else f'{score:.3f}'}", file=out)
+    print(f"score     {_optional_score(feature.interpretation_score)}", file=out)
     if feature.provenance is not None:
         print(f"source    {feature.provenance.summary()}", file=out)
     print(f"norm      {feature.decoder_norm:.4f}", file=out)
@@ -153,9 +152,15 @@ def _search(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         )
     else:
         table(
-            ("match", "score", "feature", "label"),
+            ("match", "relevance", "feature", "label", "label score"),
             [
-                (m.kind or "", f"{m.score:.3f}", m.feature.feature, m.feature.label or "")
+                (
+                    m.kind or "",
+                    f"{m.score:.3f}",
+                    m.feature.feature,
+                    m.feature.label or "",
+                    _optional_score(m.feature.interpretation_score),
+                )
                 for m in result.matches
             ],
             out,
@@ -219,7 +224,7 @@ def _top(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     if args.picture_features:
         _check_features(client, result.sae_id, args.picture_features)
     if args.heatmap:
-        _write_heatmap(study, result, args)
+        _write_heatmap(client, study, result, args)
     if args.html:
         kinds = TEXT_KINDS | {TokenKind.IMAGE_PATCH} if args.html_images else TEXT_KINDS
         encoded = client.encode(study, token_filter=TokenFilter(kinds=kinds), **options)
@@ -262,7 +267,9 @@ def _check_features(client: Client, sae_id: str, features: Sequence[int]) -> Non
             )
 
 
-def _write_heatmap(study: Study, result: TopFeaturesResult, args: argparse.Namespace) -> None:
+def _write_heatmap(
+    client: Client, study: Study, result: TopFeaturesResult, args: argparse.Namespace
+) -> None:
     image_index = (args.image_indices or [0])[0]
     drawn = pictures.features_on_image(result, image_index, args.picture_features, args.pictures)
     wanted = len(args.picture_features) if args.picture_features else args.pictures
@@ -273,8 +280,10 @@ def _write_heatmap(study: Study, result: TopFeaturesResult, args: argparse.Names
             f"fire on image {image_index}",
             file=sys.stderr,
         )
+    # decoded here as the server decoded it: its DICOM settings, not this client's defaults
+    pixels = study.images()[image_index][1].pixels(dicom=client.info().dicom.options())
     picture = pictures.top_features_heatmap(
-        study.images()[image_index][1].pixels(),
+        pixels,
         result,
         image_index=image_index,
         features=args.picture_features,
@@ -350,3 +359,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _optional_score(score: float | None) -> str:
+    return "-" if score is None else f"{score:.3f}"

@@ -28,16 +28,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import overload
 
-from maira_sae.server.training.cli import documented_command, shard_spec
+from maira_sae.server.training.cli import shard_spec
 from maira_sae.server.training.model_loading import add_model_loading_arguments, load_model
 
 
 def add_build_dashboard_command(commands: argparse._SubParsersAction) -> None:
-    parser = documented_command(
-        commands,
+    parser = commands.add_parser(
         "build-dashboard",
-        "build an SAE's feature dashboards (density, histogram, top examples) offline",
-        __doc__,
+        help="build an SAE's feature dashboards (density, histogram, top examples) offline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="MAIRA-2 folder or hub id")
     parser.add_argument("--sae", required=True, type=Path, help="the SAE folder")
@@ -61,11 +61,11 @@ def add_build_dashboard_command(commands: argparse._SubParsersAction) -> None:
 
 
 def add_merge_dashboards_command(commands: argparse._SubParsersAction) -> None:
-    parser = documented_command(
-        commands,
+    parser = commands.add_parser(
         "merge-dashboards",
-        "merge the partial dashboards of build-dashboard --shard I/N into one dashboard",
-        __doc__,
+        help="merge the partial dashboards of build-dashboard --shard I/N into one dashboard",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("partials", nargs="+", type=Path, help="the N shards' --out folders")
     parser.add_argument(
