@@ -23,8 +23,20 @@ A dashboard folder (by default ``dashboard/`` inside the SAE folder) holds two f
     uint8 [studies, images, side, side] (each study's films, downscaled; zeros where absent).
     While incomplete it also holds the builder's ``sample_*`` reservoir (``sample_key``
     float32 [F, sample] plus the example fields), from which the quantile examples are drawn.
+    Empty slots hold -1 in every field and no content, whatever the build saw before.
 
-No pickle: JSON and safetensors only.
+A *partial* dashboard is what one shard of a build writes (``build-dashboard --shard I/N``):
+the same two files, whose metadata adds ``shard``: ``{"index": I, "count": N, "studies":
+[first, end)}`` (the contiguous run of studies it covers; ``studies_done`` counts from the
+whole set's start), and whose tensors are the builder's state over those studies: counts,
+``top_*`` and the ``sample_*`` reservoir with its keys (the quantile examples are drawn only
+once all shards are merged), ``thumbnails`` of its own studies only. Slots are ordered by a
+total order (top: value descending, then study, then position; sample: key ascending, then
+study, then position), so merging the partials of shards 0..N-1 (``merge-dashboards``) gives
+the very files one process writes. ``Dashboard.load`` refuses a partial.
+
+No pickle: JSON and safetensors only. Files get the process's default mode (group-readable
+under umask 022), never safetensors' 0600.
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ METADATA_FILE = "dashboard.json"
 TENSORS_FILE = "dashboard.safetensors"
 DEFAULT_FOLDER = "dashboard"
 EXAMPLE_FIELDS = ("value", "study", "position", "kind", "image", "row", "col")
+SHARD_KEY = "shard"
 
 
 def histogram_edges(low: float = 1e-3, high: float = 1e4, per_decade: int = 10) -> np.ndarray:
@@ -100,6 +113,11 @@ class Dashboard:
     def load(cls, folder: Path) -> Dashboard:
         """Read a complete dashboard; ``ValueError`` names the file and the problem."""
         metadata = read_metadata(folder)
+        if SHARD_KEY in metadata:
+            raise ValueError(
+                f"{folder / METADATA_FILE}: the partial dashboard of shard {_shard_name(metadata)};"
+                " merge the shards' partials with merge-dashboards"
+            )
         if not metadata.get("complete"):
             raise ValueError(f"{folder / METADATA_FILE}: the build is incomplete; resume it")
         try:
@@ -232,3 +250,53 @@ def read_state(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | N
     if not (folder / METADATA_FILE).is_file():
         return None
     return read_metadata(folder), load_file(str(folder / TENSORS_FILE))
+
+
+def read_partial_metadata(folder: Path) -> dict[str, Any]:
+    """The metadata of a shard's complete partial dashboard; ``ValueError`` says why not."""
+    metadata = read_metadata(folder)
+    if SHARD_KEY not in metadata:
+        raise ValueError(f"{folder}: a whole dashboard, not a shard's partial one")
+    if not metadata.get("complete"):
+        name = _shard_name(metadata)
+        raise ValueError(
+            f"{folder}: shard {name} is incomplete (done up to study "
+            f"{metadata.get('studies_done')}); rerun build-dashboard --shard {name} to finish it"
+        )
+    return metadata
+
+
+def read_partial_tensors(folder: Path) -> dict[str, np.ndarray]:
+    try:
+        return load_file(str(folder / TENSORS_FILE))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{folder / TENSORS_FILE}: {error}") from error
+
+
+def check_shards_cover_the_studies(partials: list[tuple[dict[str, Any], Path]]) -> None:
+    """``ValueError`` unless the partials (sorted by first study) are of one split into N shards
+    and cover every study once: each of the N shards, no more, no less."""
+    count = partials[0][0][SHARD_KEY]["count"]
+    indices = sorted(metadata[SHARD_KEY]["index"] for metadata, _ in partials)
+    if any(metadata[SHARD_KEY]["count"] != count for metadata, _ in partials):
+        raise ValueError("the partials come from splits into different numbers of shards")
+    if indices != list(range(count)):
+        missing = sorted(set(range(count)) - set(indices))
+        twice = sorted({i for i in indices if indices.count(i) > 1})
+        raise ValueError(
+            f"the merge needs each of the {count} shards once: missing {missing or 'none'}, "
+            f"given twice {twice or 'none'}"
+        )
+    end = 0
+    for metadata, path in partials:
+        first, stop = metadata[SHARD_KEY]["studies"]
+        if first != end:
+            raise ValueError(f"{path}: covers studies {first}..{stop - 1}, expected from {end}")
+        end = stop
+    if end != len(partials[0][0]["study_ids"]):
+        raise ValueError(f"the shards cover {end} of {len(partials[0][0]['study_ids'])} studies")
+
+
+def _shard_name(metadata: dict[str, Any]) -> str:
+    shard = metadata[SHARD_KEY]
+    return f"{shard['index']}/{shard['count']}"

@@ -6,6 +6,7 @@
     maira-sae-server make-demo --studies STUDIES   # the world's held-out studies as a folder
     maira-sae-server train-sae --model PATH --studies FOLDER --out DIR
     maira-sae-server build-dashboard --model PATH --sae SAE --studies FOLDER [--thumbnails]
+    maira-sae-server merge-dashboards PARTIAL... --out DIR   # build-dashboard --shard I/N's
     maira-sae-server explain --model PATH --sae SAE --studies FOLDER --out FILE [--explainer llm]
     maira-sae-server merge-explanations --out FILE PROGRESS...   # ranges run apart, as one
     maira-sae-server check-snapshot PATH_OR_HUB_ID [--json]   # will it load? (no tensor data read)
@@ -34,7 +35,12 @@ from maira_sae.server.training.cli import (
     run_harvest,
     run_train_sae,
 )
-from maira_sae.server.training.dashboard_cli import add_build_dashboard_command, run_build_dashboard
+from maira_sae.server.training.dashboard_cli import (
+    add_build_dashboard_command,
+    add_merge_dashboards_command,
+    run_build_dashboard,
+    run_merge_dashboards,
+)
 from maira_sae.server.training.explain_cli import (
     add_explain_commands,
     run_explain,
@@ -80,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     add_train_sae_command(commands)
     add_harvest_command(commands)
     add_build_dashboard_command(commands)
+    add_merge_dashboards_command(commands)
     add_explain_commands(commands)
     check = commands.add_parser(
         "check-snapshot",
@@ -187,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_harvest(args)
     if args.command == "build-dashboard":
         return run_build_dashboard(args)
+    if args.command == "merge-dashboards":
+        return run_merge_dashboards(args)
     if args.command == "explain":
         return run_explain(args)
     if args.command == "merge-explanations":

@@ -108,7 +108,7 @@ def add_harvest_command(commands: argparse._SubParsersAction) -> None:
     _add_harvest_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="the store folder")
     parser.add_argument(
-        "--shard", type=_shard, default="0/1", help="I/N: harvest part I (from 0) of N"
+        "--shard", type=shard_spec, default="0/1", help="I/N: harvest part I (from 0) of N"
     )
 
 
@@ -206,7 +206,7 @@ def _device_problem(name: str) -> str | None:
     return None
 
 
-def _shard(text: str) -> tuple[int, int]:
+def shard_spec(text: str) -> tuple[int, int]:
     part, _, count = text.partition("/")
     try:
         index, total = int(part), int(count)

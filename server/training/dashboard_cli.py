@@ -3,6 +3,8 @@ written beside the SAE (its ``dashboard/``), where the server finds them.
 
     maira-sae-server build-dashboard --model microsoft/maira-2 --sae SAE_FOLDER \\
         --studies STUDIES [--out DIR] [--top-k 20] [--thumbnails]
+    maira-sae-server build-dashboard ... --shard I/N --out PARTS/part-I   # N processes or pods
+    maira-sae-server merge-dashboards PARTS/part-* --out SAE_FOLDER/dashboard
 
 STUDIES has the layout of ``maira_sae.server.training.study_folder`` (read one study at a
 time); a study's findings.txt is teacher-forced, so report tokens count too. Run the same
@@ -10,6 +12,12 @@ command again to resume an interrupted build. Studies hold patient data: without
 ``--thumbnails`` the dashboard stores study ids and token positions only; with it, each top
 example's heat map and text context and downscaled films (share such a file as you would the
 studies). The file format is documented in ``maira_sae.sae.dashboard``.
+
+``--shard I/N`` runs part I (from 0) of N contiguous runs of the studies (in name order, in
+whole --batch batches) and writes a partial dashboard to --out; ``merge-dashboards`` combines
+the N partials into the dashboard one process writes, to the last bit (give every shard the
+same options). A shard resumes as a whole build does; the merge refuses incomplete, missing or
+foreign partials.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import overload
 
+from maira_sae.server.training.cli import shard_spec
 from maira_sae.server.training.model_loading import add_model_loading_arguments, load_model
 
 
@@ -33,7 +42,9 @@ def add_build_dashboard_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="MAIRA-2 folder or hub id")
     parser.add_argument("--sae", required=True, type=Path, help="the SAE folder")
     parser.add_argument("--studies", required=True, type=Path, help="folder of study folders")
-    parser.add_argument("--out", type=Path, help="default: the SAE folder's dashboard/")
+    parser.add_argument(
+        "--out", type=Path, help="default: the SAE folder's dashboard/ (with --shard: required)"
+    )
     parser.add_argument("--layer", type=int, help="default: the SAE's own config")
     parser.add_argument("--top-k", type=int, default=20, help="top studies kept per feature")
     parser.add_argument(
@@ -43,11 +54,30 @@ def add_build_dashboard_command(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch", type=int, default=4, help="studies per forward")
     parser.add_argument("--save-every", type=int, default=32, help="studies between saves")
+    parser.add_argument(
+        "--shard", type=shard_spec, help="I/N: build part I (from 0) of N as a partial dashboard"
+    )
     add_model_loading_arguments(parser)
+
+
+def add_merge_dashboards_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "merge-dashboards",
+        help="merge the partial dashboards of build-dashboard --shard I/N into one dashboard",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("partials", nargs="+", type=Path, help="the N shards' --out folders")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="the dashboard folder (e.g. SAE_FOLDER/dashboard)"
+    )
 
 
 def run_build_dashboard(args: argparse.Namespace) -> int:
     """Run ``build-dashboard``; torch and the model load only now, not for ``--help``."""
+    if args.shard is not None and args.out is None:
+        print("maira-sae-server: build-dashboard --shard needs --out", file=sys.stderr)
+        return 2
     from maira_sae.sae.dashboard import DEFAULT_FOLDER
     from maira_sae.sae.formats import load_sae
     from maira_sae.server.maira2.checkpoint import resolve_device
@@ -68,8 +98,24 @@ def run_build_dashboard(args: argparse.Namespace) -> int:
         save_every=args.save_every,
     )
     studies = FolderStudies(args.studies)
-    build_dashboard(model, processor, sae, layer, studies, out, settings, study_ids=studies.ids)
-    print(f"dashboard written: {out}")
+    ids = studies.ids
+    build_dashboard(
+        model, processor, sae, layer, studies, out, settings, study_ids=ids, shard=args.shard
+    )
+    print(f"{'partial ' if args.shard else ''}dashboard written: {out}")
+    return 0
+
+
+def run_merge_dashboards(args: argparse.Namespace) -> int:
+    """Run ``merge-dashboards``: no model, only the partials' files."""
+    from maira_sae.server.training.dashboards import merge_dashboards
+
+    try:
+        merge_dashboards(args.partials, args.out)
+    except ValueError as error:
+        print(f"maira-sae-server merge-dashboards: {error}", file=sys.stderr)
+        return 2
+    print(f"dashboard written: {args.out}")
     return 0
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from maira_sae.server.maira2.processor import ModelInputs
+if TYPE_CHECKING:
+    from maira_sae.server.maira2.processor import ModelInputs
 
 MAX_IMAGES = 3
 
@@ -59,6 +60,9 @@ FIELD_DTYPES = {
     "row": np.int16,
     "col": np.int16,
 }
+# What an empty slot holds, whatever token it was last drawn from.
+EMPTY_FIELDS = {"value": -math.inf, **dict.fromkeys(FIELD_DTYPES.keys() - {"value"}, -1)}
+EMPTY_CONTENT = {"heatmap": 0.0, "context_ids": -1, "context_values": 0.0}
 
 
 class ExampleSlots:
@@ -72,15 +76,17 @@ class ExampleSlots:
     def empty(
         cls, d_sae: int, slots: int, grid: tuple[int, int], context: int, *, content: bool
     ) -> ExampleSlots:
-        fields = {name: torch.full((d_sae, slots), -1, dtype=torch.long) for name in FIELD_DTYPES}
-        fields["value"] = torch.full((d_sae, slots), -math.inf)
+        fields = {
+            name: torch.full((d_sae, slots), empty, dtype=_dtype(name))
+            for name, empty in EMPTY_FIELDS.items()
+        }
         extra = {}
         if content:
-            window = 2 * context + 1
+            window = (2 * context + 1,)
+            shapes = {"heatmap": grid, "context_ids": window, "context_values": window}
             extra = {
-                "heatmap": torch.zeros(d_sae, slots, *grid),
-                "context_ids": torch.full((d_sae, slots, window), -1, dtype=torch.long),
-                "context_values": torch.zeros(d_sae, slots, window),
+                name: torch.full((d_sae, slots, *shapes[name]), empty, dtype=_dtype(name))
+                for name, empty in EMPTY_CONTENT.items()
             }
         return cls(fields, extra)
 
@@ -115,11 +121,10 @@ class ExampleSlots:
         """Keep the strongest of the current slots and this study's strongest token of each
         feature (``candidates`` [F, kept]): one example per study, so the top examples are
         the studies where the feature fires hardest, each at its peak token."""
-        slots = self.fields["value"].shape[1]
         best = candidates.topk(1, dim=1)
         new = {"value": best.values, **meta.gather(best.indices)}
         new_extra = _content_of(new, codes, inputs, self.extra) if content and self.extra else {}
-        self._keep(torch.cat([self.fields["value"], best.values], dim=1), new, new_extra, slots)
+        self.keep_strongest(ExampleSlots(new, new_extra))
 
     def merge_by_key(
         self,
@@ -129,34 +134,62 @@ class ExampleSlots:
         meta: TokenMeta,
     ) -> torch.Tensor:
         """Keep the slots with the smallest random keys (a uniform sample); returns the keys."""
-        slots = current_keys.shape[1]
-        best = keys.topk(min(slots, keys.shape[1]), dim=1, largest=False)
+        best = keys.topk(min(current_keys.shape[1], keys.shape[1]), dim=1, largest=False)
         new = {"value": candidates.gather(1, best.indices), **meta.gather(best.indices)}
-        all_keys = torch.cat([current_keys, best.values], dim=1)
-        order = self._keep(-all_keys, new, {}, slots)
+        return self.keep_smallest_keys(current_keys, ExampleSlots(new, {}), best.values)
+
+    def keep_strongest(self, other: ExampleSlots) -> None:
+        """Keep the strongest examples of both, by value, ties by study then position: an order
+        that does not depend on the order examples arrive in, so the shards of a build merge
+        into the slots one process keeps."""
+        both = self._joined(other)
+        fields = both.fields
+        order = _ascending(-fields["value"], fields["study"], fields["position"])
+        self._become(both.take(order[:, : self.slots]))
+
+    def keep_smallest_keys(
+        self, keys: torch.Tensor, other: ExampleSlots, other_keys: torch.Tensor
+    ) -> torch.Tensor:
+        """Keep the examples of both with the smallest keys (ties by study then position);
+        returns their keys."""
+        both = self._joined(other)
+        all_keys = torch.cat([keys, other_keys], dim=1)
+        order = _ascending(all_keys, both.fields["study"], both.fields["position"])
+        order = order[:, : self.slots]
+        self._become(both.take(order))
         return all_keys.gather(1, order)
 
-    def _keep(
-        self,
-        score: torch.Tensor,
-        new: dict[str, torch.Tensor],
-        new_extra: dict[str, torch.Tensor],
-        slots: int,
-    ) -> torch.Tensor:
-        order = score.topk(slots, dim=1).indices
-        for name in self.fields:
-            both = torch.cat([self.fields[name], new[name]], dim=1)
-            self.fields[name] = both.gather(1, order)
-        for name, tensor in self.extra.items():
-            both = torch.cat([tensor, new_extra[name]], dim=1)
-            index = order.view(*order.shape, *([1] * (tensor.dim() - 2))).expand(
-                -1, -1, *tensor.shape[2:]
-            )
-            self.extra[name] = both.gather(1, index)
-        return order
+    @property
+    def slots(self) -> int:
+        return self.fields["value"].shape[1]
 
     def take(self, picks: torch.Tensor) -> ExampleSlots:
-        return ExampleSlots({name: t.gather(1, picks) for name, t in self.fields.items()}, {})
+        """The examples at ``picks`` [F, n] (slot indices), content included."""
+        extra = {
+            name: tensor.gather(1, picks.view(*picks.shape, *[1] * (tensor.dim() - 2)).expand(
+                -1, -1, *tensor.shape[2:]))
+            for name, tensor in self.extra.items()
+        }  # fmt: skip
+        return ExampleSlots({name: t.gather(1, picks) for name, t in self.fields.items()}, extra)
+
+    def _joined(self, other: ExampleSlots) -> ExampleSlots:
+        """Both sets of slots side by side; ``other``'s empty slots blanked first, so an empty
+        slot is the same whatever token it was drawn from."""
+        empty = ~torch.isfinite(other.fields["value"])
+        fields = {
+            name: torch.cat([mine, other.fields[name].masked_fill(empty, EMPTY_FIELDS[name])], 1)
+            for name, mine in self.fields.items()
+        }
+        extra = {}
+        for name, tensor in self.extra.items():
+            theirs = other.extra[name]
+            mask = empty.view(*empty.shape, *[1] * (theirs.dim() - 2))
+            blank = theirs.masked_fill(mask, EMPTY_CONTENT[name])
+            extra[name] = torch.cat([tensor, blank], dim=1)
+        return ExampleSlots(fields, extra)
+
+    def _become(self, other: ExampleSlots) -> None:
+        self.fields, self.extra = other.fields, other.extra
 
     def arrays(self, group: str, *, content: bool) -> dict[str, np.ndarray]:
         value = self.fields["value"]
@@ -207,3 +240,17 @@ def _image_starts(inputs: ModelInputs) -> torch.Tensor:
         if token.image_index is not None and token.grid_row == 0 and token.grid_col == 0:
             starts[token.image_index] = token.position
     return torch.tensor(starts, dtype=torch.long)
+
+
+def _ascending(*keys: torch.Tensor) -> torch.Tensor:
+    """Per row, the slot indices that sort ``keys`` [F, n] ascending, the first key first and
+    each next one breaking its ties (stable sorts, least significant key first)."""
+    order = keys[-1].argsort(dim=1, stable=True)
+    for key in reversed(keys[:-1]):
+        order = order.gather(1, key.gather(1, order).argsort(dim=1, stable=True))
+    return order
+
+
+def _dtype(name: str) -> torch.dtype:
+    """Slots hold token fields as int64 and values as float32 (written narrower)."""
+    return torch.float32 if name in ("value", "heatmap", "context_values") else torch.long

@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,14 +31,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from maira_sae.sae import dashboard as fmt
+from maira_sae.sae.activation_store import item_range
 from maira_sae.sae.model import MatryoshkaSAE
-from maira_sae.server.engine.capture import capture_batch
 from maira_sae.server.engine.types import DEFAULT_TOKEN_KINDS
-from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
-from maira_sae.server.maira2.processor import Maira2Processor, ModelInputs
 from maira_sae.server.maira2.study import Study, Task
 from maira_sae.server.maira2.tokens import TokenKind
 from maira_sae.server.training.dashboard_slots import MAX_IMAGES, ExampleSlots, TokenMeta
+
+if TYPE_CHECKING:  # the merge runs no model, so it needs none of the model's code
+    from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
+    from maira_sae.server.maira2.processor import Maira2Processor, ModelInputs
 
 KINDS = tuple(kind for kind in TokenKind if kind in DEFAULT_TOKEN_KINDS)
 
@@ -74,30 +76,39 @@ def build_dashboard(
     *,
     task: Task | None = None,
     study_ids: Sequence[str] | None = None,
+    shard: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> Path:
     """Write (or finish) the dashboard of ``sae`` over ``studies`` into ``out`` (findings
     reports by default). ``studies`` may read each study on access: each is read once, and
-    ``study_ids`` spares reading them all for their ids."""
+    ``study_ids`` spares reading them all for their ids. With ``shard`` (I, N), only part I of
+    N of the studies (``shard_studies``) is run and ``out`` gets a partial dashboard, which
+    ``merge_dashboards`` combines with the other parts."""
+    from maira_sae.server.engine.capture import capture_batch
+
     task = task or Task()
     ids = list(study_ids) if study_ids is not None else [s.study_id for s in studies]
+    todo = range(len(studies)) if shard is None else shard_studies(*shard, len(studies), settings)
     identity = _identity(sae, layer, ids, settings, processor.patch_grid)
+    if shard is not None:
+        covered = [todo.start, todo.stop]
+        identity[fmt.SHARD_KEY] = {"index": shard[0], "count": shard[1], "studies": covered}
     state = fmt.read_state(out)
-    builder = _Builder(sae.d_sae, processor.patch_grid, len(studies), settings)
-    done = 0
+    builder = _Builder(sae.d_sae, processor.patch_grid, todo, settings)
+    done = todo.start
     if state is not None:
         if not _same_build(state[0], identity):
             raise ValueError(
-                f"{out} holds a dashboard of another SAE, study set or settings; remove it or "
-                "choose another output folder"
+                f"{out} holds a dashboard of another SAE, study set, settings or shard; remove it"
+                " or choose another output folder"
             )
         if state[0]["complete"]:
             return out
         builder.restore(state[1], state[0])
         done = state[0]["studies_done"]
-    bar = tqdm(total=len(studies), initial=done, disable=not progress, desc="dashboard")
-    for start in range(done, len(studies), settings.batch_size):
-        chunk = range(start, min(start + settings.batch_size, len(studies)))
+    bar = tqdm(total=len(todo), initial=done - todo.start, disable=not progress, desc="dashboard")
+    for start in range(done, todo.stop, settings.batch_size):
+        chunk = range(start, min(start + settings.batch_size, todo.stop))
         read = [studies[i] for i in chunk]
         inputs = [processor.process(s.study, task, s.report) for s in read]
         residuals = capture_batch(model, inputs, {layer}, pad_token_id=processor.pad_token_id)
@@ -108,11 +119,53 @@ def build_dashboard(
             builder.add(index, study_inputs, codes, study.study)
         done = chunk.stop
         bar.update(len(chunk))
-        if done < len(studies) and done // settings.save_every > start // settings.save_every:
+        if done < todo.stop and done // settings.save_every > start // settings.save_every:
             _save(out, identity, builder, done, complete=False)
     bar.close()
     _save(out, identity, builder, done, complete=True)
     return out
+
+
+def shard_studies(
+    part: int, num_parts: int, num_studies: int, settings: DashboardSettings
+) -> range:
+    """The studies of part ``part`` of ``num_parts``: contiguous runs of whole batches, so each
+    study is run in the batch one process would run it in (its codes equal to the last bit)."""
+    batch = settings.batch_size
+    batches = item_range(part, num_parts, -(-num_studies // batch))
+    return range(min(batches.start * batch, num_studies), min(batches.stop * batch, num_studies))
+
+
+def merge_dashboards(partials: Sequence[Path], out: Path) -> Path:
+    """Merge the partial dashboards of every shard of one build into the dashboard ``out``, the
+    one a single process writes (same top examples in the same order, same counts, same
+    files). ``ValueError`` names a partial that is incomplete, of another build, or missing."""
+    headers = sorted(
+        ((fmt.read_partial_metadata(p), p) for p in partials),
+        key=lambda pair: pair[0][fmt.SHARD_KEY]["studies"][0],
+    )
+    first = headers[0][0]
+    identity = {key: first[key] for key in first if key not in _PROGRESS_KEYS}
+    fmt.check_shards_cover_the_studies(headers)
+    for metadata, path in headers:
+        if not _same_build(metadata, identity):
+            raise ValueError(f"{path}: a partial of another SAE, study set or settings")
+    settings = DashboardSettings(
+        **{**first["settings"], "quantiles": tuple(first["settings"]["quantiles"])}
+    )
+    grid = (first["grid"][0], first["grid"][1])
+    merged: _Builder | None = None
+    for metadata, path in headers:  # one partial in memory at a time, beside the merge
+        part = _Builder(first["d_sae"], grid, range(*metadata[fmt.SHARD_KEY]["studies"]), settings)
+        part.restore(fmt.read_partial_tensors(path), metadata)
+        merged = part if merged is None else merged.absorb(part)
+    assert merged is not None
+    _save(out, identity, merged, len(first["study_ids"]), complete=True)
+    return out
+
+
+# What differs between a build's saved states: the rest of their metadata is its identity.
+_PROGRESS_KEYS = frozenset({fmt.SHARD_KEY, "tokens_by_kind", "studies_done", "complete"})
 
 
 def _identity(
@@ -166,16 +219,18 @@ def _save(
         "studies_done": done,
         "complete": complete,
     }
-    fmt.write_dashboard(out, metadata, builder.tensors(final=complete))
+    final = complete and fmt.SHARD_KEY not in identity  # a shard keeps its sample to merge
+    fmt.write_dashboard(out, metadata, builder.tensors(final=final))
 
 
 class _Builder:
     """The running statistics of every feature (CPU tensors)."""
 
     def __init__(
-        self, d_sae: int, grid: tuple[int, int], num_studies: int, settings: DashboardSettings
+        self, d_sae: int, grid: tuple[int, int], studies: range, settings: DashboardSettings
     ) -> None:
         self._settings = settings
+        self._studies = studies  # the study indices it may be given (thumbnails are of these)
         self._grid = grid
         self._edges = torch.tensor(fmt.histogram_edges()[1:-1], dtype=torch.float32)
         self._num_bins = len(self._edges) + 1
@@ -189,7 +244,7 @@ class _Builder:
         self._sample_key = torch.full((d_sae, settings.sample_size), math.inf)
         side = settings.thumbnail_side
         self._thumbnails = (
-            np.zeros((num_studies, MAX_IMAGES, side, side), dtype=np.uint8)
+            np.zeros((len(studies), MAX_IMAGES, side, side), dtype=np.uint8)
             if settings.with_content
             else None
         )
@@ -218,7 +273,7 @@ class _Builder:
         self._sample_key = self._sample.merge_by_key(keys, self._sample_key, candidates, meta)
         if self._thumbnails is not None:
             for image_index, (_, pixels) in enumerate(study.images()):
-                self._thumbnails[index, image_index] = _thumbnail(
+                self._thumbnails[index - self._studies.start, image_index] = _thumbnail(
                     pixels, self._settings.thumbnail_side
                 )
 
@@ -250,13 +305,30 @@ class _Builder:
         if self._thumbnails is not None:
             self._thumbnails = tensors["thumbnails"].copy()
 
+    def absorb(self, other: _Builder) -> _Builder:
+        """Add the statistics of ``other``, built over the studies right after this one's; the
+        result is what one builder given both runs of studies holds."""
+        if other._studies.start != self._studies.stop:
+            raise ValueError(f"studies {other._studies} do not follow {self._studies}")
+        self._tokens += other._tokens
+        self._firing += other._firing
+        self._histogram += other._histogram
+        self._top.keep_strongest(other._top)
+        self._sample_key = self._sample.keep_smallest_keys(
+            self._sample_key, other._sample, other._sample_key
+        )
+        if self._thumbnails is not None and other._thumbnails is not None:
+            self._thumbnails = np.concatenate([self._thumbnails, other._thumbnails])
+        self._studies = range(self._studies.start, other._studies.stop)
+        return self
+
     def _quantile_examples(self) -> ExampleSlots:
         """From each feature's sample, sorted by value: the tokens at the quantiles."""
         quantiles = self._settings.quantiles
         sample = self._sample
         valid = torch.isfinite(self._sample_key)
         values = torch.where(valid, sample.fields["value"], torch.tensor(math.inf))
-        order = values.argsort(dim=1)  # ascending; empty slots last
+        order = values.argsort(dim=1, stable=True)  # ascending; empty slots last
         count = valid.sum(dim=1, keepdim=True)
         ranks = torch.tensor(quantiles).view(1, -1) * (count - 1).clamp(min=0)
         picks = order.gather(1, ranks.round().long())

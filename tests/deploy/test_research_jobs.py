@@ -7,7 +7,7 @@ The schema and security tests of test_schemas.py and test_policies.py run on thi
 
 from __future__ import annotations
 
-import re
+import argparse
 import stat
 import subprocess
 from pathlib import Path
@@ -15,10 +15,16 @@ from typing import Any
 
 import pytest
 
+from maira_sae.sae.dashboard import DEFAULT_FOLDER
 from maira_sae.server.cli import _parser as server_parser
+from maira_sae.server.training.explain.progress import progress_path_for
 from tests.deploy.manifests import Rendered, render
 
 HARVEST, TRAIN, EXPLAIN = "maira-sae-harvest", "maira-sae-train-sae", "maira-sae-explain"
+DASHBOARD, MERGE_DASHBOARDS = "maira-sae-dashboard", "maira-sae-merge-dashboards"
+MERGE_EXPLANATIONS = "maira-sae-merge-explanations"
+JOBS = (HARVEST, TRAIN, DASHBOARD, MERGE_DASHBOARDS, EXPLAIN, MERGE_EXPLANATIONS)
+GPU_JOBS = (HARVEST, TRAIN, DASHBOARD)
 RESEARCH_CLAIM = "maira-sae-research"
 
 
@@ -52,11 +58,8 @@ def test_the_research_overlay_adds_the_jobs_to_the_serving_install(research: Ren
     gpu = render("gpu")
     serving = {(o["kind"], o["metadata"]["name"]) for o in gpu.objects}
     ours = {(o["kind"], o["metadata"]["name"]) for o in research.objects}
-    assert ours - serving == {
-        ("Job", HARVEST),
-        ("Job", TRAIN),
-        ("Job", EXPLAIN),
-        ("PersistentVolumeClaim", RESEARCH_CLAIM),
+    assert ours - serving == {("Job", name) for name in JOBS} | {
+        ("PersistentVolumeClaim", RESEARCH_CLAIM)
     }
     claim = research.one("PersistentVolumeClaim", RESEARCH_CLAIM)
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -65,7 +68,7 @@ def test_the_research_overlay_adds_the_jobs_to_the_serving_install(research: Ren
 
 def test_jobs_run_the_servers_image_and_security_context(research: Rendered):
     server_pod = research.pod_spec
-    for name in (HARVEST, TRAIN, EXPLAIN):
+    for name in JOBS:
         pod = job(research, name)["spec"]["template"]["spec"]
         assert pod["securityContext"] == server_pod["securityContext"], name
         assert pod["serviceAccountName"] == server_pod["serviceAccountName"]
@@ -81,33 +84,40 @@ def test_jobs_run_the_servers_image_and_security_context(research: Rendered):
 
 
 def test_every_job_sets_its_resources_and_mounts_the_shared_volume(research: Rendered):
-    for name in (HARVEST, TRAIN, EXPLAIN):
+    for name in JOBS:
         pod = job(research, name)["spec"]["template"]["spec"]
         resources = container(job(research, name))["resources"]
         assert {"cpu", "memory"} <= resources["requests"].keys(), name
         assert "memory" in resources["limits"], name
         (volume,) = [v for v in pod["volumes"] if v["name"] == "research"]
         assert volume["persistentVolumeClaim"] == {"claimName": RESEARCH_CLAIM}
-    gpus = {
-        name: container(job(research, name))["resources"]["limits"] for name in (HARVEST, TRAIN)
-    }
+    gpus = {name: container(job(research, name))["resources"]["limits"] for name in GPU_JOBS}
     assert all(limits["nvidia.com/gpu"] == 1 for limits in gpus.values())
-    assert "nvidia.com" not in repr(job(research, EXPLAIN))  # interpretation runs on CPUs
+    for name in set(JOBS) - set(GPU_JOBS):  # interpretation and the merges run on CPUs
+        assert "nvidia.com" not in repr(job(research, name)), name
+
+
+def indexed_pods(rendered: Rendered, name: str, command: str) -> list[argparse.Namespace]:
+    """The parsed arguments of every pod of an Indexed Job whose pod I runs shard I/N, N being
+    its completions, of ``command``."""
+    indexed = job(rendered, name)
+    spec = indexed["spec"]
+    assert spec["completionMode"] == "Indexed"
+    pods = [
+        server_parser().parse_args(expanded_args(indexed, index))
+        for index in range(spec["completions"])
+    ]
+    assert {args.command for args in pods} == {command}
+    assert [args.shard for args in pods] == [(i, spec["completions"]) for i in range(len(pods))]
+    env = {e["name"]: e for e in container(indexed)["env"]}
+    field = env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert field == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    return pods
 
 
 def test_harvest_is_indexed_and_each_pod_harvests_its_own_shard(research: Rendered):
-    harvest = job(research, HARVEST)
-    spec = harvest["spec"]
-    assert spec["completionMode"] == "Indexed"
-    shards = set()
-    for index in range(spec["completions"]):
-        args = server_parser().parse_args(expanded_args(harvest, index))
-        assert args.command == "harvest" and args.shard[1] == spec["completions"]
-        shards.add(args.shard[0])
-    assert shards == set(range(spec["completions"]))
-    env = {e["name"]: e for e in container(harvest)["env"]}
-    field = env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
-    assert field == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    pods = indexed_pods(research, HARVEST, "harvest")
+    assert len({args.out for args in pods}) == 1  # one store
 
 
 def test_training_trains_on_the_harvests_store_and_waits_its_turn(research: Rendered):
@@ -121,12 +131,27 @@ def test_training_trains_on_the_harvests_store_and_waits_its_turn(research: Rend
         harvest.model,
     )
     assert train.layer == harvest.layer
-    assert train_job["spec"]["suspend"] is True
-    assert job(research, EXPLAIN)["spec"]["suspend"] is True
+    for name in set(JOBS) - {HARVEST}:  # each waits for the step before it
+        assert job(research, name)["spec"]["suspend"] is True, name
     assert "suspend" not in job(research, HARVEST)["spec"]
 
 
-def test_interpretation_pods_cover_every_feature_once(research: Rendered, tmp_path: Path):
+def test_dashboard_shards_cover_the_studies_and_merge_into_the_sae_folder(research: Rendered):
+    harvest = server_parser().parse_args(expanded_args(job(research, HARVEST), 0))
+    train = server_parser().parse_args(expanded_args(job(research, TRAIN), 0))
+    pods = indexed_pods(research, DASHBOARD, "build-dashboard")
+    for args in pods:
+        assert args.sae == train.out / "sae" and args.layer in (None, train.layer)
+        assert (args.studies, args.model) == (harvest.studies, harvest.model)
+    parts = [args.out for args in pods]
+    assert len(set(parts)) == len(parts)  # each pod writes its own partial
+    merge = server_parser().parse_args(expanded_args(job(research, MERGE_DASHBOARDS), 0))
+    assert merge.command == "merge-dashboards"
+    assert merge.partials == parts  # every shard's, no other
+    assert merge.out == train.out / "sae" / DEFAULT_FOLDER  # where the server finds it
+
+
+def test_interpretation_pods_cover_every_feature_once_and_merge(research: Rendered, tmp_path: Path):
     """The shell line each pod runs, run here by sh with the pod's environment and a stand-in
     ``maira-sae-server`` on PATH that prints the arguments it gets."""
     explain = job(research, EXPLAIN)
@@ -140,7 +165,7 @@ def test_interpretation_pods_cover_every_feature_once(research: Rendered, tmp_pa
     assert set(secret[0]["valueFrom"]) == {"secretKeyRef"} and not research.all("Secret")
     train = server_parser().parse_args(expanded_args(job(research, TRAIN), 0))
     covered: list[int] = []
-    outputs = set()
+    outputs: list[Path] = []
     for index in range(spec["completions"]):
         printed = subprocess.run(
             ["sh", "-c", *only["args"]],
@@ -149,12 +174,15 @@ def test_interpretation_pods_cover_every_feature_once(research: Rendered, tmp_pa
             text=True,
             check=True,
         ).stdout.splitlines()
-        assert printed[0] == "explain"
-        flags = dict(zip(printed[1::2], printed[2::2], strict=True))
-        assert flags["--sae"] == str(train.out / "sae")
-        assert flags["--llm-base-url"] == env["OPENAI_BASE_URL"] and flags["--explainer"] == "llm"
-        first, end = map(int, re.fullmatch(r"(\d+):(\d+)", flags["--features"]).groups())
-        covered += range(first, end)
-        outputs.add(flags["--out"])
+        args = server_parser().parse_args(printed)  # the real parser: real flags only
+        assert args.command == "explain" and args.sae == train.out / "sae"
+        assert args.llm_base_url == env["OPENAI_BASE_URL"] and args.explainer == "llm"
+        assert args.out.suffix == ".csv"  # the interpretation file; progress beside it
+        covered += args.features
+        outputs.append(args.out)
     assert covered == list(range(train.dict_size))  # every feature once, in order
-    assert len(outputs) == spec["completions"]  # each pod writes its own file
+    assert len(set(outputs)) == spec["completions"]  # each pod writes its own file
+    merge = server_parser().parse_args(expanded_args(job(research, MERGE_EXPLANATIONS), 0))
+    assert merge.command == "merge-explanations"
+    assert merge.progress == [progress_path_for(out) for out in outputs]
+    assert merge.out == train.out / "sae" / "interpretations.csv"

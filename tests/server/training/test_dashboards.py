@@ -5,6 +5,7 @@ server serves what build-dashboard writes."""
 from __future__ import annotations
 
 import shutil
+import stat
 from collections import defaultdict
 from dataclasses import replace
 
@@ -14,6 +15,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from maira_sae.sae.dashboard import METADATA_FILE, TENSORS_FILE, Dashboard, read_metadata
+from maira_sae.sae.file_modes import current_umask
 from maira_sae.server.cli import main
 from maira_sae.server.engine.types import EncodeRequest
 from maira_sae.server.maira2.study import Study
@@ -25,7 +27,9 @@ from maira_sae.server.training.dashboards import (
     DashboardSettings,
     DashboardStudy,
     build_dashboard,
+    merge_dashboards,
 )
+from tests.support.dashboards import assert_same_dashboard
 from tests.support.servers import demo_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -47,7 +51,7 @@ def studies() -> list[DashboardStudy]:
     ]
 
 
-def build(engine, studies, out, **settings):
+def build(engine, studies, out, shard=None, **settings):
     entry = engine.sae("")
     return build_dashboard(
         engine.model,
@@ -57,6 +61,7 @@ def build(engine, studies, out, **settings):
         studies,
         out,
         DashboardSettings(top_k=3, sample_size=8, **settings),
+        shard=shard,
         progress=False,
     )
 
@@ -175,3 +180,52 @@ def test_build_dashboard_command_writes_what_the_server_serves(demo_checkpoint, 
     details = engine.feature("", 3)
     assert details.dashboard is not None and details.dashboard.num_studies == 2
     assert {e.study_id for e in details.dashboard.top_examples} <= {"a", "b"}
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_merged_shards_equal_one_process_with_content(engine, studies, tmp_path, shards):
+    single = build(engine, studies, tmp_path / "single", with_content=True, batch_size=2)
+    parts = [
+        build(
+            engine,
+            studies,
+            tmp_path / f"part-{index}",
+            with_content=True,
+            batch_size=2,
+            shard=(index, shards),
+        )
+        for index in reversed(range(shards))  # the order the shards finish in does not matter
+    ]
+    covered = [read_metadata(part)["shard"]["studies"] for part in reversed(parts)]
+    assert covered == ([[0, 5]] if shards == 1 else [[0, 2], [2, 4], [4, 5]])  # whole batches
+    with pytest.raises(ValueError, match="partial dashboard of shard"):
+        Dashboard.load(parts[0])
+    merged = merge_dashboards(parts, tmp_path / "merged")
+    assert_same_dashboard(merged, single)
+    for name in (METADATA_FILE, TENSORS_FILE):  # group-readable, as the serving pods need
+        assert stat.S_IMODE((merged / name).stat().st_mode) == 0o666 & ~current_umask()
+        assert stat.S_IMODE((parts[0] / name).stat().st_mode) == 0o666 & ~current_umask()
+
+
+def test_the_merge_refuses_missing_unfinished_or_foreign_partials(engine, studies, tmp_path):
+    def part(index, count, chosen=studies, **settings):
+        out = tmp_path / f"{len(chosen)}-{index}-of-{count}-{len(settings)}"
+        return build(engine, chosen, out, batch_size=1, shard=(index, count), **settings)
+
+    first, second = part(0, 2), part(1, 2)
+    with pytest.raises(ValueError, match=r"each of the 2 shards once: missing \[1\]"):
+        merge_dashboards([first], tmp_path / "out")
+    with pytest.raises(ValueError, match=r"given twice \[0\]"):
+        merge_dashboards([first, first, second], tmp_path / "out")
+    with pytest.raises(ValueError, match="a partial of another SAE, study set or settings"):
+        merge_dashboards([first, part(1, 2, context=2)], tmp_path / "out")
+    with pytest.raises(ValueError, match="splits into different numbers of shards"):
+        merge_dashboards([first, part(1, 3)], tmp_path / "out")
+    text = (second / METADATA_FILE).read_text()
+    (second / METADATA_FILE).write_text(text.replace('"complete": true', '"complete": false'))
+    with pytest.raises(ValueError, match=r"shard 1/2 is incomplete .* --shard 1/2"):
+        merge_dashboards([first, second], tmp_path / "out")
+    whole = build(engine, studies, tmp_path / "whole")
+    with pytest.raises(ValueError, match="a whole dashboard, not a shard's partial one"):
+        merge_dashboards([whole], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

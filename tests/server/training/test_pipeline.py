@@ -1,6 +1,8 @@
-"""The sharded harvest on the world demo, run by the local pipeline runner as the cluster's
-Indexed Job runs it: three shard processes fill one store equal, bit for bit, to one process's
-harvest; a harvest killed with SIGKILL resumes and keeps the shards it finished."""
+"""The research pipeline on the world demo, run by the local pipeline runner as the cluster's
+Jobs run it: three harvest shard processes fill one store equal, bit for bit, to one process's
+harvest, and the SAE trained on it gets dashboards from two shard processes whose merge equals
+one process's dashboard, file for file; a harvest killed with SIGKILL resumes and keeps the
+shards it finished."""
 
 from __future__ import annotations
 
@@ -14,14 +16,26 @@ import torch
 from PIL import Image
 
 from maira_sae.sae.activation_store import StoreReader, open_store, part_manifest_path
-from maira_sae.server.training.pipeline import SERVER_CLI, STORE, main
+from maira_sae.sae.dashboard import DEFAULT_FOLDER, Dashboard, read_metadata
+from maira_sae.server.training.pipeline import (
+    SERVER_CLI,
+    STORE,
+    dashboard_part,
+    main,
+    sae_folder,
+)
 from maira_sae.server.training.store_harvest import TOKEN_COLUMNS
 from tests.reliability._support import wait_until
+from tests.support.dashboards import assert_same_dashboard
 
 STUDIES = 6
 SHARD_TOKENS = "--shard-tokens=150"  # a few shards per part
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
+# A tiny SAE, trained in a few seconds: the point is the files the steps hand on, not its quality.
+TRAIN_OPTIONS = ["--k", "8", "--dict-size", "128", "--steps", "30", "--batch-size", "256"]
+TRAIN_OPTIONS += ["--warmup-steps", "5", "--threshold-start-step", "10"]
+DASHBOARD_OPTIONS = ["--device=cpu", "--batch=2", "--top-k=3", "--thumbnails"]
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +100,16 @@ def assert_same_store(store, reference) -> None:
     assert ours.manifest.settings == theirs.manifest.settings
 
 
-def test_three_shard_processes_equal_one_process(
+@pytest.mark.timeout(900)  # nine processes one after another; each loads torch and the model
+def test_three_harvest_shards_and_two_dashboard_shards_equal_one_process(
     world_model, world_studies, single_process_store, tmp_path
 ):
     options = ["--harvest-option=--device=cpu", "--harvest-option=--drop-boilerplate"]
     options += ["--harvest-option=--harvest-batch=1", f"--harvest-option={SHARD_TOKENS}"]
-    argv = ["--local", "--shards", "3", "--parallel", "2", "--harvest-only"]
+    options += [f"--dashboard-option={option}" for option in DASHBOARD_OPTIONS]
+    argv = ["--local", "--shards", "3", "--dashboard-shards", "2", "--parallel", "2"]
     argv += ["--model", world_model, "--studies", str(world_studies), "--work", str(tmp_path)]
-    assert main([*argv, *options]) == 0
+    assert main([*argv, "--until", "dashboards", *options, "--", *TRAIN_OPTIONS]) == 0
     manifest = open_store(tmp_path / STORE)
     assert manifest.complete and manifest.num_items == STUDIES
     parts = [json.loads(part_manifest_path(tmp_path / STORE, i, 3).read_text()) for i in range(3)]
@@ -101,6 +117,15 @@ def test_three_shard_processes_equal_one_process(
     assert_same_store(tmp_path / STORE, single_process_store)
     study_index = StoreReader(tmp_path / STORE).read(0, manifest.rows, "study_index")
     assert study_index.unique().tolist() == list(range(STUDIES))
+
+    shards = [read_metadata(dashboard_part(tmp_path, i))["shard"]["studies"] for i in range(2)]
+    assert shards == [[0, 2], [2, 6]]  # whole batches of 2: 3 batches split 1 + 2
+    single = tmp_path / "single-dashboard"
+    argv = ["build-dashboard", "--model", world_model, "--sae", str(sae_folder(tmp_path))]
+    argv += ["--studies", str(world_studies), "--out", str(single), *DASHBOARD_OPTIONS]
+    subprocess.run([*SERVER_CLI, *argv], check=True, stderr=subprocess.DEVNULL)
+    assert_same_dashboard(sae_folder(tmp_path) / DEFAULT_FOLDER, single)
+    assert Dashboard.load(single).feature(0).num_studies == STUDIES
 
 
 def test_a_killed_harvest_resumes_and_keeps_its_finished_shards(
@@ -135,5 +160,5 @@ def test_a_killed_harvest_resumes_and_keeps_its_finished_shards(
 
 
 def test_the_runner_checks_its_arguments():
-    with pytest.raises(SystemExit, match="--shards and --parallel"):
+    with pytest.raises(SystemExit, match="--shards, --dashboard-shards, --explain-shards"):
         main(["--local", "--shards", "0", "--model", "m", "--studies", "s", "--work", "w"])

@@ -132,6 +132,8 @@ def test_writing_the_loaded_artifact_gives_the_committed_bytes(world_demo, loade
         neighbours = values[feature, max(rank - 1, 0) : rank + 2]
         tied = np.isclose(neighbours, values[feature, rank], rtol=1e-5)
         assert tied.sum() >= 2, f"feature {feature}: top study {rank} moved, with no tie"
+    filled = ~np.isnan(shipped["top_value"])
+    assert (rebuilt["top_study"][~filled] == -1).all()  # an empty slot holds no study
 
 
 def test_ensure_world_demo_reuses_a_current_build_and_replaces_a_stale_one(world_demo, tmp_path):

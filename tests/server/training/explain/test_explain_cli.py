@@ -6,10 +6,13 @@ from __future__ import annotations
 import base64
 import io
 import json
+import stat
+from dataclasses import replace
 
 import pytest
 from PIL import Image
 
+from maira_sae.sae.file_modes import current_umask
 from maira_sae.sae.interpretation_file import read_interpretation_file
 from maira_sae.server.cli import main
 from maira_sae.server.training.explain.progress import ProgressFile, Status
@@ -101,6 +104,15 @@ def test_offline_ranges_resume_and_merge_into_one_file(world, tmp_path, capsys):
     assert main(["merge-explanations", "--out", str(merged), *progress]) == 0
     assert json.loads(capsys.readouterr().out)["features"] == 20
     assert read_interpretation_file(merged) == records + read_interpretation_file(second)
+
+    whole = tmp_path / "whole.csv"  # the ranges merged equal one run over all (but the dates)
+    assert main(explain(world, whole, "--features", "0:20")) == 0
+    capsys.readouterr()
+    undated = [
+        [replace(r, created=None) for r in read_interpretation_file(f)] for f in (merged, whole)
+    ]
+    assert undated[0] == undated[1]
+    assert stat.S_IMODE(merged.stat().st_mode) == 0o666 & ~current_umask()  # group-readable
 
 
 def test_films_with_heat_maps_reach_the_llm_explainer(world, tmp_path, capsys):
