@@ -303,8 +303,9 @@ class BatchingConfig:
     stream_buffer_events: int = field(
         default=512,
         metadata=_help(
-            "events a GenerateSteered stream may hold unsent; past it the call's rows stop"
-            " and it ends RESOURCE_EXHAUSTED (a client that does not read)"
+            "events of a GenerateSteered stream that may wait for the connection to take"
+            " them (what the caller's HTTP/2 window holds is taken); past it the call's rows"
+            " stop and it ends RESOURCE_EXHAUSTED (a client that does not read)"
         ),
     )
 
