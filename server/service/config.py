@@ -267,9 +267,10 @@ class BatchingConfig:
         default="dynamic",
         metadata=_help(
             "'dynamic': the KV cache grows and shrinks with the rows; 'static': every buffer"
-            " is allocated at start (max_decode_rows slots of limits.max_sequence_tokens"
-            " positions, within max_kv_positions) so the decode step has fixed shapes and"
-            " can be compiled"
+            " is allocated at start (max_decode_rows slots of limits.max_prompt_tokens +"
+            " max_new_tokens positions, within max_sequence_tokens and max_kv_positions) so"
+            " the decode step has fixed shapes and can be compiled; for CUDA (refused off"
+            " CUDA past a 512 MiB cache)"
         ),
     )
     decode_compile: str = field(
