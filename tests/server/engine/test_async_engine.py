@@ -97,9 +97,7 @@ def test_draining_refuses_new_work_as_unavailable(scheduler):
         asyncio.run(scheduler.analyse("x", None))
 
 
-def test_cutting_the_calls_in_flight_ends_them_unavailable_and_stops_their_rows(
-    scheduler, engine
-):
+def test_cutting_the_calls_in_flight_ends_them_unavailable_and_stops_their_rows(scheduler, engine):
     """The end of a drain: a running generation and a queued analysis end UNAVAILABLE at
     once, the generation's rows leave at the next step, and later calls are refused."""
 
