@@ -1,4 +1,4 @@
-"""Build the wheel, install it with the server extra in a clean venv, and use it from there.
+"""Build the wheel, install it with the server and llm extras in a clean venv, and use it.
 
 The tests import the working tree (through the link tree `make install` puts on the venv's
 path), so a package or data file missing from the wheel would pass them. This installs the
@@ -70,7 +70,7 @@ def smoke(work: Path) -> None:
     venv = work / "venv"
     run([sys.executable, "-m", "venv", venv], cwd=work)
     # The server extra pins torch exactly, so this takes the CPU wheel, never a CUDA build.
-    run([venv / "bin" / "python", "-m", "pip", "install", "-q", f"{wheel}[server]"], cwd=work)
+    run([venv / "bin" / "python", "-m", "pip", "install", "-q", f"{wheel}[server,llm]"], cwd=work)
     run([venv / "bin" / "python", "-c", _CHECK, json.dumps(packaged_files())], cwd=work)
     for command in ("maira-sae", "maira-sae-server"):
         run([venv / "bin" / command, "--help"], cwd=work)

@@ -9,15 +9,16 @@ requests arriving within a short window share a forward pass (while generations 
 window is waited for), so analysis never waits for a whole generation, nor generations for a
 stream of analyses. Work whose deadline has passed is dropped before it reaches the model; a
 cancelled call, an expired one, and one whose caller does not read its stream
-(``stream_buffer_events`` unsent) leave at the next step.
+(``stream_buffer_events`` events the connection has not taken) leave at the next step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from maira_sae.server.engine.admission_policy import AdmissionPolicy
@@ -93,6 +94,8 @@ class AsyncEngine:
         self._admitted = 0  # queued plus running; touched on the event loop only
         self._mean_hold_s = MIN_RETRY_AFTER_S  # running mean of how long a place is held
         self._accepting = True
+        self._in_flight: set[AnalysisJob | GenerateJob] = set()  # on the event loop only
+        self._cut: str | None = None  # once set, every call ends UNAVAILABLE with it
         self._thread = threading.Thread(target=self._serve, name="maira-sae-engine", daemon=True)
 
     def start(self) -> None:
@@ -101,6 +104,19 @@ class AsyncEngine:
     def stop_accepting(self) -> None:
         """Drain: new work is refused with UNAVAILABLE; admitted work still completes."""
         self._accepting = False
+
+    def cut_in_flight(self, reason: str) -> int:
+        """End every admitted call now with UNAVAILABLE (``reason``), on the event loop: the
+        end of a drain, so that calls still running end with a status the caller can act on
+        (and a log line) instead of being cancelled by the transport. Their rows leave at the
+        next step; calls still being prepared are refused when they reach the queue. Returns
+        how many calls were running or queued."""
+        self._accepting = False
+        self._cut = reason
+        jobs = list(self._in_flight)
+        for job in jobs:
+            job.cut(Unavailable(reason))
+        return len(jobs)
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._queue.close()
@@ -133,9 +149,9 @@ class AsyncEngine:
             job = AnalysisJob(
                 loop=loop, deadline=deadline, prepared=prepared, future=loop.create_future()
             )
-            self._queue.put(job)
-            assert job.future is not None
-            return await job.future
+            with self._queued(job):
+                assert job.future is not None
+                return await job.future
 
     async def generate(
         self,
@@ -143,7 +159,10 @@ class AsyncEngine:
         deadline: float | None,
         admission: Admission | None = None,
     ) -> AsyncIterator[GenerationEvent]:
-        """Stream the events of one generation; closing the iterator stops the generation."""
+        """Stream the events of one generation; closing the iterator stops the generation.
+
+        An event counts against ``stream_buffer_events`` until the consumer asks for the next
+        one: the servicer's caller (grpc) asks only once its write of the event returned."""
         with admission or self.admit():
             job = GenerateJob(
                 loop=asyncio.get_running_loop(),
@@ -151,17 +170,31 @@ class AsyncEngine:
                 prepared=prepared,
                 buffer_limit=self._stream_buffer_events,
             )
-            self._queue.put(job)
-            try:
-                while True:
-                    item = await job.receive()
-                    if item is None:
-                        return
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield item
-            finally:
-                job.stop.set()
+            with self._queued(job):
+                try:
+                    while True:
+                        item = await job.receive()
+                        if item is None:
+                            return
+                        if isinstance(item, BaseException):
+                            raise item
+                        yield item
+                        job.taken()
+                finally:
+                    job.stop.set()
+
+    @contextlib.contextmanager
+    def _queued(self, job: AnalysisJob | GenerateJob) -> Iterator[None]:
+        """``job`` queued for the engine and in flight until the block ends (refused at once
+        once the calls in flight have been cut)."""
+        if self._cut is not None:
+            raise Unavailable(self._cut)
+        self._in_flight.add(job)
+        self._queue.put(job)
+        try:
+            yield
+        finally:
+            self._in_flight.discard(job)
 
     def _retry_after_s(self) -> float:
         """With every place taken, one frees up about every mean-hold / queue-size seconds; a

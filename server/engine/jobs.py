@@ -2,8 +2,10 @@
 
 A job is created on the caller's event loop and finished on the engine thread, which answers
 through ``post`` (thread-safe, and harmless once the caller's loop has closed). A generation's
-events wait in a bounded buffer: past ``buffer_limit`` unsent events the job stops with
-RESOURCE_EXHAUSTED (a caller that does not read its stream).
+events are pending from the moment the engine sends them until the caller reports them
+``taken`` (the servicer does once grpc's write of the event has returned, that is once the
+transport accepted it into HTTP/2 flow control): past ``buffer_limit`` pending events the job
+stops with RESOURCE_EXHAUSTED (a caller that does not read its stream).
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ class AnalysisJob(Job):
         assert self.future is not None
         self.post(_settle, self.future, outcome)
 
+    def cut(self, error: BaseException) -> None:
+        """End the call now with ``error`` (on the caller's loop); the engine drops it."""
+        assert self.future is not None
+        _settle(self.future, error)
+
     def stop_reason(self) -> LeaveReason | None:
         assert self.future is not None
         return LeaveReason.CANCELLED if self.future.done() else None  # the caller went away
@@ -61,15 +68,17 @@ class AnalysisJob(Job):
 
 @dataclass(eq=False)
 class GenerateJob(Job):
-    """``send`` runs on the engine thread, ``receive`` on the caller's loop; at most
-    ``buffer_limit`` events wait between them, then the job stops with RESOURCE_EXHAUSTED."""
+    """``send`` runs on the engine thread, ``receive`` and ``taken`` on the caller's loop; at
+    most ``buffer_limit`` events are pending (sent, and not yet ``taken``), then the job stops
+    with RESOURCE_EXHAUSTED."""
 
     prepared: PreparedGeneration | None = None
     buffer_limit: int = DEFAULT_STREAM_BUFFER_EVENTS
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     stop: threading.Event = field(default_factory=threading.Event)
-    _unsent: int = 0
+    _pending: int = 0
     _overflowed: bool = False
+    _cut: BaseException | None = None  # set on the caller's loop: the call ends with it
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(self, item: GenerationEvent | BaseException | None) -> None:
@@ -79,16 +88,18 @@ class GenerateJob(Job):
                 return
             if isinstance(item, BaseException | None):
                 pass  # the end always fits
-            elif self._unsent >= self.buffer_limit:
+            elif self._pending >= self.buffer_limit:
                 self._overflowed = True
                 self.stop.set()
                 item = ResourceExhausted(
-                    f"the stream's buffer of {self.buffer_limit} unsent events is full "
-                    "(batching.stream_buffer_events): read the stream as it arrives",
+                    f"the caller stopped reading: {self.buffer_limit} events of this stream "
+                    "were waiting for the connection to take them "
+                    "(batching.stream_buffer_events), so its generation was stopped; read "
+                    "the stream as it arrives",
                     retry_after_s=1.0,
                 )
             else:
-                self._unsent += 1
+                self._pending += 1
         self.post(self.events.put_nowait, item)
 
     def stop_reason(self) -> LeaveReason | None:
@@ -97,11 +108,21 @@ class GenerateJob(Job):
         return LeaveReason.CANCELLED if self.stop.is_set() else None
 
     async def receive(self) -> GenerationEvent | BaseException | None:
+        """The next event, or the end; once ``cut``, its error before any event still queued."""
         item = await self.events.get()
-        if not isinstance(item, BaseException | None):
-            with self._lock:
-                self._unsent -= 1
-        return item
+        return item if self._cut is None else self._cut
+
+    def cut(self, error: BaseException) -> None:
+        """End the call now with ``error`` (on the caller's loop): its rows leave at the next
+        step, and the events not yet received are dropped."""
+        self._cut = error
+        self.stop.set()
+        self.events.put_nowait(error)
+
+    def taken(self) -> None:
+        """One received event has left the server (the transport took it)."""
+        with self._lock:
+            self._pending -= 1
 
 
 def _settle(future: asyncio.Future, outcome: object) -> None:

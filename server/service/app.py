@@ -4,7 +4,8 @@ Start-up order matters to Kubernetes: the plaintext health port and the metrics 
 at once and report NOT_SERVING while the model loads (minutes for 14 GB); the main port opens
 once the model is loaded, and health turns SERVING only after a warm-up pass has run through
 the engine. On SIGTERM or SIGINT health turns NOT_SERVING, new calls get UNAVAILABLE, calls in
-flight get ``serving.drain_grace_s`` to finish, and the process exits 0.
+flight get ``serving.drain_grace_s`` to finish (those still running near its end get
+UNAVAILABLE), and the process exits 0.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MairaSae"].full_name
 HEALTH_SERVICES = ("", SERVICE_NAME)
 HEALTH_STOP_GRACE_S = 0.5
+# The calls still running when this much of the drain grace is left are ended (UNAVAILABLE),
+# so that they end with a status before the transport cancels them: up to 2 s, a fifth of a
+# short grace.
+DRAIN_CUT_AHEAD_S = 2.0
+DRAIN_CUT_AHEAD_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ class MairaSaeServer:
         if self._scheduler is not None:
             self._scheduler.stop_accepting()
         if self._server is not None:
-            await self._server.stop(grace)
+            await self._drain(self._server, grace)
         if self._scheduler is not None:
             await asyncio.to_thread(self._scheduler.close)
         if self._servicer is not None:
@@ -110,6 +116,23 @@ class MairaSaeServer:
             await self._health_server.stop(HEALTH_STOP_GRACE_S)
         self.metrics.stop()
         log.info(json.dumps({"event": "stopped"}))
+
+    async def _drain(self, server: grpc.aio.Server, grace: float) -> None:
+        """Let calls in flight finish within ``grace``; shortly before it runs out, end those
+        still running with UNAVAILABLE (each gets its status and its access-log line) rather
+        than leave them to be cancelled by the transport. A call whose caller does not read
+        cannot take its status: it is cancelled at the end of the grace, and logged then."""
+        stopping = asyncio.create_task(server.stop(grace))
+        cut_after = grace - min(DRAIN_CUT_AHEAD_S, grace * DRAIN_CUT_AHEAD_SHARE)
+        done, _ = await asyncio.wait({stopping}, timeout=cut_after)
+        if not done and self._scheduler is not None:
+            calls = self._scheduler.cut_in_flight(
+                f"the server is shutting down and its drain grace of {grace:g} s"
+                " (serving.drain_grace_s) ran out before this call ended; retry on another"
+                " replica"
+            )
+            log.info(json.dumps({"event": "drain_cut", "calls": calls, "grace_s": grace}))
+        await stopping
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for service in HEALTH_SERVICES:

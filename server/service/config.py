@@ -275,9 +275,10 @@ class BatchingConfig:
         default="dynamic",
         metadata=_help(
             "'dynamic': the KV cache grows and shrinks with the rows; 'static': every buffer"
-            " is allocated at start (max_decode_rows slots of limits.max_sequence_tokens"
-            " positions, within max_kv_positions) so the decode step has fixed shapes and"
-            " can be compiled"
+            " is allocated at start (max_decode_rows slots of limits.max_prompt_tokens +"
+            " max_new_tokens positions, within max_sequence_tokens and max_kv_positions) so"
+            " the decode step has fixed shapes and can be compiled; for CUDA (refused off"
+            " CUDA past a 512 MiB cache)"
         ),
     )
     decode_compile: str = field(
@@ -311,8 +312,9 @@ class BatchingConfig:
     stream_buffer_events: int = field(
         default=512,
         metadata=_help(
-            "events a GenerateSteered stream may hold unsent; past it the call's rows stop"
-            " and it ends RESOURCE_EXHAUSTED (a client that does not read)"
+            "events of a GenerateSteered stream that may wait for the connection to take"
+            " them (what the caller's HTTP/2 window holds is taken); past it the call's rows"
+            " stop and it ends RESOURCE_EXHAUSTED (a client that does not read)"
         ),
     )
 

@@ -172,13 +172,33 @@ class _CallRecord:
     def __enter__(self) -> _CallRecord:
         self.token = _request_id.set(self.request_id)
         self.start = time.perf_counter()
+        self.finished = False
         self.metrics.request_started(self.method)
         self.context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
+        self.context.add_done_callback(self._rpc_done)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._finish(self._code(exc_type))
+        try:
+            _request_id.reset(self.token)
+        except ValueError:  # a stream closed from another context (a task of the GC's)
+            _request_id.set("-")
+
+    def _rpc_done(self, _: object) -> None:
+        """The call has ended. A stream cancelled while grpc was writing it (a caller that does
+        not read, cancelled by the caller or at the end of a drain) never resumes the
+        behaviour; its generators close later, if at all before the process exits: it is
+        recorded here."""
+        if not self.finished:
+            self._finish(self._code(asyncio.CancelledError))
+
+    def _finish(self, code: str) -> None:
+        """Count the call and write its access-log line, once."""
+        if self.finished:
+            return
+        self.finished = True
         duration = time.perf_counter() - self.start
-        code = self._code(exc_type)
         self.metrics.request_finished(self.method, code, duration)
         access_log.info(
             json.dumps(
@@ -193,10 +213,6 @@ class _CallRecord:
                 }
             )
         )
-        try:
-            _request_id.reset(self.token)
-        except ValueError:  # a stream closed from another context (a task of the GC's)
-            _request_id.set("-")
 
     def _code(self, exc_type: type[BaseException] | None) -> str:
         code = self.context.code()  # set by abort() or set_code()

@@ -22,7 +22,7 @@ from maira_sae.sae.catalogue import FeatureCatalogue
 from maira_sae.sae.dashboard import DEFAULT_FOLDER as DEFAULT_DASHBOARD_FOLDER
 from maira_sae.sae.formats import SaeFormatError, load_sae
 from maira_sae.server.engine.dashboard_source import DashboardSource
-from maira_sae.server.engine.decode_sizing import DecodeSizing, size_decode
+from maira_sae.server.engine.decode_sizing import DecodeSizing, RowLimits, size_decode
 from maira_sae.server.engine.engine import Engine, SaeEntry
 from maira_sae.server.engine.schedule import BatchLimits
 from maira_sae.server.engine.token_limits import TokenLimits
@@ -125,18 +125,25 @@ def _size_decode(
         max_kv_positions=batching.max_kv_positions,
         prefill_token_budget=batching.prefill_token_budget,
     )
+    rows = RowLimits(
+        max_prompt_tokens=token_limits.max_prompt_tokens,
+        max_new_tokens=config.limits.max_new_tokens,
+        max_sequence_tokens=token_limits.max_sequence_tokens,
+        rows_per_call=config.limits.max_variants,
+        interventions_per_row=config.limits.max_interventions_per_variant,
+    )
     try:
         decode = size_decode(
             requested,
             model,
             setting=batching.decode_setting,
-            max_sequence_tokens=token_limits.max_sequence_tokens,
-            rows_per_call=config.limits.max_variants,
-            interventions_per_row=config.limits.max_interventions_per_variant,
+            rows=rows,
             memory_fraction=batching.kv_memory_fraction,
         )
     except ValueError as error:
         raise StartupError(str(error)) from error
+    if decode.warning is not None:
+        log.warning(json.dumps({"event": "static_decode_off_cuda", "warning": decode.warning}))
     if decode.limits != requested:
         log.info(json.dumps({"event": "decode_limits", **vars(decode.limits)}))
     return decode

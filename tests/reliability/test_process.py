@@ -295,3 +295,62 @@ def test_missing_or_corrupt_file_fails_start_with_one_line_naming_it(start_attem
     errors = [json.loads(line) for line in stderr.splitlines() if '"level": "ERROR"' in line]
     assert len(errors) == 1, stderr
     assert BREAKAGES[name].file in errors[0]["error"], errors[0]
+
+
+def test_sigterm_past_the_grace_ends_every_call_with_a_status_and_a_log_line(
+    demo_checkpoint, tmp_path
+):
+    """Calls still running when the drain grace runs out end UNAVAILABLE, saying why; a call
+    whose caller does not read is cancelled at the end of the grace; each has one access-log
+    line, and none holds request text."""
+    grace_s = 3.0
+    config = demo_server_config(demo_checkpoint, serving={"drain_grace_s": grace_s})
+    server = ServerProcess(config, tmp_path)
+    server.start()
+    reading, unread = 5, 1
+    long = pb.GenerateRequest(
+        study=study(SMALL_PNG, indication=CANARY),
+        settings=pb.GenerationSettings(max_new_tokens=1024, temperature=3.0, seed=1),
+        variants=[pb.Variant() for _ in range(4)],
+    )
+    # The unread caller's window is 1 KiB, so the server's write to it blocks.
+    window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
+    try:
+        with (
+            grpc.insecure_channel(server.target) as channel,
+            grpc.insecure_channel(server.target, options=window) as unread_channel,
+            ThreadPoolExecutor(reading) as pool,
+        ):
+            stub = pb_grpc.MairaSaeStub(channel)
+            in_flight = [
+                pool.submit(outcome_of, lambda: stub.GenerateSteered(long, timeout=120))
+                for _ in range(reading)
+            ]
+            never_read = pb_grpc.MairaSaeStub(unread_channel).GenerateSteered(long, timeout=120)
+            wait_until(
+                lambda: queue_depth(server.metrics_port) == reading + unread,
+                30,
+                what="every call to be admitted",
+            )
+            signalled = time.monotonic()
+            server.signal(signal.SIGTERM)
+            outcomes = [future.result(60) for future in in_flight]
+            ended_s = time.monotonic() - signalled
+            assert server.wait(60) == 0
+            with pytest.raises(grpc.RpcError):
+                list(never_read)
+    finally:
+        server.stop()
+    assert ended_s < grace_s + 2.0
+    for outcome in outcomes:
+        assert outcome.code == grpc.StatusCode.UNAVAILABLE, outcome
+        assert "drain grace" in outcome.details
+    lines = [json.loads(line) for line in server.stderr.splitlines() if line.startswith("{")]
+    calls = [line for line in lines if line.get("method", "").endswith("/GenerateSteered")]
+    codes = Counter(line["code"] for line in calls)
+    # One line a call. The unread call ends UNAVAILABLE too when the cut finds it between
+    # writes, and CANCELLED when grpc cancels it at the end of the grace, mid-write.
+    assert sum(codes.values()) == reading + unread, codes
+    assert set(codes) <= {"UNAVAILABLE", "CANCELLED"}, codes
+    assert any(line.get("event") == "drain_cut" for line in lines)
+    assert CANARY not in server.stderr

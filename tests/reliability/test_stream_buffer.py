@@ -2,8 +2,8 @@
 ``batching.stream_buffer_events``; past that its rows stop and the call ends RESOURCE_EXHAUSTED,
 instead of the engine generating on into an unbounded queue.
 
-Driven at the scheduler, behind a fake engine: through a real channel, gRPC's own flow-control
-window would hold the few small events a test can afford to generate."""
+Driven at the scheduler, behind a fake engine: an event counts until the consumer asks for the
+next one. Over a real connection (and the caller's HTTP/2 window): test_unread_stream.py."""
 
 from __future__ import annotations
 

@@ -97,6 +97,33 @@ def test_draining_refuses_new_work_as_unavailable(scheduler):
         asyncio.run(scheduler.analyse("x", None))
 
 
+def test_cutting_the_calls_in_flight_ends_them_unavailable_and_stops_their_rows(scheduler, engine):
+    """The end of a drain: a running generation and a queued analysis end UNAVAILABLE at
+    once, the generation's rows leave at the next step, and later calls are refused."""
+
+    async def scenario() -> None:
+        stream = scheduler.generate(fake_prepared(max_new_tokens=100_000), None)
+        await anext(stream)
+        engine.gate.clear()  # the analysis queues behind the engine
+        analysis = asyncio.create_task(scheduler.analyse("queued", None))
+        await asyncio.sleep(0.05)
+        assert scheduler.cut_in_flight("the grace ran out") == 2
+        with pytest.raises(Unavailable, match="the grace ran out"):
+            await anext(stream)
+        with pytest.raises(Unavailable, match="the grace ran out"):
+            await analysis
+        engine.gate.set()
+        with pytest.raises(Unavailable, match="shutting down"):
+            await scheduler.analyse("late", None)
+
+    asyncio.run(scenario())
+    asyncio.run(wait_until(lambda: bool(engine.stopped)))
+    assert engine.stopped == [FinishReason.CANCELLED]
+    stopped_at = engine.generated
+    time.sleep(0.1)
+    assert engine.generated == stopped_at < 100_000
+
+
 def test_a_failed_batch_fails_its_requests_and_the_scheduler_keeps_serving(scheduler, engine):
     engine.fail_next = True
     with pytest.raises(InvalidArgument, match="this batch is bad"):

@@ -5,6 +5,9 @@ call's edit (a hook that stopped firing under capture would leave the baseline's
 
 from __future__ import annotations
 
+import json
+import logging
+
 import pytest
 import torch
 
@@ -103,6 +106,25 @@ def test_a_static_cache_that_cannot_hold_one_call_refuses_to_start(demo_checkpoi
     )  # 6 slots, and a call may have 8 variants
     with pytest.raises(StartupError, match="cannot hold one call"):
         load_runtime(config, Metrics())
+
+
+def test_off_cuda_the_default_static_cache_is_refused_and_a_small_one_warned(
+    demo_checkpoint, width, caplog
+):
+    default = demo_config(demo_checkpoint, batching=BatchingConfig(decode_path="static"))
+    with pytest.raises(StartupError, match=r"32 rows x 6144 positions \([\d,]+ MiB\).*'dynamic'"):
+        load_runtime(default, Metrics())
+    small = demo_config(
+        demo_checkpoint,
+        limits=LimitsConfig(max_sequence_tokens=width, max_variants=SLOTS),
+        batching=BatchingConfig(decode_path="static", max_kv_positions=SLOTS * width),
+    )
+    with caplog.at_level(logging.WARNING, logger="maira_sae.server.service.runtime"):
+        load_runtime(small, Metrics()).engine.close()
+    (line,) = [
+        json.loads(r.getMessage()) for r in caplog.records if "static_decode" in r.getMessage()
+    ]
+    assert line["event"] == "static_decode_off_cuda" and "CUDA graphs" in line["warning"]
 
 
 def test_the_static_path_generates_what_the_dynamic_path_generates(static, dynamic):

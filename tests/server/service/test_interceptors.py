@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -56,6 +57,8 @@ class Servicer(pb_grpc.MairaSaeServicer):
         return pb.EncodeResponse(sae_id=current_request_id(), total_tokens=7)
 
     async def GenerateSteered(self, request, context):  # noqa: N802
+        while request.sae_id == "endless":  # more than any window takes
+            yield pb.GenerateEvent(token=pb.TokenChunk(position=1, text="a" * 1024))
         yield pb.GenerateEvent(token=pb.TokenChunk(position=1, text="a"))
         if request.sae_id in RAISED:
             raise RAISED[request.sae_id]
@@ -254,3 +257,39 @@ def test_token_file(tmp_path):
         assert (await call_error(denied)).code() == grpc.StatusCode.UNAUTHENTICATED
 
     run(check, config=ServerConfig(auth=AuthConfig(token_file=token_file)))
+
+
+def test_a_stream_cancelled_mid_write_is_logged_when_it_ends(caplog):
+    """A caller that does not read: the servicer is suspended in grpc's write when the server
+    stops and cancels the call, and never resumes; its access-log line is written as the call
+    ends, not whenever its generators are collected."""
+
+    async def main() -> None:
+        # As at the end of a process: generators let go are not closed by the loop.
+        sys.set_asyncgen_hooks(finalizer=lambda generator: None)
+        server = grpc.aio.server(interceptors=build_interceptors(ServerConfig(), Metrics()))
+        pb_grpc.add_MairaSaeServicer_to_server(Servicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=window) as channel:
+            call = pb_grpc.MairaSaeStub(channel).GenerateSteered(
+                pb.GenerateRequest(sae_id="endless")
+            )
+            await call.initial_metadata()
+            await asyncio.sleep(0.3)  # the window is full; the server waits in its write
+            await server.stop(0.1)
+            await asyncio.sleep(0.1)  # the call's done callbacks run on the loop
+            lines = [json.loads(r.getMessage()) for r in access_records(caplog)]
+            assert [(line["method"], line["code"]) for line in lines] == [
+                ("/maira_sae.v1.MairaSae/GenerateSteered", "CANCELLED")
+            ]
+            call.cancel()
+
+    with caplog.at_level(logging.INFO, logger="maira_sae.access"):
+        asyncio.run(main())
+    assert len(access_records(caplog)) == 1  # not again when the generators close
+
+
+def access_records(caplog) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == "maira_sae.access"]
