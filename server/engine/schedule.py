@@ -5,13 +5,15 @@ returns a ``StepPlan``: which queued Encode/TopFeatures requests run as one batc
 leave and why, which calls prefill how many prompt tokens, and whether the running rows take
 a decode step. ``StepExecutor`` runs the plan; nothing here touches the model.
 
-The prefill budget goes first to the call being prefilled, then to waiting calls in the order
-the ``AdmissionPolicy`` gives, while their rows fit the row and KV limits and their prompt fits
-what is left of the budget; the first that does not fit stops the walk (the others wait). The
-first prompt of a step may be larger than the budget: it is prefilled one budget-sized chunk
-per step (chunked prefill), with a decode step for the running rows between chunks. Calls
-whose caller left, whose deadline passed or whose stream overflowed leave before the step's
-forwards; calls whose last row ended leave with the decode step's outcome.
+The analysis batch takes the first queued analyses in the order the ``AdmissionPolicy`` gives
+(the fairness policy: ``admission_policy``). The prefill budget goes first to the call being
+prefilled, then to waiting calls in the order the policy gives, while their rows fit the row
+and KV limits and their prompt fits what is left of the budget; the first that does not fit
+stops the walk (the others wait). The first prompt of a step may be larger than the budget: it
+is prefilled one budget-sized chunk per step (chunked prefill), with a decode step for the
+running rows between chunks. Calls whose caller left, whose deadline passed or whose stream
+overflowed leave before the step's forwards; calls whose last row ended leave with the decode
+step's outcome.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from maira_sae.server.engine.admission_policy import (
     AdmissionPolicy,
     FirstComeFirstServed,
+    Priority,
     WaitingCall,
 )
 
@@ -46,6 +49,10 @@ class QueuedAnalysis:
     request_id: int
     deadline: float | None = None  # time.monotonic() seconds
     stopped: LeaveReason | None = None
+    cost_tokens: int = 0  # its prompt: one forward over it
+    arrival: int = 0
+    priority: Priority = Priority.INTERACTIVE
+    served_at_arrival: int = 0
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,7 @@ def schedule(
     max_analysis_batch: int,
     policy: AdmissionPolicy | None = None,
 ) -> StepPlan:
+    policy = policy or FirstComeFirstServed()
     leaving: list[Leave] = []
 
     def stays(request_id: int, stopped: LeaveReason | None, deadline: float | None) -> bool:
@@ -128,7 +136,7 @@ def schedule(
             leaving.append(Leave(request_id, reason))
         return reason is None
 
-    analyses = [a.request_id for a in state.analyses if stays(a.request_id, a.stopped, a.deadline)]
+    analyses = [a for a in state.analyses if stays(a.request_id, a.stopped, a.deadline)]
     running = [c for c in state.running if stays(c.request_id, c.stopped, c.deadline)]
     prefilling = state.prefilling
     if prefilling is not None and not stays(
@@ -139,7 +147,7 @@ def schedule(
     batch = _BatchSoFar(limits, sum(c.rows for c in running), state.cached_positions, bool(running))
     if prefilling is not None:
         batch.prefill(prefilling.request_id, prefilling.prefill_remaining, prefilling, False)
-    for call in (policy or FirstComeFirstServed()).order(waiting):
+    for call in policy.order(waiting):
         if batch.left <= 0:
             break
         if call.prompt_tokens > batch.left and batch.left < limits.prefill_token_budget:
@@ -148,7 +156,7 @@ def schedule(
             break  # in order: later calls wait behind it (no starvation of large calls)
         batch.prefill(call.request_id, call.prompt_tokens, call, True)
     return StepPlan(
-        analyses=tuple(analyses[:max_analysis_batch]),
+        analyses=tuple(a.request_id for a in policy.order(analyses)[:max_analysis_batch]),
         leaving=tuple(leaving),
         prefill=tuple(batch.chunks),
         decode=batch.has_calls,

@@ -1,10 +1,11 @@
 """The gRPC servicer: protobuf in, domain objects to the engine and scheduler, protobuf out.
 
 Thin on purpose (the only logic is which converter and which queue). A call first takes its
-place in the scheduler (so a full server refuses it before any work), then conversion, which
-decodes images within the shared image memory budget, and preparation run on a few worker
-threads so the event loop and the engine thread stay free; errors are domain errors that the
-error-mapping interceptor turns into status codes.
+place in the scheduler, in the lane its priority metadata and size give it (``priority``), so
+a full server refuses it before any work; then conversion, which decodes images within the
+shared image memory budget, and preparation run on a few worker threads so the event loop and
+the engine thread stay free; errors are domain errors that the error-mapping interceptor turns
+into status codes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from maira_sae.server.engine.engine import Engine
 from maira_sae.server.service import feature_to_proto, from_proto, to_proto
 from maira_sae.server.service.config import ServerConfig
 from maira_sae.server.service.image_memory import ImageMemoryBudget
+from maira_sae.server.service.priority import call_priority, tokens_to_generate
 from maira_sae.v1 import maira_sae_pb2 as pb
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
 
@@ -83,7 +85,8 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
         """Encode and TopFeatures: a place in the scheduler, conversion and preparation on a
         worker thread, the analysis on the engine, and the reply built off the event loop (an
         Encode reply holds every selected token's features)."""
-        with self._scheduler.admit() as admission:
+        priority = call_priority(context.invocation_metadata())
+        with self._scheduler.admit(priority) as admission:
             prepared = await self._prepare(converter, message, self._engine.prepare_analysis)
             deadline = deadline_from_timeout(context.time_remaining)
             result = await self._scheduler.analyse(prepared, deadline, admission)
@@ -104,7 +107,9 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
     async def GenerateSteered(  # noqa: N802
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateEvent]:
-        with self._scheduler.admit() as admission:
+        priority = call_priority(context.invocation_metadata())
+        tokens = tokens_to_generate(request, self._limits.default_max_new_tokens)
+        with self._scheduler.admit(priority, tokens) as admission:
             prepared = await self._prepare(
                 from_proto.generate_request_from_proto, request, self._engine.prepare_generation
             )

@@ -263,8 +263,8 @@ def scrape_metrics(port: int, timeout_s: float = 5.0) -> dict[str, float]:
     return samples
 
 
-def queue_depth(metrics_port: int) -> float:
-    return scrape_metrics(metrics_port)["maira_sae_queue_depth"]
+def admitted_requests(metrics_port: int) -> float:
+    return scrape_metrics(metrics_port)["maira_sae_admitted_requests"]
 
 
 # -------------------------------------------------------------------------------------------

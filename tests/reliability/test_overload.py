@@ -82,7 +82,7 @@ def holding(stub: pb_grpc.MairaSaeStub, server, count: int) -> Iterator[list[_Ho
     try:
         port = server.ports.metrics
         wait_until(
-            lambda: scrape_metrics(port)["maira_sae_queue_depth"] >= count,
+            lambda: scrape_metrics(port)["maira_sae_admitted_requests"] >= count,
             timeout_s=60,
             what="the holders to be admitted",
         )
@@ -93,7 +93,7 @@ def holding(stub: pb_grpc.MairaSaeStub, server, count: int) -> Iterator[list[_Ho
         for holder in holders:
             holder.cancel()
         wait_until(
-            lambda: scrape_metrics(server.ports.metrics)["maira_sae_queue_depth"] == 0,
+            lambda: scrape_metrics(server.ports.metrics)["maira_sae_admitted_requests"] == 0,
             timeout_s=60,
             what="the queue to drain",
         )

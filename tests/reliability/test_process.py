@@ -34,7 +34,7 @@ from tests.reliability._support import (
     finished_events,
     health_status,
     outcome_of,
-    queue_depth,
+    admitted_requests,
     server_process,
     study,
 )
@@ -175,7 +175,7 @@ def test_sigterm_under_load_drains_then_exits_0(server):
             for _ in range(encodes)
         ]
         wait_until(
-            lambda: queue_depth(server.metrics_port) == streams + encodes,
+            lambda: admitted_requests(server.metrics_port) == streams + encodes,
             10,
             what="every call to be admitted",
         )

@@ -106,7 +106,7 @@ def test_metrics_endpoint_serves_the_named_metrics_and_they_move(demo_server):
     for name in (
         "maira_sae_requests_total",
         "maira_sae_request_duration_seconds",
-        "maira_sae_queue_depth",
+        "maira_sae_admitted_requests",
         "maira_sae_batch_size",
         "maira_sae_queue_wait_seconds",
         "maira_sae_time_to_first_token_seconds",
