@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from maira_sae.server.engine.async_engine import AsyncEngine
+from maira_sae.server.engine.engine_core import SchedulerObserver
 from maira_sae.server.engine.schedule import BatchLimits
 from maira_sae.server.engine.types import FinishReason
 from maira_sae.server.errors import (
@@ -51,7 +52,10 @@ async def wait_until(condition: Callable[[], bool]) -> None:
 def test_a_full_queue_refuses_at_once_with_a_retry_delay_and_admits_again_after(scheduler, engine):
     async def scenario() -> None:
         engine.gate.clear()  # the first request runs and blocks; the others queue behind it
-        admitted = [asyncio.create_task(scheduler.analyse(fake_analysis(i), None)) for i in range(QUEUE_SIZE)]
+        admitted = [
+            asyncio.create_task(scheduler.analyse(fake_analysis(i), None))
+            for i in range(QUEUE_SIZE)
+        ]
         await wait_until(engine.analysing.is_set)  # the others were admitted with it
         started = time.monotonic()
         with pytest.raises(ResourceExhausted) as refused:
@@ -115,7 +119,10 @@ def test_closing_a_stream_stops_its_generation_at_the_next_token(scheduler, engi
     asyncio.run(wait_until(lambda: bool(engine.stopped)))
     assert engine.stopped == [FinishReason.CANCELLED]
     stopped_at = engine.generated
-    assert asyncio.run(scheduler.analyse(fake_analysis("next"), None)) == ("result", "next")  # a later step
+    assert asyncio.run(scheduler.analyse(fake_analysis("next"), None)) == (
+        "result",
+        "next",
+    )  # a later step
     assert engine.generated == stopped_at < 1000
 
 
@@ -123,7 +130,10 @@ def test_an_analysis_runs_between_the_decode_steps_of_a_long_generation(schedule
     async def scenario() -> None:
         stream = scheduler.generate(fake_prepared(max_new_tokens=2000), None)
         await anext(stream)
-        assert await scheduler.analyse(fake_analysis("between steps"), None) == ("result", "between steps")
+        assert await scheduler.analyse(fake_analysis("between steps"), None) == (
+            "result",
+            "between steps",
+        )
         assert engine.generated < 2000  # the generation was still running
         await stream.aclose()
 
@@ -187,3 +197,54 @@ def test_a_cancelled_call_leaves_at_the_next_step_and_the_others_go_on(engine):
     finally:
         scheduler.close()
     assert engine.steps[-1] == 1 and engine.steps.count(2) < 50
+
+
+def test_a_call_without_a_deadline_ends_at_the_servers_limit_naming_the_setting(engine):
+    scheduler = AsyncEngine(
+        engine, queue_size=4, max_batch_size=8, batch_window_s=0.0, max_call_s=0.3
+    )
+    scheduler.start()
+
+    async def drain(deadline: float | None, tokens: int) -> int:
+        prepared = fake_prepared(max_new_tokens=tokens)
+        return len([event async for event in scheduler.generate(prepared, deadline)])
+
+    try:
+        with pytest.raises(DeadlineExceeded) as ended:
+            asyncio.run(drain(None, 10**6))
+        assert "the server's limit of 0.3 s on a call without a deadline" in str(ended.value)
+        assert "batching.max_call_s" in str(ended.value)
+        assert asyncio.run(drain(time.monotonic() + 30, 500)) == 500  # its own deadline rules
+    finally:
+        scheduler.close()
+
+
+class CostHeard(SchedulerObserver):
+    def __init__(self) -> None:
+        self.costs: list[int] = []
+
+    def queued_cost(self, tokens: int) -> None:
+        self.costs.append(tokens)
+
+
+def test_the_queued_cost_counts_prompts_and_tokens_to_generate_and_falls_to_zero(engine):
+    heard = CostHeard()
+    scheduler = AsyncEngine(
+        engine, queue_size=4, max_batch_size=8, batch_window_s=0.0, observer=heard
+    )
+    scheduler.start()
+
+    async def scenario() -> None:
+        stream = scheduler.generate(fake_prepared(tokens=10, rows=2, max_new_tokens=300), None)
+        await anext(stream)
+        async for _ in stream:
+            pass
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        scheduler.close()
+    # after the step that prefilled it and made its first token (the fake makes one a step):
+    # its 2 rows x 300 tokens less that one; then down to nothing
+    assert heard.costs[0] == 2 * 300 - 1
+    assert heard.costs == sorted(heard.costs, reverse=True) and heard.costs[-1] == 0
