@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from maira_sae.server.engine.admission_policy import Priority
+from maira_sae.server.engine.admission_policy import Priority, is_long_call
 from maira_sae.server.engine.engine_core import SchedulerObserver
 from maira_sae.server.errors import ResourceExhausted, Unavailable
 
@@ -43,7 +43,7 @@ class AdmissionLimits:
             raise ValueError(f"long_places must be in 1..{self.places}, got {self.long_places}")
 
     def lane(self, priority: Priority, tokens_to_generate: int) -> Lane:
-        long = priority is Priority.BATCH or tokens_to_generate > self.long_call_tokens
+        long = is_long_call(priority, tokens_to_generate, self.long_call_tokens)
         return Lane.LONG if long else Lane.SHORT
 
 

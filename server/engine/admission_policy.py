@@ -32,6 +32,13 @@ class Priority(enum.Enum):
     BATCH = "batch"
 
 
+def is_long_call(priority: Priority, tokens_to_generate: int, long_call_tokens: int) -> bool:
+    """Long calls (batch-marked, or generating more than ``long_call_tokens`` tokens over
+    their rows) hold what they take for long: admission and the decode rows each keep a part
+    of themselves for the other calls."""
+    return priority is Priority.BATCH or tokens_to_generate > long_call_tokens
+
+
 class Queued(Protocol):
     """What a policy knows of a request that has not started."""
 
@@ -64,9 +71,13 @@ class WaitingCall:
         return self.prompt_tokens + self.max_new_tokens
 
     @property
+    def tokens_to_generate(self) -> int:
+        return self.rows * self.max_new_tokens
+
+    @property
     def cost_tokens(self) -> int:
         """The engine work it asks for: its prompt once, and every token of every row."""
-        return self.prompt_tokens + self.rows * self.max_new_tokens
+        return self.prompt_tokens + self.tokens_to_generate
 
 
 Q = TypeVar("Q", bound=Queued)

@@ -304,6 +304,14 @@ class BatchingConfig:
             " long_call_share of the queue"
         ),
     )
+    short_call_rows: int = field(
+        default=4,
+        metadata=_help(
+            "decode rows that long and batch-marked calls may not take: kept for short calls,"
+            " so a short generation starts while long ones fill the batch (0: none kept;"
+            " fewer than max_decode_rows)"
+        ),
+    )
     long_call_share: float = field(
         default=0.75,
         metadata=_help(
@@ -360,6 +368,11 @@ class BatchingConfig:
             stream_buffer_events=self.stream_buffer_events,
             long_call_tokens=self.long_call_tokens,
             max_call_s=self.max_call_s,
+        )
+        _require(
+            0 <= self.short_call_rows < self.max_decode_rows,
+            f"batching.short_call_rows must be in 0..{self.max_decode_rows - 1} (below"
+            f" max_decode_rows), got {self.short_call_rows}",
         )
         for name in ("long_call_share", "batch_weight"):
             share = getattr(self, name)

@@ -190,3 +190,19 @@ def test_progress_goes_to_stderr(capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "4/4" in captured.err
+
+
+def test_encode_many_marks_its_calls_as_batch_and_single_calls_stay_interactive(
+    demo_server, client, world_studies
+):
+    def admitted(priority: str, lane: str) -> float:
+        registry = demo_server.server.metrics.registry
+        labels = {"priority": priority, "lane": lane}
+        return registry.get_sample_value("maira_sae_admitted_calls_total", labels) or 0.0
+
+    batch, interactive = admitted("batch", "long"), admitted("interactive", "short")
+    client.encode_many(world_studies[:3], concurrency=2, progress=False, top_k_per_token=1)
+    assert admitted("batch", "long") == batch + 3
+    client.encode(world_studies[0], top_k_per_token=1)
+    assert admitted("interactive", "short") == interactive + 1
+    assert admitted("batch", "long") == batch + 3

@@ -22,9 +22,9 @@ from tests.reliability._support import (
     REPO_ROOT,
     SERVING,
     SMALL_PNG,
+    admitted_requests,
     health_status,
     outcome_of,
-    admitted_requests,
     scrape_metrics,
     study,
 )

@@ -25,8 +25,8 @@ from tests.reliability._load import LoadMix, run_load, summarise, while_sampling
 from tests.reliability._support import (
     SERVING,
     SMALL_PNG,
-    health_status,
     admitted_requests,
+    health_status,
     scrape_metrics,
 )
 from tests.support.servers import RunningServer, demo_config, running_server

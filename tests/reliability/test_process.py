@@ -29,12 +29,12 @@ from tests.reliability._support import (
     SERVING,
     SMALL_PNG,
     ServerProcess,
+    admitted_requests,
     canary_calls,
     demo_server_config,
     finished_events,
     health_status,
     outcome_of,
-    admitted_requests,
     server_process,
     study,
 )

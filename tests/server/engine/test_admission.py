@@ -64,5 +64,5 @@ def test_every_place_may_be_long_when_the_share_is_all():
 
 
 def test_the_long_places_must_be_within_the_places():
-    with pytest.raises(ValueError, match="long_places must be in 1..4"):
+    with pytest.raises(ValueError, match=r"long_places must be in 1\.\.4"):
         AdmissionLimits(places=4, long_places=5, long_call_tokens=1)

@@ -88,9 +88,8 @@ def analysis(request_id: int, priority: Priority, served: int = 0) -> QueuedAnal
 
 
 def test_the_analysis_batch_takes_interactive_requests_before_queued_batch_ones():
-    queue = tuple(analysis(i, Priority.BATCH) for i in range(4)) + (
-        analysis(4, Priority.INTERACTIVE, served=2800),
-    )
+    batch = [analysis(i, Priority.BATCH) for i in range(4)]  # tags 16 x 1400 = 22400
+    queue = (*batch, analysis(4, Priority.INTERACTIVE, served=2800))  # tag 4200
     assert plan(None, analyses=queue).analyses == (0, 1)  # arrival order
     assert plan(analyses=queue).analyses == (4, 0)
     equal = tuple(analysis(i, Priority.INTERACTIVE) for i in range(3))
@@ -107,3 +106,30 @@ def test_fair_order_keeps_chunked_prefill_of_the_call_being_prefilled_first():
     step = plan(prefilling=prefilling, waiting=(call(0), call(1, rows=8, new=1024)))
     assert step.prefill[0] == PrefillChunk(7, 1000, starts=False, completes=True)
     assert started(step) == [0]  # the long one's 8 rows do not fit beside the 2 running
+
+
+KEPT = BatchLimits(max_rows=8, prefill_token_budget=2000, short_call_rows=2, long_call_tokens=64)
+
+
+def test_long_calls_leave_the_kept_rows_to_short_calls():
+    running = (StartedCall(9, rows=4, prompt_tokens=PROMPT),)
+    long, short = call(0, rows=4, new=100), call(1, rows=2, new=8, served=10)
+    assert started(plan(limits=KEPT, running=running, waiting=(long,))) == []  # 8 > 8 - 2
+    assert started(plan(limits=KEPT, running=running, waiting=(long, short))) == [1]
+    batch_short = call(1, rows=1, new=8, priority=Priority.BATCH)  # batch counts as long
+    two_running = (StartedCall(9, rows=6, prompt_tokens=PROMPT),)
+    assert started(plan(limits=KEPT, running=two_running, waiting=(batch_short,))) == []
+
+
+def test_behind_a_call_that_does_not_fit_a_short_call_takes_only_the_kept_rows():
+    long = call(0, rows=4, new=100)  # first in the fair order: it waited
+    short = call(1, rows=1, new=8, served=10**6)
+    # 3 rows running: the long call (7 > 6) waits; the short one may not take row 4, which
+    # the long call waits for, only rows 7 and 8
+    assert (
+        started(plan(limits=KEPT, running=(StartedCall(9, 3, PROMPT),), waiting=(long, short)))
+        == []
+    )
+    assert started(
+        plan(limits=KEPT, running=(StartedCall(9, 6, PROMPT),), waiting=(long, short))
+    ) == [1]

@@ -140,6 +140,10 @@ def test_configmap_mapping_loads_and_unknown_keys_are_refused():
         ({"batching": {"long_call_share": 0}}, "batching.long_call_share must be in (0, 1]"),
         ({"batching": {"batch_weight": 2}}, "batching.batch_weight must be in (0, 1], got 2"),
         ({"batching": {"max_call_s": 0}}, "batching.max_call_s must be > 0, got 0"),
+        (
+            {"batching": {"max_decode_rows": 4, "short_call_rows": 4}},
+            "batching.short_call_rows must be in 0..3 (below max_decode_rows), got 4",
+        ),
         ({"batching": {"long_call_tokens": -5}}, "batching.long_call_tokens must be > 0"),
         ({"model": {"device": "gpu"}}, "model.device must be auto, cpu, mps, cuda or cuda:N"),
         ({"model": {"dtype": "int8"}}, "model.dtype must be one of"),
