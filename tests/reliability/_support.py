@@ -308,6 +308,7 @@ class ServerProcess:
     metrics_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     stderr_files: list[Path] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # e.g. PYTHONPATH: another tree's code
 
     @property
     def target(self) -> str:
@@ -339,7 +340,7 @@ class ServerProcess:
                 [str(SERVER_EXECUTABLE), "serve", "--config", str(config_file)],
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
-                env={**env, "HF_HUB_OFFLINE": "1"},
+                env={**env, "HF_HUB_OFFLINE": "1", **self.env},
             )
         return self.process
 
