@@ -13,10 +13,10 @@ delay) and off unpaced (the next call at once; informational, as the client then
 same cores as the server: ``server_cpu_cores`` shows the server's share). Goodput is OK calls
 per second. Targets (issues 15 and 25): goodput at 32 clients at least 0.8 x goodput at 4 with
 retries on and off, and every rejection answered in under 5 ms at p99, timed on the server
-(the access log's ``duration_ms`` of each RESOURCE_EXHAUSTED). Then the p99 of sequential Encodes while 8
-long generations (2 variants x 1024 tokens) stream, as a ratio to the p99 of Encodes on an
-idle server (informational: issue 25 asks for the figure). The ratios come from one run on
-one machine; absolute rates do not compare across machines.
+(the access log's ``duration_ms`` of each RESOURCE_EXHAUSTED). Then the p99 of sequential
+Encodes while 8 long generations (2 variants x 1024 tokens) stream, as a ratio to the p99 of
+Encodes on an idle server (informational: issue 25 asks for the figure). The ratios come from
+one run on one machine; absolute rates do not compare across machines.
 
 It also times the longest request the token limits admit (an Encode whose prompt is just
 under ``limits.max_prompt_tokens``, the demo's context length): a forward already running is
