@@ -38,7 +38,9 @@ def small_queue_server(demo_checkpoint):
     from tests.support.servers import demo_config, running_server
 
     config = demo_config(demo_checkpoint)
-    config = replace(config, batching=BatchingConfig(queue_size=QUEUE_SIZE))
+    # Every place may hold a long call: the holders below fill the whole queue.
+    batching = BatchingConfig(queue_size=QUEUE_SIZE, long_call_share=1.0)
+    config = replace(config, batching=batching)
     with running_server(config) as server:
         yield server
 
