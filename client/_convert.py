@@ -39,9 +39,12 @@ from maira_sae.client.results import (
     GroundedPhrase,
     ImageGrid,
     ImageRole,
+    InterpretationProvenance,
     KindDensity,
     Limits,
+    MatchKind,
     ModelInfo,
+    NearestFeature,
     ReconstructionQuality,
     SaeInfo,
     SearchResult,
@@ -76,6 +79,12 @@ _TOKEN_KINDS = {
     TokenKind.RESPONSE: pb.TOKEN_KIND_RESPONSE,
 }
 _TOKEN_KINDS_BACK = {value: kind for kind, value in _TOKEN_KINDS.items()}
+_MATCH_KINDS_BACK = {
+    pb.MATCH_KIND_EXACT: MatchKind.EXACT,
+    pb.MATCH_KIND_PHRASE: MatchKind.PHRASE,
+    pb.MATCH_KIND_PARTIAL: MatchKind.PARTIAL,
+    pb.MATCH_KIND_ACTIVATION: MatchKind.ACTIVATION,
+}
 _IMAGE_ROLES_BACK = {
     pb.IMAGE_ROLE_FRONTAL: ImageRole.FRONTAL,
     pb.IMAGE_ROLE_LATERAL: ImageRole.LATERAL,
@@ -235,7 +244,12 @@ def generate_request(
 
 
 def feature_request(
-    feature: int, sae_id: str, *, include_decoder_row: bool = False, num_logits: int = 0
+    feature: int,
+    sae_id: str,
+    *,
+    include_decoder_row: bool = False,
+    num_logits: int = 0,
+    num_nearest: int = 0,
 ) -> pb.GetFeatureRequest:
     if feature < 0:
         raise ValueError(f"feature must be >= 0 (features are numbered from 0), got {feature}")
@@ -244,11 +258,16 @@ def feature_request(
         feature=feature,
         include_decoder_row=include_decoder_row,
         num_logits=num_logits,
+        num_nearest=num_nearest,
     )
 
 
 def search_request(query: str, limit: int, sae_id: str) -> pb.SearchFeaturesRequest:
     return pb.SearchFeaturesRequest(sae_id=sae_id, query=query, limit=limit)
+
+
+def activation_search_request(text: str, limit: int, sae_id: str) -> pb.SearchFeaturesRequest:
+    return pb.SearchFeaturesRequest(sae_id=sae_id, activation_text=text, limit=limit)
 
 
 def info_request() -> pb.GetInfoRequest:
@@ -461,6 +480,30 @@ def feature_result(message: pb.Feature) -> Feature:
         promoted_tokens=_token_logits(message.promoted_tokens),
         suppressed_tokens=_token_logits(message.suppressed_tokens),
         decoder_row=_decoder_row(message),
+        provenance=_provenance(message.provenance) if message.HasField("provenance") else None,
+        nearest_features=tuple(
+            NearestFeature(
+                feature=nearest.feature,
+                cosine=nearest.cosine,
+                label=_optional(nearest, "label"),
+                interpretation_score=_optional(nearest, "interpretation_score"),
+            )
+            for nearest in message.nearest_features
+        ),
+    )
+
+
+def _provenance(message: pb.InterpretationProvenance) -> InterpretationProvenance:
+    return InterpretationProvenance(
+        explainer=message.explainer,
+        explainer_model=message.explainer_model,
+        scorer=message.scorer,
+        num_activating=_optional(message, "num_activating"),
+        num_non_activating=_optional(message, "num_non_activating"),
+        auroc=_optional(message, "auroc"),
+        balanced_accuracy=_optional(message, "balanced_accuracy"),
+        concept_auroc=_optional(message, "concept_auroc"),
+        created=message.created,
     )
 
 
@@ -468,9 +511,16 @@ def search_result(message: pb.SearchFeaturesResponse) -> SearchResult:
     return SearchResult(
         sae_id=message.sae_id,
         matches=tuple(
-            FeatureMatch(feature=feature_result(match.feature), score=match.score)
+            FeatureMatch(
+                feature=feature_result(match.feature),
+                score=match.score,
+                kind=_MATCH_KINDS_BACK.get(match.kind),
+                token_index=match.token_index,
+                token_text=match.token_text,
+            )
             for match in message.matches
         ),
         suggestions=tuple(message.suggestions),
         note=message.note,
+        activation_tokens=tuple(message.activation_tokens),
     )

@@ -87,6 +87,7 @@ class AsyncClient(ClientBase):
             return await stream.results()
 
     search_features = calls.awaited_client_method(calls.search_features, _run)
+    search_by_activation = calls.awaited_client_method(calls.search_by_activation, _run)
     health = calls.awaited_client_method(calls.health, _run)
 
     def _stream(self, call: calls.StreamCall) -> AsyncGenerationStream:

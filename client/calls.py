@@ -153,13 +153,19 @@ def feature(
     sae_id: str = "",
     include_decoder_row: bool = False,
     num_logits: int = 10,
+    num_nearest: int = 10,
     timeout: float | None = None,
 ) -> UnaryCall[Feature]:
-    """One feature: label, decoder norm, logit effects (``num_logits`` promoted and
-    suppressed tokens), its dashboard where one was built, and with
-    ``include_decoder_row`` its decoder row (d_model float32)."""
+    """One feature: label with its provenance, decoder norm, logit effects (``num_logits``
+    promoted and suppressed tokens), its ``num_nearest`` nearest features by decoder cosine,
+    its dashboard where one was built, and with ``include_decoder_row`` its decoder row
+    (d_model float32)."""
     request = _convert.feature_request(
-        feature, sae_id, include_decoder_row=include_decoder_row, num_logits=num_logits
+        feature,
+        sae_id,
+        include_decoder_row=include_decoder_row,
+        num_logits=num_logits,
+        num_nearest=num_nearest,
     )
     return UnaryCall("GetFeature", request, _convert.feature_result, timeout)
 
@@ -167,9 +173,18 @@ def feature(
 def search_features(
     query: str, *, limit: int = 0, sae_id: str = "", timeout: float | None = None
 ) -> UnaryCall[SearchResult]:
-    """The features whose interpretations match ``query`` best (``limit`` 0: the server's
-    default)."""
+    """The features whose interpretations match ``query`` best: exact, then phrase, then
+    partial matches, each ordered by interpretation score (``limit`` 0: the server's default)."""
     request = _convert.search_request(query, limit, sae_id)
+    return UnaryCall("SearchFeatures", request, _convert.search_result, timeout)
+
+
+def search_by_activation(
+    text: str, *, limit: int = 0, sae_id: str = "", timeout: float | None = None
+) -> UnaryCall[SearchResult]:
+    """The features that fire most on ``text`` run through the language model (labelled or
+    not), strongest first, each with the token where it peaks."""
+    request = _convert.activation_search_request(text, limit, sae_id)
     return UnaryCall("SearchFeatures", request, _convert.search_result, timeout)
 
 

@@ -83,7 +83,11 @@ def _info(client: Client, args: argparse.Namespace, out: TextIO) -> None:
 
 def _feature(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     feature = client.feature(
-        args.feature, sae_id=args.sae, include_decoder_row=args.decoder_row, num_logits=args.logits
+        args.feature,
+        sae_id=args.sae,
+        include_decoder_row=args.decoder_row,
+        num_logits=args.logits,
+        num_nearest=args.nearest,
     )
     if args.html:
         films = feature_films.StudyFolder(args.studies) if args.studies else None
@@ -97,10 +101,11 @@ def _feature(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         args.html.write_text(page, encoding="utf-8")
     if args.json:
         return print_json(feature.to_dict(), out)
-    score = feature.interpretation_score
     print(f"feature   {feature.feature}", file=out)
     print(f"label     {feature.label or '(none)'}", file=out)
-    print(f"score     {'-' if score is None else f'{score:.3f}'}", file=out)
+    print(f"score     {_optional_score(feature.interpretation_score)}", file=out)
+    if feature.provenance is not None:
+        print(f"source    {feature.provenance.summary()}", file=out)
     print(f"norm      {feature.decoder_norm:.4f}", file=out)
     dashboard = feature.dashboard
     if dashboard is None:
@@ -114,18 +119,52 @@ def _feature(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     for name, tokens in effects:
         if tokens:
             print(f"{name:<9} " + "  ".join(f"{t.text!r} {t.logit:+.3g}" for t in tokens), file=out)
+    if feature.nearest_features:
+        print("\nnearest features by decoder cosine", file=out)
+        table(
+            ("cosine", "feature", "label"),
+            [(f"{n.cosine:+.3f}", n.feature, n.label or "") for n in feature.nearest_features],
+            out,
+        )
     return None
 
 
 def _search(client: Client, args: argparse.Namespace, out: TextIO) -> None:
-    result = client.search_features(args.query, limit=args.limit, sae_id=args.sae)
+    if (args.query is None) == (args.by_activation is None):
+        raise argparse.ArgumentTypeError(
+            "search needs a QUERY or --by-activation TEXT (one of the two)"
+        )
+    if args.by_activation is not None:
+        result = client.search_by_activation(args.by_activation, limit=args.limit, sae_id=args.sae)
+    else:
+        result = client.search_features(args.query, limit=args.limit, sae_id=args.sae)
     if args.json:
         return print_json(result.to_dict(), out)
-    table(
-        ("score", "feature", "label"),
-        [(f"{m.score:.3f}", m.feature.feature, m.feature.label or "") for m in result.matches],
-        out,
-    )
+    if args.by_activation is not None:
+        print("tokens  " + " ".join(repr(token) for token in result.activation_tokens), file=out)
+        table(
+            ("activation", "feature", "token", "label"),
+            [
+                (f"{m.score:.3f}", m.feature.feature, repr(m.token_text), m.feature.label or "")
+                for m in result.matches
+            ],
+            out,
+        )
+    else:
+        table(
+            ("match", "relevance", "feature", "label", "label score"),
+            [
+                (
+                    m.kind or "",
+                    f"{m.score:.3f}",
+                    m.feature.feature,
+                    m.feature.label or "",
+                    _optional_score(m.feature.interpretation_score),
+                )
+                for m in result.matches
+            ],
+            out,
+        )
     if result.note:
         print(f"\n{result.note}", file=out)
     for suggestion in result.suggestions:
@@ -316,3 +355,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _optional_score(score: float | None) -> str:
+    return "-" if score is None else f"{score:.3f}"

@@ -67,14 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
     feature.add_argument("feature", type=_feature_number, help="feature number, 0..d_sae-1")
     feature.add_argument("--sae", default="", help="SAE id (default: the server's)")
     feature.add_argument("--logits", type=int, default=10, help="promoted/suppressed tokens")
+    feature.add_argument(
+        "--nearest", type=int, default=10, help="nearest features by decoder cosine"
+    )
     feature.add_argument("--decoder-row", action="store_true", help="with --json: the row too")
     feature.add_argument("--html", type=Path, help="write the feature's dashboard page")
     feature.add_argument(
         "--studies", type=Path, help="with --html: a local study folder to draw the films from"
     )
 
-    search = commands.add_parser("search", parents=[json_flag], help="search feature labels")
-    search.add_argument("query")
+    search = commands.add_parser(
+        "search",
+        parents=[json_flag],
+        help="search feature labels, or (--by-activation) the features that fire on a text",
+    )
+    search.add_argument("query", nargs="?", help="words to look for in the labels")
+    search.add_argument(
+        "--by-activation",
+        metavar="TEXT",
+        help="instead of a query: run TEXT through the model, list the features firing most",
+    )
     search.add_argument("--limit", type=int, default=0, help="matches (0: 20)")
     search.add_argument("--sae", default="", help="SAE id (default: the server's)")
 

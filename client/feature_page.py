@@ -1,6 +1,7 @@
 """A feature's dashboard as one self-contained HTML page, in the manner of Neuronpedia's: label
-and interpretation score, density overall and by token kind, the histogram of its non-zero
-activations, its logit effects, and its top and lower-quantile examples.
+and interpretation score with where they came from, density overall and by token kind, the
+histogram of its non-zero activations, its logit effects, its nearest features by decoder
+cosine, and its top and lower-quantile examples.
 
 An image example is drawn as its film with the feature's heat map over it (``pictures``'
 overlay, the example's patch outlined); every film of the page shares one colour scale, drawn
@@ -262,6 +263,23 @@ def _logit_table(title: str, tokens: Sequence[TokenLogit], direction: str) -> st
     )
 
 
+def _nearest(feature: Feature) -> str:
+    if not feature.nearest_features:
+        return ""
+    rows = "".join(
+        f'<tr><td class="num">{n.feature}</td><td class="num">{n.cosine:+.3f}</td>'
+        f"<td>{html.escape(n.label or '')}</td></tr>"
+        for n in feature.nearest_features
+    )
+    return (
+        '<section class="nearest"><h2>Nearest features</h2><table>'
+        "<tr><th>feature</th><th>cosine</th><th>label</th></tr>"
+        f"{rows}</table>"
+        '<p class="caption">The features whose decoder rows point most nearly the same way '
+        "(cosine of the two rows).</p></section>"
+    )
+
+
 def _logits(feature: Feature) -> str:
     if not (feature.promoted_tokens or feature.suppressed_tokens):
         return ""
@@ -462,21 +480,27 @@ def feature_page_html(
         if feature.interpretation_score is not None
         else "no interpretation score"
     )
+    source = (
+        f'<p class="sub provenance">Explanation: {html.escape(feature.provenance.summary())}</p>'
+        if feature.provenance is not None
+        else ""
+    )
     header = (
         f'<header><h1>Feature {feature.feature}: {html.escape(label)}</h1><p class="sub">'
         f"{'SAE ' + html.escape(sae_id) + ' · ' if sae_id else ''}{score} · "
-        f"decoder norm {feature.decoder_norm:.3g}</p></header>"
+        f"decoder norm {feature.decoder_norm:.3g}</p>{source}</header>"
     )
     dashboard = feature.dashboard
     if dashboard is None:
         note = html.escape(feature.dashboard_note or "This SAE has no dashboard.")
-        body = f'<p class="note no-dashboard">{note}</p>{_logits(feature)}'
+        body = f'<p class="note no-dashboard">{note}</p>{_logits(feature)}{_nearest(feature)}'
     else:
         vmax = examples_vmax([*dashboard.top_examples, *dashboard.quantile_examples])
         grid = grid_shape or _grid_shape(dashboard)
         body = (
             _stats(dashboard)
             + _logits(feature)
+            + _nearest(feature)
             + _examples("Top activations", dashboard.top_examples, vmax, films, grid)
             + _examples("Lower quantiles", dashboard.quantile_examples, vmax, films, grid)
         )

@@ -271,6 +271,7 @@ class Limits(_Result):
     max_abs_strength: float
     max_batch_size: int
     queue_size: int
+    max_activation_text_tokens: int = 0  # 0 from a server without search by activation
 
 
 @dataclass(frozen=True)
@@ -373,11 +374,74 @@ class FeatureDashboard(_Result):
         return next((d.density for d in self.density_by_kind if d.kind is kind), None)
 
 
+class MatchKind(enum.StrEnum):
+    """How a search match was found, best first for a text search."""
+
+    EXACT = "exact"  # the label's words are the query's
+    PHRASE = "phrase"  # the label contains the whole query phrase
+    PARTIAL = "partial"  # some of the query's words, or words spelt nearly so
+    ACTIVATION = "activation"  # search by activation: the feature fires on the text
+
+
+@dataclass(frozen=True)
+class InterpretationProvenance(_Result):
+    """Where a label came from: what wrote it and what scored it, on how many held-out
+    examples, with which AUROCs and when. None (or "") where the file leaves it empty."""
+
+    explainer: str  # e.g. "offline-contrastive", "llm", "concept-annotations"
+    explainer_model: str  # the LLM, if any
+    scorer: str  # e.g. "detection-phrase", "concept-auroc"
+    num_activating: int | None
+    num_non_activating: int | None
+    auroc: float | None  # detection AUROC
+    balanced_accuracy: float | None
+    concept_auroc: float | None  # AUROC for a known concept (synthetic world)
+    created: str  # ISO 8601 date
+
+    def summary(self) -> str:
+        """One line, e.g. "llm (qwen-7b), scored by detection-llm on 40 activating + 40
+        non-activating examples (AUROC 0.910, balanced accuracy 0.850), 2026-12-05"."""
+        who = self.explainer or "unknown explainer"
+        if self.explainer_model:
+            who += f" ({self.explainer_model})"
+        parts = [who]
+        if self.scorer:
+            scored = f"scored by {self.scorer}"
+            if self.num_activating is not None or self.num_non_activating is not None:
+                scored += (
+                    f" on {self.num_activating or 0} activating + "
+                    f"{self.num_non_activating or 0} non-activating examples"
+                )
+            parts.append(scored)
+        numbers = [
+            f"{name} {value:.3f}"
+            for name, value in (
+                ("AUROC", self.auroc),
+                ("balanced accuracy", self.balanced_accuracy),
+                ("concept AUROC", self.concept_auroc),
+            )
+            if value is not None
+        ]
+        text = ", ".join(parts) + (f" ({', '.join(numbers)})" if numbers else "")
+        return f"{text}, {self.created}" if self.created else text
+
+
+@dataclass(frozen=True)
+class NearestFeature(_Result):
+    """Another feature whose decoder row points nearly the same way."""
+
+    feature: int
+    cosine: float
+    label: str | None
+    interpretation_score: float | None
+
+
 @dataclass(frozen=True)
 class Feature(_Result):
     """One feature. GetFeature fills everything; a search match only the first four fields.
     ``dashboard`` is None where none was built (``dashboard_note`` says why and how to build
-    one); ``decoder_row`` (d_model float32, read-only) only when asked for."""
+    one); ``decoder_row`` (d_model float32, read-only) only when asked for; ``provenance`` is
+    None where the interpretation file has no provenance columns."""
 
     feature: int
     label: str | None  # None when the SAE has no interpretation for it
@@ -388,6 +452,8 @@ class Feature(_Result):
     promoted_tokens: tuple[TokenLogit, ...] = ()  # logit effects: raised most first
     suppressed_tokens: tuple[TokenLogit, ...] = ()  # lowered most first
     decoder_row: np.ndarray | None = field(default=None, compare=False, repr=False)
+    provenance: InterpretationProvenance | None = None
+    nearest_features: tuple[NearestFeature, ...] = ()  # by decreasing decoder cosine
 
     @property
     def has_dashboard(self) -> bool:
@@ -396,13 +462,23 @@ class Feature(_Result):
 
 @dataclass(frozen=True)
 class FeatureMatch(_Result):
+    """A text match (``score``: BM25 relevance of the label) or, by activation, a feature
+    that fires on the text (``score``: its largest activation, reached at ``token_index`` of
+    ``SearchResult.activation_tokens``)."""
+
     feature: Feature
-    score: float  # relevance of the label to the query, higher is better
+    score: float
+    kind: MatchKind | None = None  # None from a server that does not say
+    token_index: int = 0
+    token_text: str = ""
 
 
 @dataclass(frozen=True)
 class SearchResult(_Result):
     sae_id: str
-    matches: tuple[FeatureMatch, ...]  # by decreasing score, ties by interpretation score
+    # Text search: exact, then phrase matches (each by interpretation score), then partial
+    # ones by decreasing score. By activation: by decreasing activation.
+    matches: tuple[FeatureMatch, ...]
     suggestions: tuple[str, ...] = ()  # when nothing matched: the labels nearest the query
     note: str = ""  # when nothing matched: a sentence saying so
+    activation_tokens: tuple[str, ...] = ()  # by activation: the text's tokens, BOS first

@@ -83,6 +83,7 @@ class Client(ClientBase):
             return stream.results()
 
     search_features = calls.client_method(calls.search_features, _run)
+    search_by_activation = calls.client_method(calls.search_by_activation, _run)
     health = calls.client_method(calls.health, _run)
 
     def _stream(self, call: calls.StreamCall) -> GenerationStream:

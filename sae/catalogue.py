@@ -1,11 +1,16 @@
 """Feature interpretations (LLM-written explanations and their scores) and text search over them.
 
-The release's column names are unknown, so they are settings. Search is BM25 over the
-explanations with a tokenizer that folds plurals, so "pleural effusions" finds "effusion"; a
-query word that no label has also matches the label words nearest to it in spelling
-(rapidfuzz), weighted by that similarity, so "pacemakr" finds "pacemaker". Equal scores go to
-the higher interpretation score. ``suggest`` names the labels nearest to a query that matched
-nothing.
+The release's column names are unknown, so the feature, explanation and score columns are
+settings; the provenance columns of ``interpretation_file`` (explainer, scorer, example counts,
+AUROCs, date) are read by their own names when the file has them.
+
+Search ranks by match quality first: a label whose words are the query's (EXACT), then labels
+that contain the whole query phrase (PHRASE), each group by interpretation score; then the rest
+(PARTIAL) by BM25 over the explanations, equal scores by interpretation score. The tokenizer
+folds plurals, so "pleural effusions" finds "effusion"; a query word that no label has also
+matches the label words nearest to it in spelling (rapidfuzz), weighted by that similarity, so
+"pacemakr" finds "pacemaker" (a PARTIAL match). ``suggest`` names the labels nearest to a query
+that matched nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +45,45 @@ _STOPWORDS = frozenset(
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where an explanation and its score came from (the columns of ``interpretation_file``
+    after feature, explanation and score); what a file leaves empty is None."""
+
+    explainer: str | None = None
+    explainer_model: str | None = None
+    scorer: str | None = None
+    n_activating: int | None = None
+    n_non_activating: int | None = None
+    auroc: float | None = None
+    balanced_accuracy: float | None = None
+    concept_auroc: float | None = None
+    created: str | None = None
+
+
+_PROVENANCE_TYPES = {field.name: field.type for field in fields(Provenance)}
+
+
+@dataclass(frozen=True)
 class FeatureInterpretation:
     feature: int
     explanation: str | None
     score: float | None
+    provenance: Provenance | None = None  # None when the file has no provenance columns
+
+
+class MatchQuality(IntEnum):
+    """How a label matches a query; higher is better."""
+
+    PARTIAL = 1  # some of the query's words, or words spelt nearly so
+    PHRASE = 2  # the label contains the whole query phrase
+    EXACT = 3  # the label's words are the query's words
+
+
+@dataclass(frozen=True)
+class CatalogueMatch:
+    interpretation: FeatureInterpretation
+    quality: MatchQuality
+    relevance: float  # BM25 of the label for the query
 
 
 def tokenize(text: str) -> list[str]:
@@ -73,13 +114,12 @@ class FeatureCatalogue:
             if interpretation.feature in self._by_feature:
                 raise ValueError(f"feature {interpretation.feature} is interpreted twice")
             self._by_feature[interpretation.feature] = interpretation
-        self._index = _Bm25Index(
-            {
-                item.feature: tokenize(item.explanation)
-                for item in self._by_feature.values()
-                if item.explanation
-            }
-        )
+        self._words = {
+            item.feature: tokenize(item.explanation)
+            for item in self._by_feature.values()
+            if item.explanation
+        }
+        self._index = _Bm25Index(self._words)
 
     @classmethod
     def empty(cls) -> FeatureCatalogue:
@@ -95,6 +135,7 @@ class FeatureCatalogue:
         score_column: str | None = "score",
     ) -> FeatureCatalogue:
         """Read a ``.csv`` or ``.jsonl`` table; ``score_column=None`` when it has no scores.
+        The provenance columns (``Provenance``'s field names) are kept when present.
 
         Empty explanations and scores are allowed. Raises ``ValueError`` naming the file for a
         missing column, a bad value or a feature listed twice.
@@ -112,8 +153,16 @@ class FeatureCatalogue:
             missing = [name for name in columns_used.values() if name not in columns]
             if missing:
                 raise ValueError(f"missing column(s) {missing}; the file has {sorted(columns)}")
+            provenance_columns = [name for name in _PROVENANCE_TYPES if name in columns]
             return cls(
-                _interpretation(row, number, feature_column, explanation_column, score_column)
+                _interpretation(
+                    row,
+                    number,
+                    feature_column,
+                    explanation_column,
+                    score_column,
+                    provenance_columns,
+                )
                 for number, row in enumerate(rows, start=1)
             )
         except (OSError, UnicodeDecodeError, ValueError) as error:
@@ -129,19 +178,39 @@ class FeatureCatalogue:
         """The interpreted feature indices, ascending."""
         return sorted(self._by_feature)
 
-    def search(self, query: str, limit: int = 10) -> list[tuple[FeatureInterpretation, float]]:
-        """Best-matching interpretations with their BM25 scores, best first.
-
-        Equal scores go to the higher interpretation score (unscored last), then the lower
-        feature index; an empty or stopword-only query finds nothing.
-        """
+    def search(self, query: str, limit: int = 10) -> list[CatalogueMatch]:
+        """Best-matching interpretations, best first: by match quality; EXACT and PHRASE
+        matches then by interpretation score, PARTIAL ones by BM25 and then interpretation
+        score; unscored last, then the lower feature index. An empty or stopword-only query
+        finds nothing."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        ranked = sorted(
-            self._index.rank(self._index.expand(tokenize(query))),
-            key=lambda item: (-round(item[1], 9), -self._score_of(item[0]), item[0]),
+        words = tokenize(query)
+        matches = [
+            CatalogueMatch(self._by_feature[feature], self._quality(feature, words), relevance)
+            for feature, relevance in self._index.rank(self._index.expand(words))
+        ]
+        matches.sort(
+            key=lambda match: (
+                -match.quality,
+                0.0 if match.quality > MatchQuality.PARTIAL else -round(match.relevance, 9),
+                -self._score_of(match.interpretation.feature),
+                match.interpretation.feature,
+            )
         )
-        return [(self._by_feature[feature], score) for feature, score in ranked[:limit]]
+        return matches[:limit]
+
+    def _quality(self, feature: int, query_words: list[str]) -> MatchQuality:
+        label_words = self._words[feature]
+        if label_words == query_words:
+            return MatchQuality.EXACT
+        width = len(query_words)
+        if any(
+            label_words[start : start + width] == query_words
+            for start in range(len(label_words) - width + 1)
+        ):
+            return MatchQuality.PHRASE
+        return MatchQuality.PARTIAL
 
     def suggest(self, query: str, limit: int = 3) -> list[str]:
         """The labels nearest to ``query`` in spelling, best first (for a search that found
@@ -236,31 +305,57 @@ def _interpretation(
     feature_column: str,
     explanation_column: str,
     score_column: str | None,
+    provenance_columns: list[str],
 ) -> FeatureInterpretation:
     feature = _parse_feature(row.get(feature_column), number)
     explanation = row.get(explanation_column)
     explanation = str(explanation).strip() if explanation is not None else ""
     score = _parse_score(row.get(score_column), number) if score_column else None
-    return FeatureInterpretation(feature=feature, explanation=explanation or None, score=score)
+    provenance = (
+        Provenance(
+            **{name: _parse_provenance(row.get(name), name, number) for name in provenance_columns}
+        )
+        if provenance_columns
+        else None
+    )
+    return FeatureInterpretation(
+        feature=feature, explanation=explanation or None, score=score, provenance=provenance
+    )
+
+
+def _parse_provenance(value: object, name: str, number: int) -> object:
+    """A provenance cell as its field's type; empty is None."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    kind = _PROVENANCE_TYPES[name]
+    if kind == "float | None":
+        return _parse_score(value, number, name)
+    if kind == "int | None":
+        return _parse_count(value, number, name)
+    return str(value).strip()
 
 
 def _parse_feature(value: object, number: int) -> int:
+    return _parse_count(value, number, "feature index")
+
+
+def _parse_count(value: object, number: int, name: str) -> int:
     try:
-        feature = int(str(value).strip()) if not isinstance(value, int) else value
+        count = int(str(value).strip()) if not isinstance(value, int) else value
     except ValueError:
-        raise ValueError(f"row {number}: feature index {value!r} is not an integer") from None
-    if isinstance(value, bool) or feature < 0:
-        raise ValueError(f"row {number}: feature index {value!r} is not an integer >= 0")
-    return feature
+        raise ValueError(f"row {number}: {name} {value!r} is not an integer") from None
+    if isinstance(value, bool) or count < 0:
+        raise ValueError(f"row {number}: {name} {value!r} is not an integer >= 0")
+    return count
 
 
-def _parse_score(value: object, number: int) -> float | None:
+def _parse_score(value: object, number: int, name: str = "score") -> float | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     try:
         score = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ValueError(f"row {number}: score {value!r} is not a number") from None
+        raise ValueError(f"row {number}: {name} {value!r} is not a number") from None
     if not math.isfinite(score):
-        raise ValueError(f"row {number}: score {value!r} is not finite")
+        raise ValueError(f"row {number}: {name} {value!r} is not finite")
     return score

@@ -9,8 +9,6 @@ zeros of a sparse code are handled as ties, not as an arbitrary order.
 
 from __future__ import annotations
 
-import csv
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,8 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-_CONCEPT_END = " ("  # an explanation is "<concept> (AUROC ...)"
-_COLUMNS = ("feature", "explanation", "score")
+from maira_sae.sae.interpretation_file import (
+    InterpretationRecord,
+    read_interpretation_file,
+    write_interpretation_file,
+)
+
+CONCEPT_EXPLAINER = "concept-annotations"
+CONCEPT_SCORER = "concept-auroc"
 
 
 @dataclass(frozen=True)
@@ -104,39 +108,47 @@ def label_features(aurocs: ConceptAurocs, *, min_auroc: float = 0.5) -> list[Fea
     ]
 
 
-def explanation(label: FeatureLabel, *, items: str, source: str) -> str:
-    """E.g. "pacemaker (AUROC 0.97 over studies, synthetic world)"."""
-    return f"{label.concept}{_CONCEPT_END}AUROC {label.auroc:.2f} over {items}, {source})"
+def explanation(concept: str) -> str:
+    """A concept in words, as an explanation reads it: "line_or_tube" -> "line or tube"."""
+    return concept.replace("_", " ")
+
+
+def concept_of(explanation_text: str) -> str:
+    """The concept an ``explanation`` names: "line or tube" -> "line_or_tube"."""
+    return explanation_text.replace(" ", "_")
 
 
 def write_interpretations(
-    path: str | os.PathLike[str],
-    labels: Sequence[FeatureLabel],
-    *,
-    items: str = "studies",
-    source: str = "synthetic world",
+    path: str | os.PathLike[str], labels: Sequence[FeatureLabel], *, created: str | None = None
 ) -> Path:
-    """A CSV with columns feature, explanation, score (the AUROC), as FeatureCatalogue loads."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(_COLUMNS)
-        for label in sorted(labels, key=lambda item: item.feature):
-            if not math.isfinite(label.auroc):
-                raise ValueError(f"feature {label.feature} has a non-finite AUROC")
-            text = explanation(label, items=items, source=source)
-            writer.writerow([label.feature, text, f"{label.auroc:.4f}"])
-    return path
+    """The labels as an interpretation file (``interpretation_file``), which the server loads:
+    explanation = the concept in words, score = concept_auroc = its AUROC, explainer
+    "concept-annotations", scorer "concept-auroc"; ``created`` is the ISO date of the labels."""
+    return write_interpretation_file(
+        path,
+        (
+            InterpretationRecord(
+                feature=label.feature,
+                explanation=explanation(label.concept),
+                score=label.auroc,
+                explainer=CONCEPT_EXPLAINER,
+                scorer=CONCEPT_SCORER,
+                concept_auroc=label.auroc,
+                created=created,
+            )
+            for label in labels
+        ),
+    )
 
 
 def read_interpretations(path: str | os.PathLike[str]) -> list[FeatureLabel]:
-    """The labels in a file ``write_interpretations`` wrote (the concept and the score back)."""
-    with Path(path).open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    return [
-        FeatureLabel(
-            int(row["feature"]), row["explanation"].split(_CONCEPT_END)[0], float(row["score"])
+    """The labels in a file ``write_interpretations`` wrote (the concept and its AUROC back),
+    by feature; ``ValueError`` for a row without a concept AUROC."""
+    labels = []
+    for record in read_interpretation_file(path):
+        if record.concept_auroc is None:
+            raise ValueError(f"{path}: feature {record.feature} has no concept_auroc")
+        labels.append(
+            FeatureLabel(record.feature, concept_of(record.explanation), record.concept_auroc)
         )
-        for row in rows
-    ]
+    return labels

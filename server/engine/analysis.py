@@ -1,5 +1,5 @@
-"""Encode and TopFeatures requests run as one forward pass: residuals captured at each SAE's
-layer, encoded, and reduced to each request's result."""
+"""Encode, TopFeatures and search-by-activation requests run as one forward pass: residuals
+captured at each SAE's layer, encoded, and reduced to each request's result."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 import torch
 
+from maira_sae.server.engine.activation_search import activation_search_result
 from maira_sae.server.engine.capture import capture_batch
+from maira_sae.server.engine.feature_lookup import FeatureLookup
 from maira_sae.server.engine.features import (
     accepted_positions,
     reconstruction_quality,
@@ -17,20 +19,28 @@ from maira_sae.server.engine.features import (
 from maira_sae.server.engine.out_of_memory import out_of_memory_is_retryable
 from maira_sae.server.engine.preparation import PreparedAnalysis
 from maira_sae.server.engine.types import (
+    ActivationSearchRequest,
     EncodeRequest,
     EncodeResult,
+    FeatureSearchResult,
     TopFeaturesResult,
 )
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 from maira_sae.server.maira2.processor import Maira2Processor
 
-AnalysisResult = EncodeResult | TopFeaturesResult
+AnalysisResult = EncodeResult | TopFeaturesResult | FeatureSearchResult
 
 
 class Analyser:
-    def __init__(self, model: Maira2ForConditionalGeneration, processor: Maira2Processor) -> None:
+    def __init__(
+        self,
+        model: Maira2ForConditionalGeneration,
+        processor: Maira2Processor,
+        lookup: FeatureLookup,
+    ) -> None:
         self._model = model
         self._processor = processor
+        self._lookup = lookup
 
     def analyse(self, batch: Sequence[PreparedAnalysis]) -> list[AnalysisResult]:
         """One forward pass for the batch; one result per request."""
@@ -48,6 +58,8 @@ class Analyser:
 
     def _result(self, item: PreparedAnalysis, residual: torch.Tensor) -> AnalysisResult:
         request, entry, tokens = item.request, item.entry, item.inputs.tokens
+        if isinstance(request, ActivationSearchRequest):
+            return activation_search_result(self._lookup, entry, request, item.inputs, residual)
         positions = accepted_positions(tokens, request.token_filter)
         features = entry.sae.encode(residual, level=request.matryoshka_level)
         if isinstance(request, EncodeRequest):

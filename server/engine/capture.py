@@ -33,7 +33,8 @@ def capture_batch(
     for row, (study, length) in enumerate(zip(studies, lengths, strict=True)):
         input_ids[row, :length] = study.input_ids
         attention_mask[row, :length] = 1
-    pixel_values = torch.cat([study.pixel_values for study in studies]).to(device, model.dtype)
+    images = [study.pixel_values for study in studies if study.pixel_values.shape[0]]
+    pixel_values = torch.cat(images).to(device, model.dtype) if images else None  # text only
 
     with (
         torch.inference_mode(),

@@ -26,6 +26,7 @@ from maira_sae.server.engine.preparation import (
     PreparedAnalysis,
     PreparedGeneration,
     RequestPreparer,
+    StudyAnalysisRequest,
 )
 from maira_sae.server.engine.sae_entry import SaeEntry
 from maira_sae.server.engine.sae_registry import SaeRegistry
@@ -33,6 +34,7 @@ from maira_sae.server.engine.schedule import BatchLimits, LeaveReason
 from maira_sae.server.engine.static_decode_batch import StaticDecodeSettings
 from maira_sae.server.engine.token_limits import TokenLimits
 from maira_sae.server.engine.types import (
+    ActivationSearchRequest,
     FeatureDetails,
     FeatureSearchResult,
     GenerateRequest,
@@ -70,8 +72,8 @@ class Engine:
         context_length = model.config.text_config.max_position_embeddings
         limits = token_limits or TokenLimits(context_length, context_length)
         self._preparer = RequestPreparer(processor, self._saes, limits)
-        self._analyser = Analyser(model, processor)
         self._features = FeatureLookup(model, processor.token_text, saes)
+        self._analyser = Analyser(model, processor, self._features)
         self.generations = GenerationRunner(model, processor, saes, static_decode)
 
     # ---- the SAEs ------------------------------------------------------------------------
@@ -89,12 +91,22 @@ class Engine:
         return self._saes.get(sae_id)
 
     def feature(
-        self, sae_id: str, feature: int, *, num_logits: int = 10, decoder_row: bool = False
+        self,
+        sae_id: str,
+        feature: int,
+        *,
+        num_logits: int = 10,
+        num_nearest: int = 10,
+        decoder_row: bool = False,
     ) -> FeatureDetails:
         """One feature of an SAE ("" is the default one): see ``FeatureLookup.feature``.
-        Runs torch (the logit effects): call it from a worker thread."""
+        Runs torch (the logit effects, the decoder cosines): call it from a worker thread."""
         return self._features.feature(
-            self.sae(sae_id), feature, num_logits=num_logits, decoder_row=decoder_row
+            self.sae(sae_id),
+            feature,
+            num_logits=num_logits,
+            num_nearest=num_nearest,
+            decoder_row=decoder_row,
         )
 
     def search_features(self, sae_id: str, query: str, limit: int) -> FeatureSearchResult:
@@ -107,22 +119,26 @@ class Engine:
     def token_limits(self) -> TokenLimits:
         return self._preparer.token_limits
 
-    def check_analysis(self, request: AnalysisRequest) -> SaeEntry:
+    def check_analysis(self, request: StudyAnalysisRequest) -> SaeEntry:
         return self._preparer.check_analysis(request)
 
     def check_generate(self, request: GenerateRequest) -> SaeEntry:
         return self._preparer.check_generate(request)
 
-    def prepare_analysis(self, request: AnalysisRequest) -> PreparedAnalysis:
+    def prepare_analysis(self, request: StudyAnalysisRequest) -> PreparedAnalysis:
         return self._preparer.prepare_analysis(request)
 
     def prepare_generation(self, request: GenerateRequest) -> PreparedGeneration:
         return self._preparer.prepare_generation(request)
 
+    def prepare_activation_search(self, request: ActivationSearchRequest) -> PreparedAnalysis:
+        return self._preparer.prepare_activation_search(request)
+
     # ---- the model (the engine thread, or offline) ---------------------------------------
 
     def analyse(self, batch: Sequence[PreparedAnalysis]) -> list[AnalysisResult]:
-        """Encode and TopFeatures requests as one forward pass; one result per request."""
+        """Encode, TopFeatures and search-by-activation requests as one forward pass; one
+        result per request."""
         return self._analyser.analyse(batch)
 
     def generate(

@@ -1,18 +1,23 @@
-"""What the engine tells about one feature: its label, dashboard page, logit effects and decoder
-row, and the text search over an SAE's interpretations."""
+"""What the engine tells about one feature: its label, dashboard page, logit effects, nearest
+features and decoder row, and the text search over an SAE's interpretations."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from maira_sae.sae.catalogue import MatchQuality
 from maira_sae.sae.dashboard import Example, FeatureStats
+from maira_sae.sae.decoder_neighbours import nearest_features
 from maira_sae.sae.model import FeatureOutOfRange
 from maira_sae.server.engine.logit_effects import LogitEffects
 from maira_sae.server.engine.sae_entry import SaeEntry, feature_out_of_range
 from maira_sae.server.engine.types import (
     FeatureDescription,
     FeatureDetails,
+    FeatureMatch,
     FeatureSearchResult,
+    MatchKind,
+    NearestFeature,
 )
 from maira_sae.server.maira2.model import Maira2ForConditionalGeneration
 
@@ -28,23 +33,28 @@ class FeatureLookup:
     ) -> None:
         self._token_text = token_text
         self._logit_effects = LogitEffects(model, token_text)
-        self._decoder_norms = {
-            entry.sae_id: entry.sae.W_dec.float().norm(dim=1).tolist() for entry in saes
-        }
+        self._decoder_norms = {entry.sae_id: entry.sae.W_dec.float().norm(dim=1) for entry in saes}
 
     def feature(
-        self, entry: SaeEntry, feature: int, *, num_logits: int = 10, decoder_row: bool = False
+        self,
+        entry: SaeEntry,
+        feature: int,
+        *,
+        num_logits: int = 10,
+        num_nearest: int = 10,
+        decoder_row: bool = False,
     ) -> FeatureDetails:
         """One feature of an SAE ("" is the default one): its label, dashboard page, logit
-        effects and optionally its decoder row; OutOfRange past its dictionary. Runs torch
-        (the logit effects): call it from a worker thread."""
+        effects, ``num_nearest`` nearest features by decoder cosine and optionally its decoder
+        row; OutOfRange past its dictionary. Runs torch (the logit effects, one matrix-vector
+        product for the cosines): call it from a worker thread."""
         try:
             entry.sae.check_feature(feature)
         except FeatureOutOfRange as error:
             raise feature_out_of_range(entry, error, "feature") from error
         dashboard = entry.dashboard.feature(feature) if entry.dashboard is not None else None
         return FeatureDetails(
-            description=self._describe(entry, feature),
+            description=self.describe(entry, feature),
             dashboard=dashboard,
             dashboard_note=""
             if dashboard is not None
@@ -60,6 +70,12 @@ class FeatureLookup:
                 for example in _examples(dashboard)
                 for token, _, _ in example.context
             },
+            nearest=tuple(
+                NearestFeature(self.describe(entry, other), cosine)
+                for other, cosine in nearest_features(
+                    entry.sae.W_dec, self._decoder_norms[entry.sae_id], feature, num_nearest
+                )
+            ),
         )
 
     def search(self, entry: SaeEntry, query: str, limit: int) -> FeatureSearchResult:
@@ -74,17 +90,32 @@ class FeatureLookup:
             note = "no label matches the query; the nearest labels are suggested"
         return FeatureSearchResult(
             sae_id=entry.sae_id,
-            matches=tuple((self._describe(entry, item.feature), score) for item, score in matches),
+            matches=tuple(
+                FeatureMatch(
+                    self.describe(entry, match.interpretation.feature),
+                    match.relevance,
+                    _MATCH_KINDS[match.quality],
+                )
+                for match in matches
+            ),
             suggestions=suggestions,
             note=note,
         )
 
-    def _describe(self, entry: SaeEntry, feature: int) -> FeatureDescription:
+    def describe(self, entry: SaeEntry, feature: int) -> FeatureDescription:
+        """The feature's interpretation and decoder norm."""
         return FeatureDescription(
             feature=feature,
             interpretation=entry.catalogue.get(feature),
-            decoder_norm=self._decoder_norms[entry.sae_id][feature],
+            decoder_norm=float(self._decoder_norms[entry.sae_id][feature]),
         )
+
+
+_MATCH_KINDS = {
+    MatchQuality.EXACT: MatchKind.EXACT,
+    MatchQuality.PHRASE: MatchKind.PHRASE,
+    MatchQuality.PARTIAL: MatchKind.PARTIAL,
+}
 
 
 def _examples(dashboard: FeatureStats | None) -> tuple[Example, ...]:

@@ -13,14 +13,21 @@ import numpy as np
 
 from maira_sae.sae.model import FeatureOutOfRange
 from maira_sae.sae.steering import validate_intervention
+from maira_sae.server.engine.activation_search import activation_text_inputs
 from maira_sae.server.engine.sae_entry import SaeEntry, feature_out_of_range
 from maira_sae.server.engine.sae_registry import SaeRegistry
 from maira_sae.server.engine.token_limits import TokenLimits
-from maira_sae.server.engine.types import EncodeRequest, GenerateRequest, TopFeaturesRequest
+from maira_sae.server.engine.types import (
+    ActivationSearchRequest,
+    EncodeRequest,
+    GenerateRequest,
+    TopFeaturesRequest,
+)
 from maira_sae.server.errors import FailedPrecondition, InvalidArgument, OutOfRange
 from maira_sae.server.maira2.processor import Maira2Processor, ModelInputs
 
-AnalysisRequest = EncodeRequest | TopFeaturesRequest
+StudyAnalysisRequest = EncodeRequest | TopFeaturesRequest
+AnalysisRequest = StudyAnalysisRequest | ActivationSearchRequest
 R = TypeVar("R", EncodeRequest, TopFeaturesRequest, GenerateRequest)
 
 _NO_PIXELS = np.zeros((0, 0), dtype=np.uint8)
@@ -28,7 +35,8 @@ _NO_PIXELS = np.zeros((0, 0), dtype=np.uint8)
 
 @dataclass(frozen=True)
 class PreparedAnalysis:
-    """An Encode or TopFeatures request checked and turned into model inputs, ready to batch."""
+    """An Encode, TopFeatures or search-by-activation request checked and turned into model
+    inputs, ready to batch."""
 
     request: AnalysisRequest
     entry: SaeEntry
@@ -50,7 +58,7 @@ class RequestPreparer:
         self._saes = saes
         self.token_limits = token_limits
 
-    def check_analysis(self, request: AnalysisRequest) -> SaeEntry:
+    def check_analysis(self, request: StudyAnalysisRequest) -> SaeEntry:
         """Validate what only the engine knows (SAE id, Matryoshka level) before queueing."""
         entry = self._saes.get(request.sae_id)
         if request.matryoshka_level is not None:
@@ -81,7 +89,7 @@ class RequestPreparer:
                     raise InvalidArgument(f"{where}: {error}") from error
         return entry
 
-    def prepare_analysis(self, request: AnalysisRequest) -> PreparedAnalysis:
+    def prepare_analysis(self, request: StudyAnalysisRequest) -> PreparedAnalysis:
         """Check the request and build its model inputs (tokens, pixels)."""
         entry = self.check_analysis(request)
         inputs = self._processor.process(request.study, request.task, request.response)
@@ -93,6 +101,14 @@ class RequestPreparer:
         inputs = self._processor.process(request.study, request.task)
         self.token_limits.check(inputs, request.settings.max_new_tokens)
         return PreparedGeneration(_without_pixels(request), entry, inputs)
+
+    def prepare_activation_search(self, request: ActivationSearchRequest) -> PreparedAnalysis:
+        """Check a search-by-activation request and tokenise its text; it then runs as an
+        analysis job, batched with Encode and TopFeatures."""
+        entry = self._saes.get(request.sae_id)
+        return PreparedAnalysis(
+            request, entry, activation_text_inputs(self._processor, request, self.token_limits)
+        )
 
 
 def _without_pixels(request: R) -> R:

@@ -14,21 +14,43 @@ from dataclasses import dataclass
 from maira_sae.server.errors import OutOfRange
 from maira_sae.server.maira2.processor import ModelInputs
 
+DEFAULT_MAX_ACTIVATION_TEXT_TOKENS = 256
+
 
 @dataclass(frozen=True)
 class TokenLimits:
     max_prompt_tokens: int
     max_sequence_tokens: int
+    # Tokens of a search-by-activation text, its BOS included.
+    max_activation_text_tokens: int = DEFAULT_MAX_ACTIVATION_TEXT_TOKENS
 
     @classmethod
     def resolve(
-        cls, *, max_prompt_tokens: int, max_sequence_tokens: int, context_length: int
+        cls,
+        *,
+        max_prompt_tokens: int,
+        max_sequence_tokens: int,
+        context_length: int,
+        max_activation_text_tokens: int = DEFAULT_MAX_ACTIVATION_TEXT_TOKENS,
     ) -> TokenLimits:
-        """The configured limits, 0 meaning the model's context length."""
+        """The configured limits, 0 meaning the model's context length (which also caps the
+        activation text's)."""
         return cls(
             max_prompt_tokens=max_prompt_tokens or context_length,
             max_sequence_tokens=max_sequence_tokens or context_length,
+            max_activation_text_tokens=min(max_activation_text_tokens, context_length),
         )
+
+    def check_activation_text(self, inputs: ModelInputs) -> None:
+        """OutOfRange naming the count and the limit for a search-by-activation text past
+        ``max_activation_text_tokens``."""
+        count = len(inputs.tokens)
+        if count > self.max_activation_text_tokens:
+            raise OutOfRange(
+                f"activation_text is {count} tokens (BOS included), over "
+                f"limits.max_activation_text_tokens = {self.max_activation_text_tokens}; "
+                "shorten the text"
+            )
 
     def check(self, inputs: ModelInputs, max_new_tokens: int = 0) -> None:
         """OutOfRange naming the count and the limit when ``inputs`` (plus ``max_new_tokens``

@@ -215,9 +215,18 @@ class LogitEffect:
 
 
 @dataclass(frozen=True)
+class NearestFeature:
+    """Another feature of the same SAE and the cosine of its decoder row with the asked one's."""
+
+    description: FeatureDescription
+    cosine: float
+
+
+@dataclass(frozen=True)
 class FeatureDetails:
     """What GetFeature says of one feature: its description, its dashboard page (None with a
-    note saying why), its logit effects and, when asked, its decoder row."""
+    note saying why), its logit effects, its nearest features by decoder cosine and, when
+    asked, its decoder row."""
 
     description: FeatureDescription
     dashboard: FeatureStats | None
@@ -225,11 +234,42 @@ class FeatureDetails:
     logit_effect: LogitEffect
     decoder_row: tuple[float, ...] | None
     token_texts: dict[int, str] = field(default_factory=dict)  # of the examples' contexts
+    nearest: tuple[NearestFeature, ...] = ()  # by decreasing cosine
+
+
+class MatchKind(enum.Enum):
+    EXACT = "exact"  # the label's words are the query's
+    PHRASE = "phrase"  # the label contains the whole query phrase
+    PARTIAL = "partial"  # some of the query's words, or words spelt nearly so
+    ACTIVATION = "activation"  # the feature fires on the searched text
+
+
+@dataclass(frozen=True)
+class FeatureMatch:
+    """One search match: BM25 relevance for a text match; for search by activation the
+    feature's largest activation over the text, and the token where it is reached."""
+
+    description: FeatureDescription
+    score: float
+    kind: MatchKind
+    token_index: int = 0  # by activation: index into FeatureSearchResult.activation_tokens
+    token_text: str = ""
 
 
 @dataclass(frozen=True)
 class FeatureSearchResult:
     sae_id: str
-    matches: tuple[tuple[FeatureDescription, float], ...]  # best first, with the match score
+    matches: tuple[FeatureMatch, ...]  # best first
     suggestions: tuple[str, ...] = ()  # when nothing matched: the nearest labels
     note: str = ""
+    activation_tokens: tuple[str, ...] = ()  # by activation: the text's tokens, BOS first
+
+
+@dataclass(frozen=True)
+class ActivationSearchRequest:
+    """Search by activation: the features that fire most on ``text`` (the language model
+    alone, BOS first, no image), at most ``limit`` of them."""
+
+    text: str
+    limit: int
+    sae_id: str = ""

@@ -168,6 +168,30 @@ class Maira2Processor:
             prompt_length=prompt_length,
         )
 
+    def process_text(self, text: str) -> ModelInputs:
+        """Plain text for the language model alone: BOS, then the text's tokens (special-token
+        strings in it stay text), no chat template and no image."""
+        if "\x00" in text:
+            raise InvalidArgument("the text contains a NUL character")
+        encoding = self._guarded.encode(text, add_special_tokens=True)
+        tokens = tuple(
+            TokenInfo(
+                position,
+                token_id,
+                self._pieces[token_id],
+                TokenKind.SPECIAL if token_id in self._special_ids else TokenKind.PROMPT_TEXT,
+            )
+            for position, token_id in enumerate(encoding.ids)
+        )
+        settings = self._image_settings
+        return ModelInputs(
+            input_ids=torch.tensor(encoding.ids, dtype=torch.long),
+            pixel_values=torch.zeros(0, 3, settings.crop_height, settings.crop_width),
+            tokens=tokens,
+            images=(),
+            prompt_length=len(tokens),
+        )
+
     def decode_generated(self, token_ids: Sequence[int]) -> str:
         """The report text of generated tokens: special tokens skipped, the single leading
         space stripped (grounding tokens are not special and stay in the text)."""

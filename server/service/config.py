@@ -15,6 +15,7 @@ from pathlib import Path
 
 from maira_sae.client.imaging.dicom import DicomOptions
 from maira_sae.server.engine.decode_choices import DecodeSetting
+from maira_sae.server.engine.token_limits import DEFAULT_MAX_ACTIVATION_TEXT_TOKENS
 
 MIB = 1024 * 1024
 
@@ -213,6 +214,13 @@ class LimitsConfig:
         ),
     )
     max_id_chars: int = field(default=128, metadata=_help("characters of an sae_id"))
+    max_activation_text_tokens: int = field(
+        default=DEFAULT_MAX_ACTIVATION_TEXT_TOKENS,
+        metadata=_help(
+            "largest search-by-activation text, in tokens with its BOS (at most the model's"
+            " context length)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         token_limits = ("max_prompt_tokens", "max_sequence_tokens")

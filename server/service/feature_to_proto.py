@@ -1,5 +1,6 @@
-"""GetFeature's reply: a feature's label, dashboard page, logit effects and decoder row ->
-protobuf (the search matches and other results are in ``to_proto``)."""
+"""GetFeature's reply: a feature's label with its provenance, dashboard page, logit effects,
+nearest features and decoder row -> protobuf (the search matches and other results are in
+``to_proto``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import io
 import numpy as np
 from PIL import Image
 
+from maira_sae.sae.catalogue import Provenance
 from maira_sae.sae.dashboard import Example, FeatureStats
-from maira_sae.server.engine.types import FeatureDetails, TokenLogit
+from maira_sae.server.engine.types import FeatureDetails, NearestFeature, TokenLogit
 from maira_sae.server.maira2.tokens import TokenKind
 from maira_sae.server.service.from_proto import TOKEN_KINDS_FROM_PROTO
 from maira_sae.server.service.to_proto import feature_to_proto
@@ -28,6 +30,41 @@ def feature_details_to_proto(details: FeatureDetails) -> pb.Feature:
     msg.suppressed_tokens.extend(_logits(details.logit_effect.suppressed))
     if details.decoder_row is not None:
         msg.decoder_row.extend(details.decoder_row)
+    interpretation = details.description.interpretation
+    if interpretation is not None and interpretation.provenance is not None:
+        msg.provenance.CopyFrom(_provenance(interpretation.provenance))
+    msg.nearest_features.extend(_nearest(item) for item in details.nearest)
+    return msg
+
+
+def _provenance(provenance: Provenance) -> pb.InterpretationProvenance:
+    """Empty cells stay absent (``optional`` numbers) or empty (strings)."""
+    msg = pb.InterpretationProvenance(
+        explainer=provenance.explainer or "",
+        explainer_model=provenance.explainer_model or "",
+        scorer=provenance.scorer or "",
+        created=provenance.created or "",
+    )
+    numbers = {
+        "num_activating": provenance.n_activating,
+        "num_non_activating": provenance.n_non_activating,
+        "auroc": provenance.auroc,
+        "balanced_accuracy": provenance.balanced_accuracy,
+        "concept_auroc": provenance.concept_auroc,
+    }
+    for name, value in numbers.items():
+        if value is not None:
+            setattr(msg, name, value)
+    return msg
+
+
+def _nearest(item: NearestFeature) -> pb.NearestFeature:
+    described = feature_to_proto(item.description)
+    msg = pb.NearestFeature(feature=described.feature, cosine=item.cosine)
+    if described.HasField("label"):
+        msg.label = described.label
+    if described.HasField("interpretation_score"):
+        msg.interpretation_score = described.interpretation_score
     return msg
 
 

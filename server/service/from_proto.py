@@ -32,6 +32,7 @@ from maira_sae.sae.interventions import Intervention, SteeringMode
 from maira_sae.server.engine.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE
 from maira_sae.server.engine.types import (
     DEFAULT_TOKEN_KINDS,
+    ActivationSearchRequest,
     Aggregation,
     EncodeRequest,
     GenerateRequest,
@@ -68,6 +69,7 @@ class ImageDecoder(Protocol):
 
 DEFAULT_TOP_K = 20  # TopFeaturesRequest.k and SearchFeaturesRequest.limit when 0
 DEFAULT_NUM_LOGITS = 10  # GetFeatureRequest.num_logits when 0
+DEFAULT_NUM_NEAREST = 10  # GetFeatureRequest.num_nearest when 0
 
 # Which server setting each image decoding limit comes from (max_side is fixed).
 _IMAGE_LIMIT_SETTINGS = {
@@ -425,21 +427,41 @@ class FeatureQuery(NamedTuple):
     feature: int
     num_logits: int
     decoder_row: bool
+    num_nearest: int = DEFAULT_NUM_NEAREST
 
 
 def feature_query_from_proto(msg: pb.GetFeatureRequest, limits: LimitsConfig) -> FeatureQuery:
     _limit(msg.num_logits, limits.max_top_k, "num_logits", "max_top_k")
+    _limit(msg.num_nearest, limits.max_top_k, "num_nearest", "max_top_k")
     return FeatureQuery(
         sae_id=sae_id_from_proto(msg.sae_id, limits),
         feature=msg.feature,
         num_logits=msg.num_logits or DEFAULT_NUM_LOGITS,
         decoder_row=msg.include_decoder_row,
+        num_nearest=msg.num_nearest or DEFAULT_NUM_NEAREST,
     )
 
 
-def search_query_from_proto(msg: pb.SearchFeaturesRequest, limits: LimitsConfig) -> SearchQuery:
+def search_query_from_proto(
+    msg: pb.SearchFeaturesRequest, limits: LimitsConfig
+) -> SearchQuery | ActivationSearchRequest:
+    """A text search, or with ``activation_text`` a search by activation (exactly one)."""
     query = _text(msg.query, limits, "query")
-    if not query.strip():
-        raise InvalidArgument("query is required: words to look for in feature labels")
+    text = _text(msg.activation_text, limits, "activation_text")
+    if msg.query and msg.activation_text:
+        raise InvalidArgument(
+            "set query (words to look for in feature labels) or activation_text (a text to run "
+            "through the model), not both"
+        )
     _limit(msg.limit, limits.max_top_k, "limit", "max_top_k")
-    return SearchQuery(sae_id_from_proto(msg.sae_id, limits), query, msg.limit or DEFAULT_TOP_K)
+    sae_id, limit = sae_id_from_proto(msg.sae_id, limits), msg.limit or DEFAULT_TOP_K
+    if msg.activation_text:
+        if not text.strip():
+            raise InvalidArgument("activation_text is blank: give a text to run through the model")
+        return ActivationSearchRequest(text=text, limit=limit, sae_id=sae_id)
+    if not query.strip():
+        raise InvalidArgument(
+            "query is required: words to look for in feature labels (or activation_text: a "
+            "text whose strongest features are wanted)"
+        )
+    return SearchQuery(sae_id, query, limit)

@@ -79,6 +79,7 @@ def load_runtime(config: ServerConfig, metrics: Metrics) -> Runtime:
         max_prompt_tokens=config.limits.max_prompt_tokens,
         max_sequence_tokens=config.limits.max_sequence_tokens,
         context_length=maira.text.max_position_embeddings,
+        max_activation_text_tokens=config.limits.max_activation_text_tokens,
     )
     decode = _size_decode(config, loaded.model, token_limits)
     engine = Engine(

@@ -15,12 +15,14 @@ import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 
 import grpc
 
 from maira_sae.server.engine.async_engine import AsyncEngine, deadline_from_timeout
-from maira_sae.server.engine.engine import Engine
+from maira_sae.server.engine.engine import AnalysisResult, Engine, PreparedAnalysis
+from maira_sae.server.engine.types import ActivationSearchRequest
 from maira_sae.server.service import feature_to_proto, from_proto, to_proto
 from maira_sae.server.service.config import ServerConfig
 from maira_sae.server.service.image_memory import ImageMemoryBudget
@@ -75,6 +77,17 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
 
         return await self._in_worker(work)
 
+    async def _queued_analysis(
+        self, context: grpc.aio.ServicerContext, prepare: Callable[[], T]
+    ) -> AnalysisResult:
+        """A place in the scheduler, in the lane of the call's priority (a full server refuses
+        before any work), ``prepare`` on a worker thread, then the analysis on the engine."""
+        priority = call_priority(context.invocation_metadata())
+        with self._scheduler.admit(priority) as admission:
+            prepared = await self._in_worker(prepare)
+            deadline = deadline_from_timeout(context.time_remaining)
+            return await self._scheduler.analyse(prepared, deadline, admission)
+
     async def _analyse(
         self,
         message: object,
@@ -82,14 +95,16 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
         converter: Callable[..., R],
         to_reply: Callable[[Any], Reply],
     ) -> Reply:
-        """Encode and TopFeatures: a place in the scheduler, conversion and preparation on a
-        worker thread, the analysis on the engine, and the reply built off the event loop (an
+        """Encode and TopFeatures: conversion (decoding images within the image memory budget)
+        and preparation queued as an analysis, and the reply built off the event loop (an
         Encode reply holds every selected token's features)."""
-        priority = call_priority(context.invocation_metadata())
-        with self._scheduler.admit(priority) as admission:
-            prepared = await self._prepare(converter, message, self._engine.prepare_analysis)
-            deadline = deadline_from_timeout(context.time_remaining)
-            result = await self._scheduler.analyse(prepared, deadline, admission)
+
+        def prepare() -> PreparedAnalysis:
+            with self._image_memory.hold() as hold:
+                decode = hold.decoder(self._decode)
+                return self._engine.prepare_analysis(converter(message, self._limits, decode))
+
+        result = await self._queued_analysis(context, prepare)
         return await asyncio.to_thread(to_reply, result)
 
     async def Encode(  # noqa: N802
@@ -128,11 +143,12 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
         self, request: pb.GetFeatureRequest, context: grpc.aio.ServicerContext
     ) -> pb.Feature:
         query = from_proto.feature_query_from_proto(request, self._limits)
-        details = await asyncio.to_thread(  # the logit effects run torch
+        details = await asyncio.to_thread(  # the logit effects and cosines run torch
             self._engine.feature,
             query.sae_id,
             query.feature,
             num_logits=query.num_logits,
+            num_nearest=query.num_nearest,
             decoder_row=query.decoder_row,
         )
         return await asyncio.to_thread(feature_to_proto.feature_details_to_proto, details)
@@ -141,5 +157,9 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
         self, request: pb.SearchFeaturesRequest, context: grpc.aio.ServicerContext
     ) -> pb.SearchFeaturesResponse:
         query = from_proto.search_query_from_proto(request, self._limits)
-        result = self._engine.search_features(query.sae_id, query.query, query.limit)
+        if isinstance(query, ActivationSearchRequest):  # runs the model: queued as analysis
+            prepare = partial(self._engine.prepare_activation_search, query)
+            result = await self._queued_analysis(context, prepare)
+        else:
+            result = self._engine.search_features(query.sae_id, query.query, query.limit)
         return to_proto.search_response_to_proto(result)

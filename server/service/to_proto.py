@@ -16,6 +16,7 @@ from maira_sae.server.engine.types import (
     GenerationEvent,
     GroundedBox,
     GroundedPhrase,
+    MatchKind,
     TokenFeatures,
     TopFeaturesResult,
     VariantFinished,
@@ -38,6 +39,12 @@ _FINISH_REASON_TO_PROTO = {
     FinishReason.EOS: pb.FINISH_REASON_EOS,
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
     FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+}
+_MATCH_KINDS = {
+    MatchKind.EXACT: pb.MATCH_KIND_EXACT,
+    MatchKind.PHRASE: pb.MATCH_KIND_PHRASE,
+    MatchKind.PARTIAL: pb.MATCH_KIND_PARTIAL,
+    MatchKind.ACTIVATION: pb.MATCH_KIND_ACTIVATION,
 }
 
 
@@ -158,11 +165,18 @@ def search_response_to_proto(result: FeatureSearchResult) -> pb.SearchFeaturesRe
     return pb.SearchFeaturesResponse(
         sae_id=result.sae_id,
         matches=[
-            pb.FeatureMatch(feature=feature_to_proto(description), score=score)
-            for description, score in result.matches
+            pb.FeatureMatch(
+                feature=feature_to_proto(match.description),
+                score=match.score,
+                kind=_MATCH_KINDS[match.kind],
+                token_index=match.token_index,
+                token_text=match.token_text,
+            )
+            for match in result.matches
         ],
         suggestions=result.suggestions,
         note=result.note,
+        activation_tokens=result.activation_tokens,
     )
 
 
@@ -206,6 +220,7 @@ def info_to_proto(
             queue_size=batching.queue_size,
             max_prompt_tokens=token_limits.max_prompt_tokens,
             max_sequence_tokens=token_limits.max_sequence_tokens,
+            max_activation_text_tokens=token_limits.max_activation_text_tokens,
             max_token_ranges=limits.max_token_ranges,
             max_image_aspect_ratio=limits.max_image_aspect_ratio,
             image_memory_bytes=limits.image_memory_bytes,

@@ -28,13 +28,14 @@ def run(demo_server, scenario):
 
 def test_unary_methods(demo_server, study):
     async def scenario(client):
-        health, info, encoded, top, feature, found = await asyncio.gather(
+        health, info, encoded, top, feature, found, fired = await asyncio.gather(
             client.health(),
             client.info(),
             client.encode(study, top_k_per_token=2),
             client.top_features(study, k=5),
             client.feature(3),
             client.search_features("pacemaker", limit=2),
+            client.search_by_activation("Enlarged heart.", limit=3),
         )
         assert health == "SERVING"
         assert info.model.image_tokens_per_image == 1369
@@ -43,6 +44,8 @@ def test_unary_methods(demo_server, study):
         assert len(top.features) == 5
         assert feature.feature == 3
         assert len(found.matches) == 2
+        assert len(fired.matches) == 3 and fired.activation_tokens[0] == "<s>"
+        assert len(feature.nearest_features) == 10
         with pytest.raises(NotFoundError):
             await client.feature(1, sae_id="nope")
 

@@ -49,6 +49,34 @@ def test_info_feature_search(cli):
     assert f"queue {limits['queue_size']}" in out
 
 
+def test_search_by_activation_and_the_feature_neighbours(cli):
+    found = run_json(cli, "search", "--by-activation", "Enlarged heart.", "--limit", "3")
+    assert len(found["matches"]) == 3 and found["activation_tokens"][0] == "<s>"
+    for match in found["matches"]:
+        assert match["kind"] == "activation" and match["score"] > 0
+        assert found["activation_tokens"][match["token_index"]] == match["token_text"]
+    status, out, _ = cli("search", "--by-activation", "Enlarged heart.", "--limit", "3")
+    assert status == 0 and out.startswith("tokens  '<s>'") and "activation" in out
+    feature = run_json(cli, "feature", "3", "--nearest", "4")
+    assert len(feature["nearest_features"]) == 4 and feature["provenance"] is None
+    status, out, _ = cli("feature", "3", "--nearest", "2")
+    assert status == 0 and "nearest features by decoder cosine" in out
+    status, out, _ = cli("search", "pacemaker", "--limit", "2")
+    header, _, first = out.splitlines()[:3]
+    assert header.split() == ["match", "relevance", "feature", "label", "label", "score"]
+    assert status == 0 and first.startswith("phrase")  # the random demo's long labels
+    label_score = run_json(cli, "search", "pacemaker", "--limit", "1")["matches"][0]["feature"][
+        "interpretation_score"
+    ]
+    assert first.split()[-1] == f"{label_score:.3f}"
+
+
+@pytest.mark.parametrize("argv", [("search",), ("search", "heart", "--by-activation", "heart")])
+def test_search_needs_a_query_or_a_text(cli, argv):
+    status, _, err = cli(*argv)
+    assert status == 2 and "QUERY or --by-activation TEXT" in err
+
+
 def test_encode(cli, frontal_png):
     data = run_json(
         cli,

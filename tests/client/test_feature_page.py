@@ -129,6 +129,39 @@ def test_an_image_example_without_a_film_says_how_to_get_one():
     assert len(missing) == 1 and "--studies" in missing[0][1]
 
 
+def test_the_page_says_where_the_label_came_from_and_lists_the_nearest_features():
+    message = dashboard_message()
+    message.dashboard.top_examples[0].thumbnail_png = png_bytes()
+    message.provenance.CopyFrom(
+        pb.InterpretationProvenance(
+            explainer="llm",
+            explainer_model="qwen-7b",
+            scorer="detection-llm",
+            num_activating=40,
+            num_non_activating=60,
+            auroc=0.912,
+            balanced_accuracy=0.85,
+            created="2026-12-05",
+        )
+    )
+    message.nearest_features.extend(
+        [
+            pb.NearestFeature(feature=12, cosine=0.61, label="pacemaker <lead>"),
+            pb.NearestFeature(feature=3, cosine=-0.2),
+        ]
+    )
+    page = Page(feature_page_html(_convert.feature_result(message)))
+    (source,) = page.find("p", "provenance")
+    assert source[1] == (
+        "Explanation: llm (qwen-7b), scored by detection-llm on 40 activating + 60 "
+        "non-activating examples (AUROC 0.912, balanced accuracy 0.850), 2026-12-05"
+    )
+    (nearest,) = page.find("section", "nearest")
+    assert "12+0.610pacemaker <lead>3-0.200" in nearest[1].replace("\n", "")
+    plain = Page(feature_page_html(built_feature()))
+    assert not plain.find("p", "provenance") and not plain.find("section", "nearest")
+
+
 def test_without_a_dashboard_the_page_shows_the_note():
     feature = _convert.feature_result(
         pb.Feature(feature=3, decoder_norm=1.0, dashboard_note="no dashboard was built")
@@ -181,6 +214,10 @@ def test_cli_writes_the_world_pacemaker_page(world_server, pacemaker, tmp_path, 
     assert len(films) >= 10  # the shipped dashboard has thumbnails: every film drawn
     assert len(page.find("img")) == len(films)
     assert page.find("svg", "histogram") and page.find("table", "up")
+    (source,) = page.find("p", "provenance")
+    assert "concept-annotations, scored by concept-auroc (concept AUROC 0.9" in source[1]
+    assert "source    concept-annotations, scored by concept-auroc" in printed
+    assert page.find("section", "nearest") and "nearest features by decoder cosine" in printed
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from maira_sae.client import (
     DeadlineExceededError,
     GenerationSettings,
     InvalidRequestError,
+    MatchKind,
     NotFoundError,
     TokenEvent,
     TokenFilter,
@@ -117,9 +118,27 @@ def test_deadline_is_respected(client, study):
 def test_feature_and_search(client):
     matches = client.search_features("pacemaker", limit=3).matches
     assert 0 < len(matches) <= 3 and all("pacemaker" in m.feature.label for m in matches)
+    assert {m.kind for m in matches} == {MatchKind.PHRASE}
     feature = client.feature(matches[0].feature.feature)
     assert feature.label == matches[0].feature.label
     assert feature.decoder_norm == pytest.approx(1.0, abs=1e-4)
+    assert feature.provenance is None  # the random demo's file has three columns
+    assert len(feature.nearest_features) == 10
+    cosines = [n.cosine for n in feature.nearest_features]
+    assert cosines == sorted(cosines, reverse=True) and all(-1 <= c <= 1 for c in cosines)
+    assert feature.feature not in {n.feature for n in feature.nearest_features}
+
+
+def test_search_by_activation(client):
+    found = client.search_by_activation("Small left pleural effusion.", limit=4)
+    assert len(found.matches) == 4 and found.activation_tokens[0] == "<s>"
+    activations = [m.score for m in found.matches]
+    assert activations == sorted(activations, reverse=True) and activations[-1] > 0
+    assert all(m.kind is MatchKind.ACTIVATION for m in found.matches)
+    assert all(found.activation_tokens[m.token_index] == m.token_text for m in found.matches)
+    with pytest.raises(InvalidRequestError) as blank:
+        client.search_by_activation("   ")
+    assert blank.value.code.name == "INVALID_ARGUMENT" and "blank" in blank.value.message
 
 
 def test_errors_carry_family_code_and_server_message(client, study):

@@ -217,6 +217,7 @@ def canary_calls(stub: pb_grpc.MairaSaeStub) -> list[grpc.StatusCode]:
         lambda: stub.GenerateSteered(generate),
         lambda: stub.GenerateSteered(grounding),
         lambda: stub.SearchFeatures(pb.SearchFeaturesRequest(query=CANARY)),
+        lambda: stub.SearchFeatures(pb.SearchFeaturesRequest(activation_text=CANARY)),
         # refused: over the limit, NUL, bad image with canary text, DICOM without pixels,
         # a PNG with canary metadata but broken pixels, an unknown SAE, an enum out of range
         lambda: stub.Encode(pb.EncodeRequest(study=study(SMALL_PNG, indication=CANARY * 500))),

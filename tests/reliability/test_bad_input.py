@@ -185,6 +185,11 @@ INVALID_UTF8 = {
         pb.SearchFeaturesResponse,
         length_delimited(2, b"pace\xedmaker"),
     ),
+    "SearchFeatures activation_text": (
+        "SearchFeatures",
+        pb.SearchFeaturesResponse,
+        length_delimited(4, b"enlarged \xc3("),
+    ),
 }
 
 

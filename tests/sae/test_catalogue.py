@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -11,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from maira_sae.sae import FeatureCatalogue, FeatureInterpretation
-from maira_sae.sae.catalogue import tokenize
+from maira_sae.sae.catalogue import MatchQuality, Provenance, tokenize
+from maira_sae.sae.interpretation_file import (
+    INTERPRETATION_COLUMNS,
+    InterpretationRecord,
+    write_interpretation_file,
+)
 
 ROWS = [
     (0, "Pacemaker leads projecting over the right heart", 0.91),
@@ -49,7 +55,11 @@ def catalogue(tmp_path) -> FeatureCatalogue:
 
 
 def features(results) -> list[int]:
-    return [interpretation.feature for interpretation, _ in results]
+    return [match.interpretation.feature for match in results]
+
+
+def relevances(results) -> list[float]:
+    return [match.relevance for match in results]
 
 
 def test_reads_every_row(catalogue):
@@ -63,8 +73,9 @@ def test_pacemaker_features_come_first(catalogue):
     results = catalogue.search("pacemaker")
     assert set(features(results)[:3]) == {0, 1, 2}
     assert len(results) == 3  # nothing else mentions pacemakers
-    scores = [score for _, score in results]
-    assert scores == sorted(scores, reverse=True) and scores[-1] > 0
+    assert all(match.quality is MatchQuality.PHRASE for match in results)
+    assert features(results) == [0, 1, 2]  # each contains the phrase: by interpretation score
+    assert all(relevance > 0 for relevance in relevances(results))
 
 
 def test_plural_query_finds_singular_and_plural(catalogue):
@@ -91,9 +102,12 @@ def test_scores_follow_bm25():
     def bm25(tf: int, length: int) -> float:
         return idf * tf * 2.5 / (tf + 1.5 * (0.25 + 0.75 * length / average_length))
 
-    results = catalogue.search("effusion")
+    results = catalogue.search("effusion")  # both contain the phrase: equal, by index
+    assert features(results) == [0, 1]
+    assert relevances(results) == pytest.approx([bm25(1, 2), bm25(3, 4)])
+    results = catalogue.search("small effusion")  # a partial match for both: by BM25
     assert features(results) == [1, 0]
-    assert [score for _, score in results] == pytest.approx([bm25(3, 4), bm25(1, 2)])
+    assert [match.quality for match in results] == [MatchQuality.PARTIAL] * 2
 
 
 def test_ties_go_to_the_higher_interpretation_score_then_the_lower_index():
@@ -107,8 +121,10 @@ def test_ties_go_to_the_higher_interpretation_score_then_the_lower_index():
 def test_a_misspelt_word_finds_the_labels_spelt_nearly_so(catalogue):
     exact = catalogue.search("pacemaker")
     typo = catalogue.search("pacemakr")
-    assert features(typo) == features(exact)
-    assert all(0 < t < e for (_, t), (_, e) in zip(typo, exact, strict=True))  # weighed down
+    assert set(features(typo)) == set(features(exact))
+    assert all(match.quality is MatchQuality.PARTIAL for match in typo)
+    weighed_down = {m.interpretation.feature: m.relevance for m in typo}
+    assert all(0 < weighed_down[m.interpretation.feature] < m.relevance for m in exact)
     assert catalogue.search("xylophone") == []
 
 
@@ -178,3 +194,89 @@ def test_empty_catalogue():
     assert len(catalogue) == 0
     assert catalogue.search("pacemaker") == []
     assert catalogue.get(0) is None
+
+
+def test_an_exact_label_beats_a_longer_one_that_scores_higher():
+    catalogue = FeatureCatalogue(
+        [
+            FeatureInterpretation(1, "pacemaker lead in the right ventricle", 0.99),
+            FeatureInterpretation(2, "pacemakers", 0.6),  # the same words once folded
+            FeatureInterpretation(3, "pacemaker", 0.8),
+            FeatureInterpretation(4, "pacemaker generator pocket pacemaker", 0.95),
+            FeatureInterpretation(5, "left pacemaker", 0.7),
+        ]
+    )
+    results = catalogue.search("Pacemaker")
+    assert features(results) == [3, 2, 1, 4, 5]
+    assert [m.quality for m in results] == [MatchQuality.EXACT] * 2 + [MatchQuality.PHRASE] * 3
+
+
+def test_a_whole_phrase_beats_its_words_apart_and_a_fuzzy_match():
+    catalogue = FeatureCatalogue(
+        [
+            FeatureInterpretation(1, "effusion, pleural thickening", 0.99),
+            FeatureInterpretation(2, "small left pleural effusion", 0.5),
+            FeatureInterpretation(3, "pleural effusions", 0.4),
+            FeatureInterpretation(4, "pleura effusion", 0.98),  # spelt nearly so
+        ]
+    )
+    results = catalogue.search("pleural effusion")
+    assert features(results)[:2] == [3, 2]
+    assert [m.quality for m in results[:2]] == [MatchQuality.EXACT, MatchQuality.PHRASE]
+    assert {m.quality for m in results[2:]} == {MatchQuality.PARTIAL}
+    assert set(features(results[2:])) == {1, 4}
+
+
+def test_the_provenance_columns_are_kept(tmp_path):
+    provenance = Provenance(
+        explainer="offline-contrastive",
+        scorer="detection-phrase",
+        n_activating=40,
+        n_non_activating=60,
+        auroc=0.91,
+        balanced_accuracy=0.85,
+        created="2026-12-05",
+    )
+    path = write_interpretation_file(
+        tmp_path / "explained.csv",
+        [
+            InterpretationRecord(3, "pacemaker", 0.91, **dataclasses.asdict(provenance)),
+            InterpretationRecord(5, "no provenance given", 0.5),
+        ],
+    )
+    catalogue = FeatureCatalogue.from_file(path)
+    assert catalogue.get(3) == FeatureInterpretation(3, "pacemaker", 0.91, provenance)
+    assert catalogue.get(5).provenance == Provenance()  # the columns are there, empty
+
+
+def test_provenance_in_json_lines_with_user_named_columns(tmp_path):
+    path = tmp_path / "release.jsonl"
+    rows = [
+        {"latent": 2, "description": "rib fracture", "s": 0.7, "explainer": "llm", "auroc": 0.7},
+        {"latent": 4, "description": "pacemaker", "s": 0.9, "n_activating": 12},
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    catalogue = FeatureCatalogue.from_file(
+        path, feature_column="latent", explanation_column="description", score_column="s"
+    )
+    assert catalogue.get(2).provenance == Provenance(explainer="llm", auroc=0.7)
+    assert catalogue.get(4).provenance == Provenance(n_activating=12)
+
+
+def test_a_three_column_file_has_no_provenance(catalogue):
+    assert catalogue.get(3).provenance is None
+
+
+def test_bad_provenance_values_name_the_row_and_column(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("feature,explanation,score,n_activating\n1,a,0.5,many\n")
+    with pytest.raises(ValueError, match=r"bad\.csv.*row 1: n_activating 'many'"):
+        FeatureCatalogue.from_file(path)
+    path.write_text("feature,explanation,score,auroc\n1,a,0.5,nan\n")
+    with pytest.raises(ValueError, match=r"row 1: auroc 'nan' is not finite"):
+        FeatureCatalogue.from_file(path)
+
+
+def test_the_provenance_fields_are_the_files_provenance_columns():
+    names = tuple(field.name for field in dataclasses.fields(Provenance))
+    assert names == INTERPRETATION_COLUMNS[3:]  # after feature, explanation, score

@@ -87,9 +87,17 @@ def test_interpretations_file_loads_in_the_catalogue(tmp_path):
     assert len(catalogue) == 2
     pacemaker = catalogue.get(2)
     assert pacemaker is not None
-    assert pacemaker.explanation == "pacemaker (AUROC 0.97 over studies, synthetic world)"
+    assert pacemaker.explanation == "pacemaker"  # plain words: no score inside the text
     assert pacemaker.score == pytest.approx(0.9734)
-    assert catalogue.search("pleural effusion")[0][0].feature == 7
+    assert pacemaker.provenance is not None
+    assert pacemaker.provenance.explainer == "concept-annotations"
+    assert pacemaker.provenance.scorer == "concept-auroc"
+    assert pacemaker.provenance.concept_auroc == pytest.approx(0.9734)
+    effusion = catalogue.search("pleural effusion")[0]
+    assert (effusion.interpretation.feature, effusion.interpretation.explanation) == (
+        7,
+        "pleural effusion",
+    )
     assert np.isclose(catalogue.get(7).score, 0.812)
     assert read_interpretations(path) == [
         FeatureLabel(2, "pacemaker", 0.9734),

@@ -68,6 +68,14 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_EOS: _ClassVar[FinishReason]
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
     FINISH_REASON_CANCELLED: _ClassVar[FinishReason]
+
+class MatchKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MATCH_KIND_UNSPECIFIED: _ClassVar[MatchKind]
+    MATCH_KIND_EXACT: _ClassVar[MatchKind]
+    MATCH_KIND_PHRASE: _ClassVar[MatchKind]
+    MATCH_KIND_PARTIAL: _ClassVar[MatchKind]
+    MATCH_KIND_ACTIVATION: _ClassVar[MatchKind]
 MEDIA_TYPE_UNSPECIFIED: MediaType
 MEDIA_TYPE_PNG: MediaType
 MEDIA_TYPE_JPEG: MediaType
@@ -106,6 +114,11 @@ FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_EOS: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_CANCELLED: FinishReason
+MATCH_KIND_UNSPECIFIED: MatchKind
+MATCH_KIND_EXACT: MatchKind
+MATCH_KIND_PHRASE: MatchKind
+MATCH_KIND_PARTIAL: MatchKind
+MATCH_KIND_ACTIVATION: MatchKind
 
 class Image(_message.Message):
     __slots__ = ("data", "media_type")
@@ -464,7 +477,7 @@ class SaeInfo(_message.Message):
     def __init__(self, id: _Optional[str] = ..., layer: _Optional[int] = ..., hook_point: _Optional[str] = ..., d_model: _Optional[int] = ..., d_sae: _Optional[int] = ..., group_sizes: _Optional[_Iterable[int]] = ..., has_interpretations: _Optional[bool] = ..., num_interpretations: _Optional[int] = ..., source_format: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_image_bytes", "max_image_pixels", "max_images", "max_text_chars", "max_new_tokens", "default_max_new_tokens", "max_variants", "max_interventions_per_variant", "max_top_k", "max_abs_strength", "max_batch_size", "queue_size", "max_prompt_tokens", "max_sequence_tokens", "max_token_ranges", "max_image_aspect_ratio", "image_memory_bytes", "max_id_chars", "stream_buffer_events", "max_decode_rows", "max_kv_positions", "prefill_token_budget")
+    __slots__ = ("max_image_bytes", "max_image_pixels", "max_images", "max_text_chars", "max_new_tokens", "default_max_new_tokens", "max_variants", "max_interventions_per_variant", "max_top_k", "max_abs_strength", "max_batch_size", "queue_size", "max_prompt_tokens", "max_sequence_tokens", "max_token_ranges", "max_image_aspect_ratio", "image_memory_bytes", "max_id_chars", "stream_buffer_events", "max_decode_rows", "max_kv_positions", "prefill_token_budget", "max_activation_text_tokens")
     MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -487,6 +500,7 @@ class Limits(_message.Message):
     MAX_DECODE_ROWS_FIELD_NUMBER: _ClassVar[int]
     MAX_KV_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACTIVATION_TEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     max_image_bytes: int
     max_image_pixels: int
     max_images: int
@@ -509,7 +523,8 @@ class Limits(_message.Message):
     max_decode_rows: int
     max_kv_positions: int
     prefill_token_budget: int
-    def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_images: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_variants: _Optional[int] = ..., max_interventions_per_variant: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_abs_strength: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., max_sequence_tokens: _Optional[int] = ..., max_token_ranges: _Optional[int] = ..., max_image_aspect_ratio: _Optional[float] = ..., image_memory_bytes: _Optional[int] = ..., max_id_chars: _Optional[int] = ..., stream_buffer_events: _Optional[int] = ..., max_decode_rows: _Optional[int] = ..., max_kv_positions: _Optional[int] = ..., prefill_token_budget: _Optional[int] = ...) -> None: ...
+    max_activation_text_tokens: int
+    def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_images: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_variants: _Optional[int] = ..., max_interventions_per_variant: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_abs_strength: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., max_sequence_tokens: _Optional[int] = ..., max_token_ranges: _Optional[int] = ..., max_image_aspect_ratio: _Optional[float] = ..., image_memory_bytes: _Optional[int] = ..., max_id_chars: _Optional[int] = ..., stream_buffer_events: _Optional[int] = ..., max_decode_rows: _Optional[int] = ..., max_kv_positions: _Optional[int] = ..., prefill_token_budget: _Optional[int] = ..., max_activation_text_tokens: _Optional[int] = ...) -> None: ...
 
 class Versions(_message.Message):
     __slots__ = ("maira_sae", "torch", "transformers")
@@ -552,19 +567,21 @@ class InfoResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., saes: _Optional[_Iterable[_Union[SaeInfo, _Mapping]]] = ..., default_sae_id: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., versions: _Optional[_Union[Versions, _Mapping]] = ..., dicom: _Optional[_Union[DicomDecoding, _Mapping]] = ...) -> None: ...
 
 class GetFeatureRequest(_message.Message):
-    __slots__ = ("sae_id", "feature", "include_decoder_row", "num_logits")
+    __slots__ = ("sae_id", "feature", "include_decoder_row", "num_logits", "num_nearest")
     SAE_ID_FIELD_NUMBER: _ClassVar[int]
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_DECODER_ROW_FIELD_NUMBER: _ClassVar[int]
     NUM_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    NUM_NEAREST_FIELD_NUMBER: _ClassVar[int]
     sae_id: str
     feature: int
     include_decoder_row: bool
     num_logits: int
-    def __init__(self, sae_id: _Optional[str] = ..., feature: _Optional[int] = ..., include_decoder_row: _Optional[bool] = ..., num_logits: _Optional[int] = ...) -> None: ...
+    num_nearest: int
+    def __init__(self, sae_id: _Optional[str] = ..., feature: _Optional[int] = ..., include_decoder_row: _Optional[bool] = ..., num_logits: _Optional[int] = ..., num_nearest: _Optional[int] = ...) -> None: ...
 
 class Feature(_message.Message):
-    __slots__ = ("feature", "label", "interpretation_score", "decoder_norm", "dashboard", "has_dashboard", "dashboard_note", "promoted_tokens", "suppressed_tokens", "decoder_row")
+    __slots__ = ("feature", "label", "interpretation_score", "decoder_norm", "dashboard", "has_dashboard", "dashboard_note", "promoted_tokens", "suppressed_tokens", "decoder_row", "provenance", "nearest_features")
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     INTERPRETATION_SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -575,6 +592,8 @@ class Feature(_message.Message):
     PROMOTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SUPPRESSED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DECODER_ROW_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    NEAREST_FEATURES_FIELD_NUMBER: _ClassVar[int]
     feature: int
     label: str
     interpretation_score: float
@@ -585,7 +604,43 @@ class Feature(_message.Message):
     promoted_tokens: _containers.RepeatedCompositeFieldContainer[TokenLogit]
     suppressed_tokens: _containers.RepeatedCompositeFieldContainer[TokenLogit]
     decoder_row: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, feature: _Optional[int] = ..., label: _Optional[str] = ..., interpretation_score: _Optional[float] = ..., decoder_norm: _Optional[float] = ..., dashboard: _Optional[_Union[FeatureDashboard, _Mapping]] = ..., has_dashboard: _Optional[bool] = ..., dashboard_note: _Optional[str] = ..., promoted_tokens: _Optional[_Iterable[_Union[TokenLogit, _Mapping]]] = ..., suppressed_tokens: _Optional[_Iterable[_Union[TokenLogit, _Mapping]]] = ..., decoder_row: _Optional[_Iterable[float]] = ...) -> None: ...
+    provenance: InterpretationProvenance
+    nearest_features: _containers.RepeatedCompositeFieldContainer[NearestFeature]
+    def __init__(self, feature: _Optional[int] = ..., label: _Optional[str] = ..., interpretation_score: _Optional[float] = ..., decoder_norm: _Optional[float] = ..., dashboard: _Optional[_Union[FeatureDashboard, _Mapping]] = ..., has_dashboard: _Optional[bool] = ..., dashboard_note: _Optional[str] = ..., promoted_tokens: _Optional[_Iterable[_Union[TokenLogit, _Mapping]]] = ..., suppressed_tokens: _Optional[_Iterable[_Union[TokenLogit, _Mapping]]] = ..., decoder_row: _Optional[_Iterable[float]] = ..., provenance: _Optional[_Union[InterpretationProvenance, _Mapping]] = ..., nearest_features: _Optional[_Iterable[_Union[NearestFeature, _Mapping]]] = ...) -> None: ...
+
+class InterpretationProvenance(_message.Message):
+    __slots__ = ("explainer", "explainer_model", "scorer", "num_activating", "num_non_activating", "auroc", "balanced_accuracy", "concept_auroc", "created")
+    EXPLAINER_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINER_MODEL_FIELD_NUMBER: _ClassVar[int]
+    SCORER_FIELD_NUMBER: _ClassVar[int]
+    NUM_ACTIVATING_FIELD_NUMBER: _ClassVar[int]
+    NUM_NON_ACTIVATING_FIELD_NUMBER: _ClassVar[int]
+    AUROC_FIELD_NUMBER: _ClassVar[int]
+    BALANCED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    CONCEPT_AUROC_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    explainer: str
+    explainer_model: str
+    scorer: str
+    num_activating: int
+    num_non_activating: int
+    auroc: float
+    balanced_accuracy: float
+    concept_auroc: float
+    created: str
+    def __init__(self, explainer: _Optional[str] = ..., explainer_model: _Optional[str] = ..., scorer: _Optional[str] = ..., num_activating: _Optional[int] = ..., num_non_activating: _Optional[int] = ..., auroc: _Optional[float] = ..., balanced_accuracy: _Optional[float] = ..., concept_auroc: _Optional[float] = ..., created: _Optional[str] = ...) -> None: ...
+
+class NearestFeature(_message.Message):
+    __slots__ = ("feature", "cosine", "label", "interpretation_score")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    COSINE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    INTERPRETATION_SCORE_FIELD_NUMBER: _ClassVar[int]
+    feature: int
+    cosine: float
+    label: str
+    interpretation_score: float
+    def __init__(self, feature: _Optional[int] = ..., cosine: _Optional[float] = ..., label: _Optional[str] = ..., interpretation_score: _Optional[float] = ...) -> None: ...
 
 class TokenLogit(_message.Message):
     __slots__ = ("token_id", "text", "logit")
@@ -662,31 +717,41 @@ class ContextToken(_message.Message):
     def __init__(self, text: _Optional[str] = ..., value: _Optional[float] = ..., is_example: _Optional[bool] = ...) -> None: ...
 
 class SearchFeaturesRequest(_message.Message):
-    __slots__ = ("sae_id", "query", "limit")
+    __slots__ = ("sae_id", "query", "limit", "activation_text")
     SAE_ID_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_TEXT_FIELD_NUMBER: _ClassVar[int]
     sae_id: str
     query: str
     limit: int
-    def __init__(self, sae_id: _Optional[str] = ..., query: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    activation_text: str
+    def __init__(self, sae_id: _Optional[str] = ..., query: _Optional[str] = ..., limit: _Optional[int] = ..., activation_text: _Optional[str] = ...) -> None: ...
 
 class FeatureMatch(_message.Message):
-    __slots__ = ("feature", "score")
+    __slots__ = ("feature", "score", "kind", "token_index", "token_text")
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_TEXT_FIELD_NUMBER: _ClassVar[int]
     feature: Feature
     score: float
-    def __init__(self, feature: _Optional[_Union[Feature, _Mapping]] = ..., score: _Optional[float] = ...) -> None: ...
+    kind: MatchKind
+    token_index: int
+    token_text: str
+    def __init__(self, feature: _Optional[_Union[Feature, _Mapping]] = ..., score: _Optional[float] = ..., kind: _Optional[_Union[MatchKind, str]] = ..., token_index: _Optional[int] = ..., token_text: _Optional[str] = ...) -> None: ...
 
 class SearchFeaturesResponse(_message.Message):
-    __slots__ = ("sae_id", "matches", "suggestions", "note")
+    __slots__ = ("sae_id", "matches", "suggestions", "note", "activation_tokens")
     SAE_ID_FIELD_NUMBER: _ClassVar[int]
     MATCHES_FIELD_NUMBER: _ClassVar[int]
     SUGGESTIONS_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     sae_id: str
     matches: _containers.RepeatedCompositeFieldContainer[FeatureMatch]
     suggestions: _containers.RepeatedScalarFieldContainer[str]
     note: str
-    def __init__(self, sae_id: _Optional[str] = ..., matches: _Optional[_Iterable[_Union[FeatureMatch, _Mapping]]] = ..., suggestions: _Optional[_Iterable[str]] = ..., note: _Optional[str] = ...) -> None: ...
+    activation_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sae_id: _Optional[str] = ..., matches: _Optional[_Iterable[_Union[FeatureMatch, _Mapping]]] = ..., suggestions: _Optional[_Iterable[str]] = ..., note: _Optional[str] = ..., activation_tokens: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -103,14 +103,16 @@ class MairaSaeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetFeature(self, request, context):
-        """One feature of one SAE: its label and decoder norm.
+        """One feature of one SAE: its explanation with where it came from, decoder norm, dashboard,
+        logit effects and nearest features by decoder cosine.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SearchFeatures(self, request, context):
-        """Text search over the features' interpretations.
+        """Text search over the features' interpretations, or the features that fire most on a text
+        run through the model (SearchFeaturesRequest.activation_text).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ def build(settings: BuildSettings, output: Path, work_dir: Path) -> dict[str, An
         output,
         trained.model,
         sae,
-        lambda path: write_interpretations(path, labels),
+        lambda path: write_interpretations(path, labels, created=date.today().isoformat()),
         provenance,
     )
     write_world_dashboard(output)

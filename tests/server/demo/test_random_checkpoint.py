@@ -134,9 +134,11 @@ def test_interpretations_are_marked_demo_and_searchable(demo_checkpoint):
     assert 0 < len(catalogue) < 256  # some features are left unlabelled
     hits = catalogue.search("pacemakers", limit=5)
     assert hits
-    for interpretation, _score in hits:
+    for hit in hits:
+        interpretation = hit.interpretation
         assert interpretation.explanation == "DEMO label (random model, not clinical): pacemaker"
         assert 0.0 <= interpretation.score <= 1.0
+        assert interpretation.provenance is None  # a three-column file
 
 
 def test_the_config_is_written_in_the_released_form_and_never_mutated(demo_checkpoint):

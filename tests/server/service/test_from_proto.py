@@ -173,6 +173,23 @@ def test_search_query():
     assert query == from_proto.SearchQuery("", "pacemaker", from_proto.DEFAULT_TOP_K)
 
 
+def test_search_by_activation_request():
+    msg = pb.SearchFeaturesRequest(activation_text="enlarged heart", limit=7, sae_id="f4")
+    query = from_proto.search_query_from_proto(msg, LIMITS)
+    assert query == t.ActivationSearchRequest(text="enlarged heart", limit=7, sae_id="f4")
+    default = pb.SearchFeaturesRequest(activation_text="heart")
+    assert from_proto.search_query_from_proto(default, LIMITS).limit == from_proto.DEFAULT_TOP_K
+
+
+def test_feature_query_defaults_and_nearest():
+    query = from_proto.feature_query_from_proto(pb.GetFeatureRequest(feature=3), LIMITS)
+    assert (query.num_logits, query.num_nearest) == (10, from_proto.DEFAULT_NUM_NEAREST)
+    asked = pb.GetFeatureRequest(feature=3, num_nearest=4)
+    assert from_proto.feature_query_from_proto(asked, LIMITS).num_nearest == 4
+    with pytest.raises(OutOfRange, match=r"num_nearest is 300, over limits\.max_top_k = 256"):
+        from_proto.feature_query_from_proto(pb.GetFeatureRequest(num_nearest=300), LIMITS)
+
+
 TOO_LONG = "x" * (LIMITS.max_text_chars + 1)
 
 # (what to convert, error, words the message must hold)
@@ -352,6 +369,36 @@ INVALID_CASES = {
         pb.SearchFeaturesRequest(query="line", limit=300),
         OutOfRange,
         "limit is 300, over limits.max_top_k = 256",
+    ),
+    "neither query nor activation text": (
+        pb.SearchFeaturesRequest(),
+        InvalidArgument,
+        "query is required",
+    ),
+    "query and activation text": (
+        pb.SearchFeaturesRequest(query="heart", activation_text="enlarged heart"),
+        InvalidArgument,
+        "not both",
+    ),
+    "blank activation text": (
+        pb.SearchFeaturesRequest(activation_text=" \n"),
+        InvalidArgument,
+        "activation_text is blank",
+    ),
+    "activation text too long": (
+        pb.SearchFeaturesRequest(activation_text=TOO_LONG),
+        OutOfRange,
+        f"activation_text has {len(TOO_LONG)} characters, over limits.max_text_chars",
+    ),
+    "activation text with NUL": (
+        pb.SearchFeaturesRequest(activation_text="heart\x00"),
+        InvalidArgument,
+        "activation_text contains a NUL character",
+    ),
+    "activation search limit": (
+        pb.SearchFeaturesRequest(activation_text="heart", limit=257),
+        OutOfRange,
+        "limit is 257, over limits.max_top_k = 256",
     ),
 }
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from maira_sae.sae.catalogue import FeatureInterpretation
+from maira_sae.sae.catalogue import FeatureInterpretation, Provenance
 from maira_sae.server.engine import types as t
 from maira_sae.server.engine.schedule import BatchLimits
 from maira_sae.server.engine.token_limits import TokenLimits
 from maira_sae.server.maira2.study import ImageRole
 from maira_sae.server.maira2.tokens import TokenInfo, TokenKind
-from maira_sae.server.service import to_proto
+from maira_sae.server.service import feature_to_proto, to_proto
 from maira_sae.server.service.config import DicomConfig, SaeSpec, ServerConfig
 from maira_sae.server.service.descriptions import ModelDescription, SaeDescription
 from maira_sae.v1 import maira_sae_pb2 as pb
@@ -95,11 +95,28 @@ def test_features_to_proto():
     bare = to_proto.feature_to_proto(t.FeatureDescription(5, None, 0.5))
     assert not bare.HasField("label") and not bare.HasField("interpretation_score")
     search = to_proto.search_response_to_proto(
-        t.FeatureSearchResult("f4", ((t.FeatureDescription(4, labelled, 2.0), 3.2),))
+        t.FeatureSearchResult(
+            "f4", (t.FeatureMatch(t.FeatureDescription(4, labelled, 2.0), 3.2, t.MatchKind.EXACT),)
+        )
     )
     assert search.sae_id == "f4"
     assert search.matches[0].feature.decoder_norm == 2.0
     assert search.matches[0].score == pytest.approx(3.2)
+    assert search.matches[0].kind == pb.MATCH_KIND_EXACT
+    assert not search.activation_tokens
+
+
+def test_search_by_activation_to_proto():
+    bare = t.FeatureDescription(9, None, 1.5)
+    match = t.FeatureMatch(bare, 4.25, t.MatchKind.ACTIVATION, token_index=2, token_text=" heart")
+    search = to_proto.search_response_to_proto(
+        t.FeatureSearchResult("f4", (match,), activation_tokens=("<s>", " enlarged", " heart"))
+    )
+    (got,) = search.matches
+    assert (got.feature.feature, got.score, got.kind) == (9, 4.25, pb.MATCH_KIND_ACTIVATION)
+    assert (got.token_index, got.token_text) == (2, " heart")
+    assert not got.feature.HasField("label")
+    assert list(search.activation_tokens) == ["<s>", " enlarged", " heart"]
 
 
 MODEL = ModelDescription(
@@ -153,3 +170,54 @@ def test_info_reports_the_dicom_settings():
     msg = to_proto.info_to_proto(MODEL, [], config, {}, token_limits, BatchLimits(), "demo")
     assert msg.default_sae_id == "demo" and not msg.dicom.modalities
     assert not msg.dicom.voi_lut and "no VOI LUT or window" in msg.dicom.description
+
+
+def test_feature_details_carry_provenance_and_nearest_features():
+    provenance = Provenance(
+        explainer="offline-contrastive",
+        scorer="detection-phrase",
+        n_activating=40,
+        n_non_activating=0,  # a real zero, not an empty cell
+        auroc=0.91,
+        created="2026-12-05",
+    )
+    explained = FeatureInterpretation(4, "pacemaker", 0.91, provenance)
+    neighbour = FeatureInterpretation(7, "pacemaker lead", None)
+    details = t.FeatureDetails(
+        description=t.FeatureDescription(4, explained, 1.0),
+        dashboard=None,
+        dashboard_note="no dashboard",
+        logit_effect=t.LogitEffect((), ()),
+        decoder_row=None,
+        nearest=(
+            t.NearestFeature(t.FeatureDescription(7, neighbour, 1.0), 0.5),
+            t.NearestFeature(t.FeatureDescription(2, None, 1.0), -0.25),
+        ),
+    )
+    msg = feature_to_proto.feature_details_to_proto(details)
+    assert msg.HasField("provenance")
+    got = msg.provenance
+    assert (got.explainer, got.explainer_model, got.scorer, got.created) == (
+        "offline-contrastive",
+        "",
+        "detection-phrase",
+        "2026-12-05",
+    )
+    assert (got.num_activating, got.num_non_activating, got.auroc) == (40, 0, 0.91)
+    assert got.HasField("num_non_activating")
+    assert not got.HasField("balanced_accuracy") and not got.HasField("concept_auroc")
+    first, second = msg.nearest_features
+    assert (first.feature, first.cosine, first.label) == (7, 0.5, "pacemaker lead")
+    assert not first.HasField("interpretation_score")
+    assert (second.feature, second.cosine) == (2, -0.25)
+    assert not second.HasField("label")
+
+
+def test_a_label_without_provenance_columns_has_no_provenance():
+    plain = FeatureInterpretation(4, "pacemaker", 0.9)
+    details = t.FeatureDetails(
+        t.FeatureDescription(4, plain, 1.0), None, "", t.LogitEffect((), ()), None
+    )
+    msg = feature_to_proto.feature_details_to_proto(details)
+    assert msg.label == "pacemaker" and not msg.HasField("provenance")
+    assert not msg.nearest_features

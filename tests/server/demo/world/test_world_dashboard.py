@@ -9,8 +9,7 @@ import pytest
 
 from maira_sae.sae.dashboard import Dashboard
 from maira_sae.sae.formats import load_sae
-from maira_sae.server.demo.layout import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
-from maira_sae.server.demo.random_checkpoint import DemoCheckpoint
+from maira_sae.server.demo.layout import SAE_FOLDER
 from maira_sae.server.demo.world.dashboard import (
     DASHBOARD_SEED,
     DASHBOARD_STUDIES,
@@ -19,25 +18,13 @@ from maira_sae.server.demo.world.dashboard import (
 from maira_sae.server.demo.world.reports import PACEMAKER
 from maira_sae.server.demo.world.studies import world_dataset
 from maira_sae.v1 import maira_sae_pb2 as pb
-from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
-from tests.support.servers import demo_config, running_server
 
 PACEMAKER_FEATURE = 4  # the strongest pacemaker feature (README, measure.py)
 
 
 @pytest.fixture(scope="module")
-def stub(world_demo):
-    checkpoint = DemoCheckpoint(
-        world_demo,
-        world_demo / MODEL_FOLDER,
-        world_demo / SAE_FOLDER,
-        world_demo / INTERPRETATIONS_FILE,
-    )
-    with (
-        running_server(demo_config(checkpoint)) as server,
-        grpc.insecure_channel(server.target) as channel,
-    ):
-        yield pb_grpc.MairaSaeStub(channel)
+def stub(world_stub):
+    return world_stub
 
 
 def test_the_pacemaker_features_top_studies_are_mostly_studies_with_a_pacemaker(stub):
