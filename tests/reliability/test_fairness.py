@@ -1,6 +1,7 @@
 """Fair sharing on a real server: a short generation completes while long ones hold the
 engine (the long call that waits for rows does not hold it back), batch-marked calls yield
-to an interactive one, and the priority metadata is checked."""
+to an interactive one, long calls without deadlines leave a queue place to short calls, and
+the priority metadata is checked."""
 
 from __future__ import annotations
 
@@ -129,3 +130,34 @@ def test_an_unknown_priority_is_invalid_argument_naming_the_known_ones(stub, val
 def test_a_batch_marked_encode_is_served(stub):
     reply = stub.Encode(pb.EncodeRequest(study=study(SMALL_PNG)), timeout=60, metadata=BATCH)
     assert reply.total_tokens > 0
+
+
+@pytest.fixture(scope="module")
+def four_place_server(demo_checkpoint):
+    """The issue's server: a queue of 4, default shares (3 places for long calls)."""
+    from maira_sae.server.service.config import BatchingConfig
+    from tests.support.servers import demo_config, running_server
+
+    config = replace(demo_config(demo_checkpoint), batching=BatchingConfig(queue_size=4))
+    with running_server(config) as server:
+        yield server
+
+
+@pytest.mark.slow
+def test_long_calls_without_deadlines_cannot_take_every_place(four_place_server):
+    with grpc.insecure_channel(four_place_server.target) as channel:
+        stub = pb_grpc.MairaSaeStub(channel)
+        holders = [Stream(stub, variants=2, tokens=1024) for _ in range(3)]  # no deadline set
+        try:
+            wait_until(lambda: all(h.tokens > 0 for h in holders), WITHIN_S, what="3 long calls")
+            one_more = Stream(stub, variants=2, tokens=1024)
+            one_more.thread.join(WITHIN_S)
+            assert one_more.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            details = one_more.call.details()
+            assert "places for long and batch calls are taken (3 of 4" in details
+            reply = stub.Encode(pb.EncodeRequest(study=study(SMALL_PNG)), timeout=WITHIN_S)
+            assert reply.total_tokens > 0  # the place kept for short calls
+            assert all(h.code is None for h in holders)  # still streaming
+        finally:
+            for holder in holders:
+                holder.cancel()
