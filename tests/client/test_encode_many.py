@@ -90,10 +90,11 @@ def two_place_server(demo_checkpoint):
 def test_calls_really_overlap_and_fail_as_single_calls_do(two_place_server, world_studies):
     """Six callers against two places: without retries some call is refused at once, and
     encode_many raises the SDK's error for it (each call is a plain ``encode``: with retries
-    on, it retries exactly as a single call does)."""
+    on, it retries exactly as a single call does). Its calls are batch-marked: the place for
+    long and batch calls (one of the two) is what they find taken."""
     with (
         Client(two_place_server.target, retry=None) as no_retries,
-        pytest.raises(ServerBusyError, match="queue is full"),
+        pytest.raises(ServerBusyError, match=r"places for long and batch calls are taken \(1 of 2"),
     ):
         no_retries.encode_many(world_studies[:12], concurrency=6, progress=False, top_k_per_token=1)
 
