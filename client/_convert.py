@@ -124,7 +124,7 @@ _FINISH_REASONS_BACK = {
 def _image(image: StudyImage | None) -> pb.Image | None:
     if image is None:
         return None
-    return pb.Image(data=image.data, media_type=_MEDIA_TYPES[image.media_type])
+    return pb.Image(data=image.data, media_type=_MEDIA_TYPES[image.media_type], frame=image.frame)
 
 
 def study_to_proto(study: Study) -> pb.Study:

@@ -224,7 +224,7 @@ def _top(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     if args.picture_features:
         _check_features(client, result.sae_id, args.picture_features)
     if args.heatmap:
-        _write_heatmap(study, result, args)
+        _write_heatmap(client, study, result, args)
     if args.html:
         kinds = TEXT_KINDS | {TokenKind.IMAGE_PATCH} if args.html_images else TEXT_KINDS
         encoded = client.encode(study, token_filter=TokenFilter(kinds=kinds), **options)
@@ -267,7 +267,9 @@ def _check_features(client: Client, sae_id: str, features: Sequence[int]) -> Non
             )
 
 
-def _write_heatmap(study: Study, result: TopFeaturesResult, args: argparse.Namespace) -> None:
+def _write_heatmap(
+    client: Client, study: Study, result: TopFeaturesResult, args: argparse.Namespace
+) -> None:
     image_index = (args.image_indices or [0])[0]
     drawn = pictures.features_on_image(result, image_index, args.picture_features, args.pictures)
     wanted = len(args.picture_features) if args.picture_features else args.pictures
@@ -278,8 +280,10 @@ def _write_heatmap(study: Study, result: TopFeaturesResult, args: argparse.Names
             f"fire on image {image_index}",
             file=sys.stderr,
         )
+    # decoded here as the server decoded it: its DICOM settings, not this client's defaults
+    pixels = study.images()[image_index][1].pixels(dicom=client.info().dicom.options())
     picture = pictures.top_features_heatmap(
-        study.images()[image_index][1].pixels(),
+        pixels,
         result,
         image_index=image_index,
         features=args.picture_features,

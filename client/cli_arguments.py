@@ -4,11 +4,12 @@ the SDK objects (client, study, filter, task) the parsed arguments describe."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
 from maira_sae.client.connection import RetryPolicy, TlsFiles, read_token_file
-from maira_sae.client.imaging.decode import MediaType, sniff_media_type
+from maira_sae.client.imaging.decode import MediaType
 from maira_sae.client.requests import (
     Aggregation,
     PositionScope,
@@ -170,8 +171,8 @@ def _study_arguments() -> argparse.ArgumentParser:
         "--frame",
         type=_feature_number,
         help=(
-            "the frame (from 0) to take from the DICOM images, each of which must have it; a"
-            " multi-frame DICOM is refused without it"
+            "the frame (from 0) of the DICOM images to use, sent with them for the server to"
+            " decode (each must have it); the server refuses a multi-frame DICOM without it"
         ),
     )
     return study
@@ -288,13 +289,12 @@ def study_from_args(args: argparse.Namespace) -> Study:
 
 
 def _study_image(path: Path, frame: int | None) -> StudyImage:
-    """``--frame`` applies to the DICOM files among the images (PNG and JPEG have one)."""
-    if frame is not None:
-        with path.open("rb") as file:
-            is_dicom = sniff_media_type(file.read(132)) is MediaType.DICOM
-        if is_dicom:
-            return StudyImage.from_file(path, frame=frame)
-    return StudyImage.from_file(path)
+    """``--frame`` applies to the DICOM files among the images (PNG and JPEG have one); the
+    file is sent as it is, for the server to judge."""
+    image = StudyImage.from_file(path)
+    if frame is not None and image.media_type is MediaType.DICOM:
+        return dataclasses.replace(image, frame=frame)
+    return image
 
 
 def token_filter_from_args(args: argparse.Namespace) -> TokenFilter:

@@ -1,8 +1,12 @@
 """A chest X-ray study as the SDK sends it: encoded image bytes and the report sections.
 
-Files are sent as they are (PNG, JPEG or DICOM bytes): the server decodes them with the same
-code as ``pixels()`` here, so what a caller sees locally is what the model sees. PIL images and
-numpy arrays are encoded as lossless PNG first (16-bit arrays as 16-bit PNG).
+Files are sent as they are (PNG, JPEG or DICOM bytes, with the frame chosen of a multi-frame
+DICOM file), and the server decides what it takes: its DICOM policy (``ServerInfo.dicom``:
+which modalities, whether the window applies) is the one that counts, so nothing here refuses a
+file the server would accept, and sending a DICOM file needs no pydicom. The server decodes
+with the same code as ``pixels()`` here (``pixels(dicom=info.dicom.options())`` matches a
+server's settings), so what a caller sees locally is what the model sees. PIL images and numpy
+arrays are encoded as lossless PNG first (16-bit arrays as 16-bit PNG).
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from PIL import Image
 
 from maira_sae.client.imaging.decode import (
     DecodeLimits,
-    ImageDecodeError,
     MediaType,
     decode_image,
     load_image_file,
@@ -36,16 +39,21 @@ IMAGE_ROLES = ("frontal", "lateral", "prior")  # prompt order; image_index count
 @dataclass(frozen=True)
 class StudyImage:
     """One encoded image; ``media_type`` None lets the server sniff the bytes. ``name`` says
-    where it came from (a file path) in error messages."""
+    where it came from (a file path) in error messages. ``frame`` picks one frame (from 0) of a
+    multi-frame DICOM file, which the server refuses without it; PNG, JPEG and one-frame DICOM
+    files have frame 0 only."""
 
     data: bytes
     media_type: MediaType | None = None
     name: str = "image"
+    frame: int | None = None
 
     def __post_init__(self) -> None:
         """A media type given as its MIME string ("image/png") is read as the enum; anything
         else that is not a ``MediaType`` (such as the protobuf enum's number, whose name this
         one shares) is refused here, saying what to pass."""
+        if self.frame is not None and not 0 <= self.frame < 2**32:
+            raise ValueError(f"{self.name}: frame must be in 0..2**32-1, got {self.frame}")
         if self.media_type is None or isinstance(self.media_type, MediaType):
             return
         if isinstance(self.media_type, str):
@@ -63,26 +71,12 @@ class StudyImage:
 
     @classmethod
     def from_file(cls, path: PathLike, *, frame: int | None = None) -> StudyImage:
-        """Reads a PNG, JPEG or DICOM file. A DICOM file is decoded once here, so a file this
-        client cannot read (a compressed transfer syntax without its decoder, a modality that
-        is not a radiograph) fails now with the file's name rather than later on the server.
-
-        ``frame`` picks one frame (from 0) of a multi-frame DICOM file, which is otherwise
-        refused. The server takes whole files only, so that frame is decoded here (with the
-        default ``DicomOptions``: window applied) and sent as a lossless 16-bit PNG of its
-        greyscale values. A single-frame file ignores ``frame`` 0 and refuses any other.
-        """
+        """Reads a PNG, JPEG or DICOM file to send as it is; ``frame`` picks one frame (from 0)
+        of a multi-frame DICOM file. Nothing is decoded here: the server judges the file under
+        its own settings and says, with the file's role, what it refuses and why. Call
+        ``pixels()`` to decode it here (DICOM then needs pydicom: the ``images`` extra)."""
         data, media_type = load_image_file(path)
-        image = cls(data=data, media_type=media_type, name=os.fspath(path))
-        if media_type is not MediaType.DICOM:
-            if frame not in (None, 0):
-                raise ImageDecodeError(image.name, f"frame {frame} was chosen, but it is no DICOM")
-            return image
-        if frame is None:
-            image.pixels()
-            return image
-        pixels = image.pixels(dicom=DicomOptions(frame=frame))
-        return cls.from_array(pixels, name=f"{image.name} frame {frame}")
+        return cls(data=data, media_type=media_type, name=os.fspath(path), frame=frame)
 
     @classmethod
     def from_pil(cls, image: Image.Image, name: str = "image") -> StudyImage:
@@ -123,11 +117,15 @@ class StudyImage:
     def pixels(
         self, limits: DecodeLimits | None = None, dicom: DicomOptions | None = None
     ) -> np.ndarray:
-        """The greyscale pixels at full depth, decoded exactly as the server decodes them
-        (DICOM: rescale, window, MONOCHROME1 inverted; ``ServerInfo.dicom`` says whether a
-        server applies the window, and ``dicom`` here can match it)."""
+        """The greyscale pixels at full depth (of ``frame``), decoded exactly as the server
+        decodes them (DICOM: rescale, window, MONOCHROME1 inverted; ``ServerInfo.dicom`` says
+        which modalities a server takes and whether it applies the window:
+        ``dicom=info.dicom.options()`` decodes as that server does)."""
+        options = dicom or DicomOptions()
+        if self.frame is not None:
+            options = options.with_frame(self.frame)
         return decode_image(
-            self.data, self.media_type, name=self.name, limits=limits or _LIMITS, dicom=dicom
+            self.data, self.media_type, name=self.name, limits=limits or _LIMITS, dicom=options
         )
 
 

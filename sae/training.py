@@ -159,13 +159,30 @@ class MatryoshkaTrainingConfig:
         return factor
 
 
+# What each dead fraction of a report counts; written into training_report.json beside them.
+DEAD_FRACTION_DEFINITIONS = {
+    "train_dead_fraction": (
+        "features that training's batch top-k did not select once in the last "
+        "train_dead_window_tokens training tokens (dead_after_tokens, or every token of a run "
+        "that saw fewer): the features the auxiliary loss was reviving"
+    ),
+    "evaluation.dead_fraction": (
+        "features of the returned SAE that never pass the inference threshold, as served, on "
+        "the evaluation.tokens tokens evaluated: higher than train_dead_fraction by the "
+        "features that batch top-k, whose cut-off varies from batch to batch, selected only "
+        "below the threshold (the cut-off's running mean), or only with earlier weights"
+    ),
+}
+
+
 @dataclass(frozen=True)
 class TrainingReport:
     """What a run did and how the returned SAE does on (up to ``eval_tokens`` of) the data.
 
-    ``train_dead_fraction`` counts features silent for ``dead_after_tokens`` tokens at the end
-    of training; ``evaluation.dead_fraction`` those that never fire on the evaluated tokens
-    under the inference threshold."""
+    The two dead fractions count different things (``DEAD_FRACTION_DEFINITIONS``):
+    ``train_dead_fraction`` the features batch top-k did not select in the last
+    ``train_dead_window_tokens`` training tokens, ``evaluation.dead_fraction`` those that never
+    pass the inference threshold on the evaluated tokens: what serving sees."""
 
     steps: int
     tokens_seen: int
@@ -174,11 +191,16 @@ class TrainingReport:
     threshold: float
     input_scale: float
     train_dead_fraction: float
+    train_dead_window_tokens: int
     evaluation: SaeEvaluation
     seconds: float
 
     def to_dict(self) -> dict[str, object]:
-        return {**dataclasses.asdict(self), "evaluation": self.evaluation.to_dict()}
+        return {
+            **dataclasses.asdict(self),
+            "evaluation": self.evaluation.to_dict(),
+            "dead_fraction_definitions": DEAD_FRACTION_DEFINITIONS,
+        }
 
 
 class _TrainableSae(nn.Module):
@@ -250,16 +272,18 @@ def train_matryoshka_sae(
         _save_state(checkpoint, state, config, stream)
     sae = _served_sae(state, config)
     sample = stream.rows(_evaluation_rows(len(source), config))
+    tokens_seen = state.step * config.batch_size
+    # A run shorter than dead_after_tokens counts the features silent all along, not none.
+    dead_window = min(config.dead_after_tokens, tokens_seen)
     report = TrainingReport(
         steps=state.step,
-        tokens_seen=state.step * config.batch_size,
+        tokens_seen=tokens_seen,
         resumed_from_step=resumed_from,
         final_loss=sum(state.recent_losses) / max(1, len(state.recent_losses)),
         threshold=float(sae.threshold) if sae.threshold is not None else UNSET_THRESHOLD,
         input_scale=state.input_scale,
-        train_dead_fraction=float(
-            (state.tokens_since_fired >= config.dead_after_tokens).float().mean()
-        ),
+        train_dead_fraction=float((state.tokens_since_fired >= dead_window).float().mean()),
+        train_dead_window_tokens=dead_window,
         evaluation=evaluate_sae(sae, sample),
         seconds=time.perf_counter() - started,
     )

@@ -149,24 +149,26 @@ def _make_demo(directory: Path, *, random: bool, seed: int) -> int:
     return 0
 
 
+DEMO_SAE_ID = "demo-ef4-layer15"
+
+
 def with_demo(config: ServerConfig) -> ServerConfig:
     """``serve --demo``: the synthetic world demo (a tiny trained MAIRA-2-shaped model and its
     SAE) materialised once into ``model.demo_dir``, atomically, so concurrent or interrupted
-    starts never see half a build; the config then loads its model and, unless SAEs are
-    configured, its SAE. Any other config is returned as it is."""
+    starts never see half a build; the config then loads its model and its SAE, first (so the
+    default unless ``default_sae_id`` says otherwise), beside any SAEs configured (one
+    configured under the demo SAE's id replaces it). Any other config is returned as it is."""
     if not config.model.demo:
         return config
     from maira_sae.server.demo.layout import INTERPRETATIONS_FILE, MODEL_FOLDER, SAE_FOLDER
     from maira_sae.server.demo.world.materialise import ensure_world_demo
 
     demo = ensure_world_demo(demo_folder(config.model))
-    saes = config.saes or (
-        SaeSpec(
-            id="demo-ef4-layer15",
-            path=demo / SAE_FOLDER,
-            interpretations_path=demo / INTERPRETATIONS_FILE,
-        ),
+    demo_sae = SaeSpec(
+        id=DEMO_SAE_ID, path=demo / SAE_FOLDER, interpretations_path=demo / INTERPRETATIONS_FILE
     )
+    configured = {spec.id for spec in config.saes}
+    saes = (demo_sae, *config.saes) if demo_sae.id not in configured else config.saes
     return replace(config, model=replace(config.model, path=str(demo / MODEL_FOLDER)), saes=saes)
 
 

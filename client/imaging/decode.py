@@ -141,9 +141,11 @@ def decode_image(
     Pillow's "L" weights (ITU-R 601-2 luma) at the stored depth and alpha is dropped. Animated
     PNGs give their first frame; JPEG EXIF orientation is not applied (neither does MAIRA-2).
     ``dicom`` says which DICOM files are accepted and how they are windowed (default:
-    ``DicomOptions()``). ``on_dimensions(width, height)`` is called once the header has been
-    read and checked, before any pixel is decoded: the server reserves the image's working
-    memory there, from the one parse of the header the decoder makes anyway.
+    ``DicomOptions()``); its ``frame`` picks a frame of a multi-frame DICOM file, and for PNG
+    and JPEG, which hold one picture, it may only be None or 0. ``on_dimensions(width,
+    height)`` is called once the header has been read and checked, before any pixel is decoded:
+    the server reserves the image's working memory there, from the one parse of the header the
+    decoder makes anyway.
     """
     if not data:
         raise ImageDecodeError(name, "empty image (0 bytes)")
@@ -158,6 +160,10 @@ def decode_image(
         from maira_sae.client.imaging.dicom import decode_dicom  # dicom imports this module
 
         return decode_dicom(data, name, limits, dicom, on_dimensions)
+    if dicom is not None and dicom.frame:
+        raise ImageDecodeError(
+            name, f"frame {dicom.frame} was chosen, but a {resolved.name} image has frame 0 only"
+        )
     return _decode_raster(data, resolved, name, limits, on_dimensions)
 
 

@@ -272,7 +272,8 @@ def _check_dicom_header(
         raise ImageDecodeError(
             name,
             f"multi-frame DICOM ({frames} frames): choose one frame, 0..{frames - 1} "
-            "(StudyImage.from_file(path, frame=N), or maira-sae --frame N)",
+            "(Image.frame in the request: StudyImage.from_file(path, frame=N), or "
+            "maira-sae --frame N)",
         )
     if frame is not None and frame >= frames:
         raise ImageDecodeError(

@@ -52,15 +52,15 @@ class FeatureLookup:
             entry.sae.check_feature(feature)
         except FeatureOutOfRange as error:
             raise feature_out_of_range(entry, error, "feature") from error
-        dashboard = entry.dashboard.feature(feature) if entry.dashboard is not None else None
+        dashboard, note = (
+            entry.dashboard.feature(feature)
+            if entry.dashboard is not None
+            else (None, f"SAE {entry.sae_id!r} has no dashboard folder")
+        )
         return FeatureDetails(
             description=self.describe(entry, feature),
             dashboard=dashboard,
-            dashboard_note=""
-            if dashboard is not None
-            else f"SAE {entry.sae_id!r} has no dashboard: build one with maira-sae-server "
-            "build-dashboard and set saes.dashboard_path (or put it in the SAE folder's "
-            "dashboard/)",
+            dashboard_note=note,
             logit_effect=self._logit_effects.of(entry.sae_id, entry.sae, feature, num_logits),
             decoder_row=(
                 tuple(entry.sae.W_dec[feature].float().cpu().tolist()) if decoder_row else None

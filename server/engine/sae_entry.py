@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from maira_sae.sae.catalogue import FeatureCatalogue
-from maira_sae.sae.dashboard import Dashboard
 from maira_sae.sae.model import FeatureOutOfRange, MatryoshkaSAE
+from maira_sae.server.engine.dashboard_source import DashboardSource
 from maira_sae.server.errors import OutOfRange
 
 
@@ -18,7 +18,8 @@ class SaeEntry:
     sae: MatryoshkaSAE
     catalogue: FeatureCatalogue
     layer: int
-    dashboard: Dashboard | None = None  # built offline (maira-sae-server build-dashboard)
+    # its dashboard folder, read again when maira-sae-server build-dashboard rewrites it
+    dashboard: DashboardSource | None = None
 
 
 def feature_out_of_range(entry: SaeEntry, error: FeatureOutOfRange, where: str) -> OutOfRange:

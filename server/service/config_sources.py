@@ -10,8 +10,9 @@ one name in each source::
 
 Two top-level settings sit outside sections: ``default_sae_id`` (``MAIRA_SAE_DEFAULT_SAE_ID``,
 ``--default-sae-id``) and ``saes``, a list of SAE specs (file: ``[[saes]]`` tables; env:
-``MAIRA_SAE_SAES`` holding a JSON list of objects; flag: ``--sae ID=PATH``, repeatable, for
-specs that need nothing but a path). The file may also be named by ``--config`` or
+``MAIRA_SAE_SAES`` holding a JSON list of objects; flag: ``--sae ID=PATH[,KEY=VALUE...]``,
+repeatable, where a key is ``interpretations`` or ``dashboard`` (the files' paths) or any other
+field of an SAE spec, such as ``threshold``). The file may also be named by ``--config`` or
 ``MAIRA_SAE_CONFIG``.
 
 Unknown keys in a file or in ``MAIRA_SAE_SAES`` are refused, so a typo in a Kubernetes
@@ -119,8 +120,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="saes",
         action="append",
         default=argparse.SUPPRESS,
-        metavar="ID=PATH",
-        help="an SAE to load; repeat for several",
+        metavar="ID=PATH[,interpretations=FILE]",
+        help="an SAE to load, optionally with its interpretation file and other settings"
+        " (dashboard=FOLDER, threshold=T, layer=L, or any key of an [[saes]] table), as"
+        " ID=PATH,KEY=VALUE,...; repeat for several (with --demo, beside the demo's SAE)",
     )
 
 
@@ -239,7 +242,21 @@ def _from_args(args: argparse.Namespace | None) -> dict[str, Any]:
     return out
 
 
+# ``--sae`` keys that name a file, by their short names; any other key is the spec's own.
+_SAE_FLAG_KEYS = {"interpretations": "interpretations_path", "dashboard": "dashboard_path"}
+
+
 def _parse_sae_flag(text: str) -> dict[str, str]:
-    sae_id, sep, path = text.partition("=")
-    _require(bool(sep and sae_id and path), f"--sae must read ID=PATH, got {text!r}")
-    return {"id": sae_id, "path": path}
+    """``ID=PATH[,KEY=VALUE...]`` as an ``[[saes]]`` table (checked where tables are)."""
+    usage = f"--sae must read ID=PATH[,interpretations=FILE,KEY=VALUE...], got {text!r}"
+    sae_id, sep, rest = text.partition("=")
+    path, *settings = rest.split(",")
+    _require(bool(sep and sae_id and path), usage)
+    spec = {"id": sae_id, "path": path}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        _require(bool(sep and key and value), usage)
+        name = _SAE_FLAG_KEYS.get(key, key)
+        _require(name not in spec, f"--sae {sae_id}: {key} is given twice")
+        spec[name] = value
+    return spec

@@ -13,7 +13,7 @@ d_sae, is a direction d_model long) is the engine's to check.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
@@ -50,9 +50,15 @@ from maira_sae.server.maira2.tokens import TokenKind
 from maira_sae.server.service.config import DicomConfig, LimitsConfig
 from maira_sae.v1 import maira_sae_pb2 as pb
 
-DecodeImage = Callable[[bytes, MediaType | None, str], np.ndarray]
-"""``decode(data, media_type, name) -> pixels``; media type None means sniff the bytes. Raises
-ImageDecodeError for an unusable image. ``image_decoder(limits)`` builds the server's."""
+
+class DecodeImage(Protocol):
+    """``decode(data, media_type, name, frame) -> pixels``; media type None means sniff the
+    bytes, ``frame`` is ``Image.frame`` (None when unset). Raises ImageDecodeError for an
+    unusable image. ``image_decoder(limits)`` builds the server's."""
+
+    def __call__(
+        self, data: bytes, media_type: MediaType | None, name: str, frame: int | None = None
+    ) -> np.ndarray: ...
 
 
 class ImageDecoder(Protocol):
@@ -63,6 +69,7 @@ class ImageDecoder(Protocol):
         data: bytes,
         media_type: MediaType | None,
         name: str,
+        frame: int | None = None,
         on_dimensions: DimensionsCheck | None = None,
     ) -> np.ndarray: ...
 
@@ -200,8 +207,10 @@ def study_from_proto(msg: pb.Study, limits: LimitsConfig, decode: DecodeImage) -
     media_types = {name: _checked_image(getattr(msg, name), limits, name) for name in present}
     pixels = {}
     for name, media_type in media_types.items():
+        image = getattr(msg, name)
+        frame = image.frame if image.HasField("frame") else None
         try:
-            pixels[name] = decode(getattr(msg, name).data, media_type, f"study.{name}")
+            pixels[name] = decode(image.data, media_type, f"study.{name}", frame)
         except ImageTooLargeError as err:
             setting = _IMAGE_LIMIT_SETTINGS.get(err.limit, err.limit)
             raise OutOfRange(f"{err} (server limit {setting})") from err
@@ -250,6 +259,7 @@ def image_decoder(limits: LimitsConfig, dicom: DicomConfig | None = None) -> Ima
         data: bytes,
         media_type: MediaType | None,
         name: str,
+        frame: int | None = None,
         on_dimensions: DimensionsCheck | None = None,
     ) -> np.ndarray:
         return decode_image(
@@ -257,7 +267,7 @@ def image_decoder(limits: LimitsConfig, dicom: DicomConfig | None = None) -> Ima
             media_type,
             name=name,
             limits=decode_limits,
-            dicom=dicom_options,
+            dicom=dicom_options.with_frame(frame),
             on_dimensions=on_dimensions,
         )
 

@@ -83,10 +83,12 @@ class ImageMemoryHold:
         header's dimensions, before any pixel is decoded: the decoder's own parse of the
         header, not a second one (which, for a deflated DICOM file, would inflate it whole)."""
 
-        def reserve_then_decode(data: bytes, media_type: MediaType | None, name: str) -> np.ndarray:
+        def reserve_then_decode(
+            data: bytes, media_type: MediaType | None, name: str, frame: int | None = None
+        ) -> np.ndarray:
             def reserve(width: int, height: int) -> None:
                 self._budget._reserve(self, self._budget.bytes_for(width * height), name)
 
-            return decode(data, media_type, name, on_dimensions=reserve)
+            return decode(data, media_type, name, frame, on_dimensions=reserve)
 
         return reserve_then_decode

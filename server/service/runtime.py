@@ -20,8 +20,8 @@ import transformers
 import maira_sae
 from maira_sae.sae.catalogue import FeatureCatalogue
 from maira_sae.sae.dashboard import DEFAULT_FOLDER as DEFAULT_DASHBOARD_FOLDER
-from maira_sae.sae.dashboard import Dashboard
 from maira_sae.sae.formats import SaeFormatError, load_sae
+from maira_sae.server.engine.dashboard_source import DashboardSource
 from maira_sae.server.engine.decode_sizing import DecodeSizing, size_decode
 from maira_sae.server.engine.engine import Engine, SaeEntry
 from maira_sae.server.engine.schedule import BatchLimits
@@ -196,17 +196,20 @@ def _load_sae(
     return SaeEntry(sae_id=spec.id, sae=sae, catalogue=catalogue, layer=layer, dashboard=dashboard)
 
 
-def _load_dashboard(spec: SaeSpec, sae_folder: Path, d_sae: int) -> Dashboard | None:
-    """The configured dashboard (which must load), else the SAE folder's, else None."""
-    folder = spec.dashboard_path or sae_folder / DEFAULT_DASHBOARD_FOLDER
-    if spec.dashboard_path is None and not folder.is_dir():
-        return None
-    dashboard = Dashboard.load(folder)
-    if dashboard.d_sae != d_sae:
-        raise StartupError(
-            f"{folder}: a dashboard of {dashboard.d_sae} features; SAE {spec.id!r} has {d_sae}"
-        )
-    return dashboard
+def _load_dashboard(spec: SaeSpec, sae_folder: Path, d_sae: int) -> DashboardSource:
+    """The configured dashboard folder (which must load now), else the SAE folder's (which must
+    load now if it holds one); either is read again when build-dashboard rewrites it."""
+    source = DashboardSource(
+        spec.id,
+        spec.dashboard_path or sae_folder / DEFAULT_DASHBOARD_FOLDER,
+        d_sae,
+        configured=spec.dashboard_path is not None,
+    )
+    try:
+        source.load_at_start()
+    except ValueError as error:
+        raise StartupError(str(error)) from error
+    return source
 
 
 def _sae_folder(path: Path) -> Path:

@@ -48,12 +48,8 @@ def harvest_study_folder(args: argparse.Namespace) -> int:
 
 
 def train_sae_on_study_folder(args: argparse.Namespace) -> int:
-    """``train-sae`` with its parsed arguments; writes OUT as the command's help describes."""
-    if args.threshold_start_step >= args.steps:
-        raise SystemExit(
-            f"--threshold-start-step {args.threshold_start_step} is not below --steps "
-            f"{args.steps}: the inference threshold would never be learned"
-        )
+    """``train-sae`` with its parsed arguments (``cli.train_sae_argument_problem`` has checked
+    them); writes OUT as the command's help describes."""
     device = resolve_device(args.device)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -70,8 +66,6 @@ def train_sae_on_study_folder(args: argparse.Namespace) -> int:
     print(f"{len(activations)} activations from {num_studies} studies", file=sys.stderr)
     d_model = activations.d_model
     group_sizes = args.groups or default_group_sizes(args.dict_size or 4 * d_model)
-    if args.dict_size and sum(group_sizes) != args.dict_size:
-        raise SystemExit(f"--groups sum to {sum(group_sizes)}, not --dict-size {args.dict_size}")
     config = MatryoshkaTrainingConfig(
         d_model=d_model,
         group_sizes=group_sizes,
@@ -108,7 +102,9 @@ def train_sae_on_study_folder(args: argparse.Namespace) -> int:
     print(
         f"SAE written to {out / 'sae'}: L0 {evaluation.l0:.1f} (k {config.k}), explained "
         f"variance {evaluation.explained_variance:.3f}, dead {evaluation.dead_fraction:.1%} "
-        f"over {evaluation.tokens} tokens"
+        f"under the threshold over {evaluation.tokens} tokens ({report.train_dead_fraction:.1%} "
+        f"unselected by batch top-k in the last {report.train_dead_window_tokens} training "
+        "tokens)"
     )
     return 0
 

@@ -294,10 +294,16 @@ def test_multi_frame_dicom_needs_a_frame(cli, tmp_path, frontal_png):
     path = tmp_path / "two-frames.dcm"
     dataset.save_as(path, enforce_file_format=True)
     assert pydicom.dcmread(path).NumberOfFrames == 2
-    status, _, err = cli("top", "--frontal", str(path), "--k", "2")
-    assert status == 2 and "multi-frame DICOM (2 frames)" in err and "--frame N" in err
-    assert len(run_json(cli, "top", "--frontal", str(path), "--frame", "1", "--k", "2")) > 0
+    status, _, err = cli("top", "--frontal", str(path), "--k", "2")  # the server's refusal
+    assert status == 1 and "INVALID_ARGUMENT" in err
+    assert "study.frontal: multi-frame DICOM (2 frames)" in err and "--frame N" in err
+    tops = [
+        run_json(cli, "top", "--frontal", str(path), "--frame", str(frame), "--k", "4")
+        for frame in (0, 1)
+    ]
+    assert all(len(top["features"]) == 4 for top in tops)
+    assert tops[0]["features"] != tops[1]["features"]  # the server decoded the frame asked for
     with_png = ["--frontal", str(path), "--lateral", str(frontal_png), "--frame", "1"]
     assert len(run_json(cli, "top", *with_png, "--k", "2")["features"]) == 2  # PNG: one frame
     status, _, err = cli("top", "--frontal", str(path), "--frame", "2")
-    assert status == 2 and "frame 2 was chosen, but the DICOM file has 2 frame(s)" in err
+    assert status == 1 and "frame 2 was chosen, but the DICOM file has 2 frame(s)" in err

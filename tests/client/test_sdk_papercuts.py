@@ -77,25 +77,31 @@ def test_the_server_refuses_a_ct_and_takes_a_real_cr(client, study):
     assert sum(t.token.kind is TokenKind.IMAGE_PATCH for t in result.tokens) == 37 * 37
 
 
-def test_serve_demo_configures_the_demo_sae_and_reports_it_as_the_default(tmp_path):
-    """``serve --demo`` with no SAE configured: the command line adds the demo's, and GetInfo
-    names it as the default."""
-    from maira_sae.server.cli import with_demo
-    from maira_sae.server.service.config import ModelConfig, ServerConfig
-    from maira_sae.server.service.config_sources import config_from_mapping
+@pytest.mark.slow  # materialises the world demo and starts a server
+def test_serve_demo_keeps_its_sae_beside_those_named_on_the_command_line(tmp_path):
+    """``serve --demo`` configures the demo's SAE and GetInfo names it as the default; an SAE
+    added with ``--sae ID=PATH,interpretations=FILE`` is served beside it, with its labels."""
+    from maira_sae.server.cli import _parser, with_demo
+    from maira_sae.server.demo.layout import SAE_FOLDER
+    from maira_sae.server.service.config_sources import config_from_sources
     from tests.support.servers import running_server
 
-    config = config_from_mapping(
-        {"serving": {"host": "127.0.0.1", "grpc_port": 0, "metrics_port": 0, "health_port": 0}}
-    )
-    config = replace(config, model=ModelConfig(demo=True, demo_dir=str(tmp_path / "demo")))
-    assert isinstance(config, ServerConfig) and not config.saes
-    served = with_demo(config)
-    assert [spec.id for spec in served.saes] == ["demo-ef4-layer15"]
+    demo = tmp_path / "demo"
+    serve = ["serve", "--demo", "--model-demo-dir", str(demo), "--serving-host", "127.0.0.1"]
+    serve += [f"--serving-{port}-port=0" for port in ("grpc", "metrics", "health")]
+    alone = with_demo(config_from_sources(_parser().parse_args(serve), {}))
+    assert [spec.id for spec in alone.saes] == ["demo-ef4-layer15"]
+    labels = tmp_path / "mine.csv"
+    labels.write_text("feature,explanation,score\n4,my relabelled feature,0.9\n")
+    mine = f"mine={demo / SAE_FOLDER},interpretations={labels}"
+    served = with_demo(config_from_sources(_parser().parse_args([*serve, "--sae", mine]), {}))
     with running_server(served) as server, Client(server.target) as client:
         info = client.info()
         assert info.model.demo
-        assert info.default_sae_id == info.saes[0].id == "demo-ef4-layer15"
+        assert [sae.id for sae in info.saes] == ["demo-ef4-layer15", "mine"]
+        assert info.default_sae_id == "demo-ef4-layer15"
+        assert client.feature(4, sae_id="mine").label == "my relabelled feature"
+        assert client.feature(4).label not in (None, "my relabelled feature")
 
 
 def test_a_server_can_be_set_to_take_any_modality_unwindowed(demo_checkpoint):

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maira_sae.client import ImageDecodeError, Intervention, MediaType, Study, StudyImage, Variant
+from maira_sae.client import (
+    DicomOptions,
+    ImageDecodeError,
+    Intervention,
+    MediaType,
+    Study,
+    StudyImage,
+    Variant,
+)
 from maira_sae.client._convert import study_to_proto
 from maira_sae.client.requests import PositionScope, SteeringMode
 
@@ -70,21 +78,46 @@ def test_dicom_window_is_applied(tmp_path):
     np.testing.assert_allclose(normalised, fraction, atol=1e-6)
 
 
-def test_unreadable_dicom_fails_at_load_naming_the_file(tmp_path):
+def test_dicom_files_are_sent_unjudged_and_decoding_here_names_the_file(tmp_path):
+    """The server decides what it takes: loading never decodes (no pydicom needed, no local
+    policy); ``pixels()`` decodes as the server would, naming the file in each refusal."""
     junk = encapsulate([b"\xff\xd8\xff\xe0" + b"junk" * 50])
     compressed = write_dicom(
         tmp_path / "compressed.dcm", "MONOCHROME2", JPEGBaseline8Bit, PixelData=junk
     )
-    with pytest.raises(ImageDecodeError, match=r"compressed\.dcm: PixelData frame 0: JPEG SOF"):
-        Study.from_files(compressed)
     colour = write_dicom(tmp_path / "colour.dcm", "HSV")  # retired: not decoded
-    with pytest.raises(ImageDecodeError, match=r"colour\.dcm: .*photometric"):
-        Study.from_files(colour)
     ct = write_dicom(tmp_path / "ct.dcm", "MONOCHROME2", Modality="CT")
-    with pytest.raises(ImageDecodeError, match=r"ct\.dcm: DICOM modality 'CT'"):
-        Study.from_files(ct)
+    refusals = {
+        compressed: r"compressed\.dcm: PixelData frame 0: JPEG SOF",
+        colour: r"colour\.dcm: .*photometric",
+        ct: r"ct\.dcm: DICOM modality 'CT'",
+    }
+    for path, refusal in refusals.items():
+        image = Study.from_files(path).frontal
+        assert (image.data, image.media_type, image.frame) == (
+            path.read_bytes(),
+            MediaType.DICOM,
+            None,
+        )
+        with pytest.raises(ImageDecodeError, match=refusal):
+            image.pixels()
+    pixels = StudyImage.from_file(ct).pixels(dicom=DicomOptions(modalities=None))
+    np.testing.assert_array_equal(pixels, RAW * 2.0 - 100)  # as a server taking any modality
     with pytest.raises(ImageDecodeError, match=r"missing\.png: cannot read file"):
         Study.from_files(tmp_path / "missing.png")
+
+
+def test_a_chosen_frame_travels_with_the_file(tmp_path):
+    path = write_dicom(tmp_path / "one.dcm", "MONOCHROME2")
+    image = StudyImage.from_file(path, frame=0)
+    assert image.frame == 0 and study_to_proto(Study.of(image)).frontal.frame == 0
+    assert not study_to_proto(Study.from_files(path)).frontal.HasField("frame")
+    np.testing.assert_array_equal(image.pixels(), RAW * 2.0 - 100)
+    with pytest.raises(ValueError, match=r"frame must be in 0\.\.2"):
+        StudyImage(data=path.read_bytes(), frame=-1)
+    png = StudyImage.of(np.zeros((4, 4), dtype=np.uint8))
+    with pytest.raises(ImageDecodeError, match="frame 2 was chosen, but a PNG image has frame 0"):
+        StudyImage(png.data, png.media_type, frame=2).pixels()
 
 
 def png_pixels(image: StudyImage) -> np.ndarray:

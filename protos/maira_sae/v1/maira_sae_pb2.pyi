@@ -121,12 +121,14 @@ MATCH_KIND_PARTIAL: MatchKind
 MATCH_KIND_ACTIVATION: MatchKind
 
 class Image(_message.Message):
-    __slots__ = ("data", "media_type")
+    __slots__ = ("data", "media_type", "frame")
     DATA_FIELD_NUMBER: _ClassVar[int]
     MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     media_type: MediaType
-    def __init__(self, data: _Optional[bytes] = ..., media_type: _Optional[_Union[MediaType, str]] = ...) -> None: ...
+    frame: int
+    def __init__(self, data: _Optional[bytes] = ..., media_type: _Optional[_Union[MediaType, str]] = ..., frame: _Optional[int] = ...) -> None: ...
 
 class Study(_message.Message):
     __slots__ = ("frontal", "lateral", "prior", "indication", "technique", "comparison", "prior_report")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
@@ -219,6 +220,26 @@ def test_flags_for_booleans_and_saes():
     assert [(s.id, str(s.path)) for s in config.saes] == [("f2", "/saes/f2"), ("f4", "/saes/f4")]
     with pytest.raises(ConfigError, match=r"--sae must read ID=PATH"):
         config_from_sources(parse("--sae", "f2"), {})
+
+
+def test_an_sae_flag_can_name_its_interpretations_and_other_settings():
+    flag = "mine=/saes/mine,interpretations=/labels.csv,dashboard=/dash,threshold=0.25"
+    (spec,) = config_from_sources(parse("--sae", flag), {}).saes
+    assert (spec.id, spec.path, spec.interpretations_path, spec.dashboard_path) == (
+        "mine",
+        Path("/saes/mine"),
+        Path("/labels.csv"),
+        Path("/dash"),
+    )
+    assert spec.threshold == 0.25
+    for bad, refusal in (
+        ("mine=/s,interpretations", r"--sae must read ID=PATH\[,interpretations=FILE"),
+        ("mine=/s,colour=red", r"saes\[0\]: unknown key\(s\) 'colour'"),
+        ("mine=/s,threshold=x", r"saes\[0\]\.threshold must be float"),
+        ("mine=/s,interpretations=/a,interpretations_path=/b", r"--sae mine: .* twice"),
+    ):
+        with pytest.raises(ConfigError, match=refusal):
+            config_from_sources(parse("--sae", bad), {})
 
 
 def test_flags_of_the_host_parser_are_left_alone():

@@ -25,9 +25,13 @@ PNG = pb.Image(data=b"\x89PNG-bytes", media_type=pb.MEDIA_TYPE_PNG)
 class FakeDecoder:
     def __init__(self) -> None:
         self.calls: list[tuple[bytes, MediaType | None, str]] = []
+        self.frames: list[int | None] = []
 
-    def __call__(self, data: bytes, media_type: MediaType | None, name: str) -> np.ndarray:
+    def __call__(
+        self, data: bytes, media_type: MediaType | None, name: str, frame: int | None = None
+    ) -> np.ndarray:
         self.calls.append((data, media_type, name))
+        self.frames.append(frame)
         if data == b"corrupt":
             raise ImageDecodeError(name, "not a PNG file")
         return np.full((4, 4), len(self.calls), dtype=np.uint16)
@@ -59,6 +63,7 @@ def test_study_round_trip_keeps_absent_apart_from_empty():
         comparison="",
     )
     domain = from_proto.study_from_proto(msg, LIMITS, decode)
+    assert decode.frames == [None, None, None]
     assert [c[1:] for c in decode.calls] == [
         (MediaType.PNG, "study.frontal"),
         (None, "study.lateral"),
@@ -68,6 +73,15 @@ def test_study_round_trip_keeps_absent_apart_from_empty():
     assert domain.indication == "dyspnoea"
     assert domain.comparison == ""  # present but empty
     assert domain.technique is None and domain.prior_report is None  # absent: "N/A"
+
+
+def test_a_chosen_frame_reaches_the_decoder_and_zero_is_not_unset():
+    decode = FakeDecoder()
+    msg = pb.Study(
+        frontal=pb.Image(data=b"dicom", frame=2), lateral=pb.Image(data=b"dicom", frame=0)
+    )
+    from_proto.study_from_proto(msg, LIMITS, decode)
+    assert decode.frames == [2, 0]
 
 
 def test_encode_request_defaults():

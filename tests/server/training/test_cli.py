@@ -66,6 +66,13 @@ def test_train_sae_writes_a_servable_sae_and_a_report(
     assert sae.threshold is not None
     summary = json.loads((out / "training_report.json").read_text())
     assert summary["num_studies"] == 2
+    report = summary["report"]
+    # 40 x 128 tokens, far fewer than --dead-after-tokens: the window is the whole run
+    assert report["train_dead_window_tokens"] == report["tokens_seen"] == 40 * 128
+    assert set(report["dead_fraction_definitions"]) == {
+        "train_dead_fraction",
+        "evaluation.dead_fraction",
+    }
     assert summary["settings"]["harvest_filter"]["image_patch_stride"] == 3
     evaluation = summary["report"]["evaluation"]
     patches = 2 * 13 * 13  # every third row and column of two 37 x 37 grids
@@ -84,3 +91,53 @@ def test_train_sae_writes_a_servable_sae_and_a_report(
     other_layer = [*argv, "--layer", "14"]
     with pytest.raises(SystemExit, match=r"other settings.*remove .*activations"):
         run_train_sae(parse(other_layer))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        (["--groups", "8,8", "--dict-size", "32"], "--groups sum to 16, not --dict-size 32"),
+        (["--k", "40", "--dict-size", "32"], "--k 40 is over the dictionary's 32 features"),
+        (["--steps", "10"], "--threshold-start-step 1000 is not below --steps 10"),
+        (["--store", "{tmp}/no-store"], "no-store is not an activation store (no manifest.json)"),
+        (["--studies", "{tmp}/nowhere"], "nowhere is not a folder (one subfolder per study)"),
+        (["--device", "gpu"], "--device 'gpu':"),
+    ],
+)
+def test_train_sae_checks_its_arguments_before_loading_anything(
+    study_folder, tmp_path, capsys, arguments, problem
+):
+    """The model path does not exist: a refusal naming the argument, not a load error, shows
+    the arguments were checked first."""
+    argv = [
+        "train-sae",
+        *("--model", str(tmp_path / "no-model"), "--studies", str(study_folder)),
+        *("--out", str(tmp_path / "out")),
+        *(argument.format(tmp=tmp_path) for argument in arguments),
+    ]
+    assert run_train_sae(parse(argv)) == 2
+    assert problem.format(tmp=tmp_path) in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad", [["--k", "0"], ["--lr", "-1"], ["--groups", "8,0"]])
+def test_out_of_range_numbers_are_parse_errors(bad, capsys):
+    with pytest.raises(SystemExit):
+        parse(["train-sae", "--model", "m", "--studies", "s", "--out", "o", *bad])
+    assert "error: argument" in capsys.readouterr().err
+
+
+def test_train_sae_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        parse(["train-sae", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in (
+        "optimiser steps (default: 20000)",
+        "tokens per step (default: 4096)",
+        "(default: 10000000)",
+        "mean active features per token (default: 64)",
+        "(default: 2e-4 / sqrt(dict_size / 2^14))",
+        "initialisation and shuffling (default: 0)",
+    ):
+        assert shown in text
+    assert "(default: None)" not in text and "(default: False)" not in text
