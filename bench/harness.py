@@ -118,10 +118,15 @@ def machine() -> dict[str, Any]:
     }
 
 
-def bench_arguments(description: str) -> argparse.Namespace:
+def bench_arguments(
+    description: str, more: Callable[[argparse.ArgumentParser], object] | None = None
+) -> argparse.Namespace:
+    """``--quick`` and ``--out``, and what ``more`` adds."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller sizes")
     parser.add_argument("--out", type=Path, help="also write the JSON object to this file")
+    if more is not None:
+        more(parser)
     return parser.parse_args()
 
 

@@ -32,7 +32,7 @@ from tests.reliability._load import (
     run_load,
     summarise,
 )
-from tests.reliability._support import SMALL_PNG, ServerProcess, queue_depth
+from tests.reliability._support import SMALL_PNG, ServerProcess, admitted_requests
 
 ACCEPTABLE = {"OK", "RESOURCE_EXHAUSTED"}
 
@@ -71,7 +71,7 @@ class Soak:
         point: dict[str, float] = {"t_s": round(time.monotonic() - self.started, 1)}
         if self.server is not None and self.server.running:
             point["rss_kib"] = self.server.rss_kib()
-            point["queue_depth"] = queue_depth(self.server.metrics_port)
+            point["admitted_requests"] = admitted_requests(self.server.metrics_port)
         self.memory.append(point)
         return point
 
@@ -113,7 +113,9 @@ class Soak:
                     "statuses": summary.statuses,
                     "latency_ms": summary.latency_ms,
                     "rss_kib_max": max((m.get("rss_kib", 0) for m in memory), default=None),
-                    "queue_depth_max": max((m.get("queue_depth", 0) for m in memory), default=None),
+                    "admitted_requests_max": max(
+                        (m.get("admitted_requests", 0) for m in memory), default=None
+                    ),
                 }
             )
             start += self.window_s

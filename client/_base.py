@@ -13,6 +13,7 @@ from maira_sae.client import _convert
 from maira_sae.client.batch import DEFAULT_CONCURRENCY
 from maira_sae.client.calls import Service, StreamCall, UnaryCall
 from maira_sae.client.connection import Connection, RetryPolicy, TlsFiles
+from maira_sae.client.requests import PRIORITY_METADATA_KEY, Priority
 from maira_sae.client.results import EncodeResult, GenerateEvent, VariantResult
 from maira_sae.client.study import Study
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
@@ -83,7 +84,9 @@ class ClientBase:
     ) -> list[EncodeResult]:
         """``encode`` of every study, ``encode_args`` for each, at most ``concurrency`` calls
         in flight; results in the studies' order, progress on stderr (see client/batch.py).
-        ``AsyncClient``'s is awaited."""
+        The calls are marked ``Priority.BATCH`` (unless ``encode_args`` says otherwise), so
+        the server serves interactive callers first. ``AsyncClient``'s is awaited."""
+        encode_args.setdefault("priority", Priority.BATCH)
         return self._map_calls(
             lambda study: self.encode(study, **encode_args),  # type: ignore[attr-defined]
             studies,
@@ -92,11 +95,13 @@ class ClientBase:
             what="encode",
         )
 
-    def _call_options(self, timeout: float | None) -> dict[str, Any]:
-        return {
-            "timeout": self.connection.timeout(timeout),
-            "metadata": self.connection.call_metadata(),
-        }
+    def _call_options(
+        self, timeout: float | None, priority: Priority = Priority.INTERACTIVE
+    ) -> dict[str, Any]:
+        metadata = self.connection.call_metadata()
+        if priority is not Priority.INTERACTIVE:
+            metadata = (*metadata, (PRIORITY_METADATA_KEY, priority.value))
+        return {"timeout": self.connection.timeout(timeout), "metadata": metadata}
 
 
 class GenerationStreamBase:

@@ -61,7 +61,8 @@ class AsyncClient(ClientBase):
 
     async def _run(self, call: calls.UnaryCall[R]) -> R:
         try:
-            response = await self._method(call)(call.request, **self._call_options(call.timeout))
+            options = self._call_options(call.timeout, call.priority)
+            response = await self._method(call)(call.request, **options)
         except grpc.RpcError as error:
             raise error_from_rpc(error) from None
         return call.parse(response)

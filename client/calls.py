@@ -19,7 +19,14 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 from grpc_health.v1 import health_pb2
 
 from maira_sae.client import _convert
-from maira_sae.client.requests import Aggregation, GenerationSettings, Task, TokenFilter, Variant
+from maira_sae.client.requests import (
+    Aggregation,
+    GenerationSettings,
+    Priority,
+    Task,
+    TokenFilter,
+    Variant,
+)
 from maira_sae.client.results import (
     EncodeResult,
     Feature,
@@ -46,6 +53,7 @@ class UnaryCall(Generic[R]):
     parse: Callable[[Any], R]
     timeout: float | None
     service: Service = Service.MAIRA_SAE
+    priority: Priority = Priority.INTERACTIVE
 
 
 @dataclass(frozen=True)
@@ -67,8 +75,10 @@ def encode(
     top_k_per_token: int = 0,
     matryoshka_level: int = 0,
     timeout: float | None = None,
+    priority: Priority = Priority.INTERACTIVE,
 ) -> UnaryCall[EncodeResult]:
-    """Per-token SAE features of the study, with ``response`` teacher-forced if given."""
+    """Per-token SAE features of the study, with ``response`` teacher-forced if given;
+    ``priority`` BATCH lets interactive callers go first (``encode_many``'s default)."""
     request = _convert.encode_request(
         study,
         task=task,
@@ -78,7 +88,7 @@ def encode(
         top_k_per_token=top_k_per_token,
         matryoshka_level=matryoshka_level,
     )
-    return UnaryCall("Encode", request, _convert.encode_result, timeout)
+    return UnaryCall("Encode", request, _convert.encode_result, timeout, priority=priority)
 
 
 def top_features(
@@ -93,6 +103,7 @@ def top_features(
     labelled_only: bool = False,
     matryoshka_level: int = 0,
     timeout: float | None = None,
+    priority: Priority = Priority.INTERACTIVE,
 ) -> UnaryCall[TopFeaturesResult]:
     """The k (0: 20) features scoring highest over the selected tokens, and where; with
     ``labelled_only``, among the features the SAE's interpretations label; with
@@ -108,7 +119,9 @@ def top_features(
         labelled_only=labelled_only,
         matryoshka_level=matryoshka_level,
     )
-    return UnaryCall("TopFeatures", request, _convert.top_features_result, timeout)
+    return UnaryCall(
+        "TopFeatures", request, _convert.top_features_result, timeout, priority=priority
+    )
 
 
 def generate_steered(

@@ -25,6 +25,18 @@ class Aggregation(enum.StrEnum):
     COUNT = "count"
 
 
+class Priority(enum.StrEnum):
+    """How the server should rank a call: ``INTERACTIVE`` (a caller waits for it) or ``BATCH``
+    (dataset work: ``encode_many`` marks its calls so, and interactive callers go first). Sent
+    as the ``x-maira-sae-priority`` metadata."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
+PRIORITY_METADATA_KEY = "x-maira-sae-priority"
+
+
 class SteeringMode(enum.StrEnum):
     ADD = "add"  # h += value * unit direction
     CLAMP = "clamp"  # set the activation to value

@@ -1,15 +1,17 @@
 """The engine as the event loop sees it: admission, the queue, and the engine thread.
 
 The event loop never runs torch: requests are admitted here (a bounded count of work being
-prepared, queued or running; RESOURCE_EXHAUSTED at once when full, and before the caller pays
-for any preparation: ``admit`` comes first, ``analyse``/``generate`` take its ``Admission``),
-queued, and picked up by one engine thread, which runs an ``EngineCore`` one step at a time
-(``engine_core``; what a step decides is ``schedule``'s docstring). Encode and TopFeatures
-requests arriving within a short window share a forward pass (while generations run, no
-window is waited for), so analysis never waits for a whole generation, nor generations for a
-stream of analyses. Work whose deadline has passed is dropped before it reaches the model; a
-cancelled call, an expired one, and one whose caller does not read its stream
-(``stream_buffer_events`` events the connection has not taken) leave at the next step.
+prepared, queued or running, in two lanes so long and batch calls cannot take every place:
+``admission``; RESOURCE_EXHAUSTED at once when full, and before the caller pays for any
+preparation: ``admit`` comes first, ``analyse``/``generate`` take its ``Admission``), given
+the server's deadline (``max_call_s``) when their caller set none, queued, and picked up by
+one engine thread, which runs an ``EngineCore`` one step at a time (``engine_core``; what a
+step decides is ``schedule``'s docstring, the order of waiting work ``admission_policy``'s).
+Encode and TopFeatures requests arriving within a short window share a forward pass (while
+generations run, no window is waited for), so analysis never waits for a whole generation,
+nor generations for a stream of analyses. Work whose deadline has passed is dropped before it
+reaches the model; a cancelled call, an expired one, and one whose caller does not read its
+stream (``stream_buffer_events`` events the connection has not taken) leave at the next step.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from maira_sae.server.engine.admission_policy import AdmissionPolicy
+from maira_sae.server.engine.admission import Admission, AdmissionControl, AdmissionLimits
+from maira_sae.server.engine.admission_policy import AdmissionPolicy, Priority
 from maira_sae.server.engine.engine_core import EngineCore, SchedulerObserver
 from maira_sae.server.engine.executor import ModelRunner
 from maira_sae.server.engine.jobs import (
@@ -31,39 +34,14 @@ from maira_sae.server.engine.jobs import (
     Job,
     JobQueue,
 )
+from maira_sae.server.engine.request_registry import RequestMarks
 from maira_sae.server.engine.schedule import BatchLimits
 from maira_sae.server.engine.types import GenerationEvent
-from maira_sae.server.errors import ResourceExhausted, Unavailable
+from maira_sae.server.errors import Unavailable
 
 if TYPE_CHECKING:
     from maira_sae.server.engine.analysis import AnalysisResult
     from maira_sae.server.engine.preparation import PreparedAnalysis, PreparedGeneration
-
-# The RetryInfo delay of a full queue: about the time a place takes to free up, so that
-# refused callers come back when there is room instead of spending the server on refusals.
-MIN_RETRY_AFTER_S = 0.2
-MAX_RETRY_AFTER_S = 10.0
-_HOLD_SMOOTHING = 0.2  # weight of the newest call in the running mean of how long places are held
-
-
-class Admission:
-    """One place among the admitted requests: taken by ``Scheduler.admit`` before the request
-    is prepared, given back once when its call ends (``release`` or leaving the ``with``)."""
-
-    def __init__(self, release: Callable[[float], None]) -> None:
-        self._release: Callable[[float], None] | None = release
-        self._taken_at = time.monotonic()
-
-    def release(self) -> None:
-        if self._release is not None:
-            release, self._release = self._release, None
-            release(time.monotonic() - self._taken_at)
-
-    def __enter__(self) -> Admission:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.release()
 
 
 class AsyncEngine:
@@ -78,8 +56,11 @@ class AsyncEngine:
         limits: BatchLimits | None = None,
         policy: AdmissionPolicy | None = None,
         observer: SchedulerObserver | None = None,
+        admission: AdmissionLimits | None = None,
+        max_call_s: float | None = None,
     ) -> None:
-        self._queue_size = queue_size
+        """``admission`` None: ``queue_size`` places that any call may take; ``max_call_s``
+        None: a call without a deadline has none."""
         self._batch_window_s = batch_window_s
         self._stream_buffer_events = stream_buffer_events
         self._observer = observer or SchedulerObserver()
@@ -91,9 +72,11 @@ class AsyncEngine:
             observer=self._observer,
         )
         self._queue = JobQueue()
-        self._admitted = 0  # queued plus running; touched on the event loop only
-        self._mean_hold_s = MIN_RETRY_AFTER_S  # running mean of how long a place is held
-        self._accepting = True
+        self._admission = AdmissionControl(
+            admission or AdmissionLimits(queue_size, queue_size, long_call_tokens=0),
+            self._observer,
+        )
+        self._max_call_s = max_call_s
         self._in_flight: set[AnalysisJob | GenerateJob] = set()  # on the event loop only
         self._cut: str | None = None  # once set, every call ends UNAVAILABLE with it
         self._thread = threading.Thread(target=self._serve, name="maira-sae-engine", daemon=True)
@@ -103,7 +86,7 @@ class AsyncEngine:
 
     def stop_accepting(self) -> None:
         """Drain: new work is refused with UNAVAILABLE; admitted work still completes."""
-        self._accepting = False
+        self._admission.accepting = False
 
     def cut_in_flight(self, reason: str) -> int:
         """End every admitted call now with UNAVAILABLE (``reason``), on the event loop: the
@@ -111,7 +94,7 @@ class AsyncEngine:
         (and a log line) instead of being cancelled by the transport. Their rows leave at the
         next step; calls still being prepared are refused when they reach the queue. Returns
         how many calls were running or queued."""
-        self._accepting = False
+        self._admission.accepting = False
         self._cut = reason
         jobs = list(self._in_flight)
         for job in jobs:
@@ -122,19 +105,24 @@ class AsyncEngine:
         self._queue.close()
         self._thread.join(timeout_s)
 
-    def admit(self) -> Admission:
+    def admit(
+        self, priority: Priority = Priority.INTERACTIVE, tokens_to_generate: int = 0
+    ) -> Admission:
         """A place for one request, or at once UNAVAILABLE (draining) or RESOURCE_EXHAUSTED
-        (full). Call it before preparing the request, on the event loop."""
-        if not self._accepting:
-            raise Unavailable("the server is shutting down; retry on another replica")
-        if self._admitted >= self._queue_size:
-            raise ResourceExhausted(
-                f"the server's queue is full ({self._queue_size} requests); retry shortly",
-                retry_after_s=self._retry_after_s(),
-            )
-        self._admitted += 1
-        self._observer.queue_depth(self._admitted)
-        return Admission(self._release)
+        (full). Call it before preparing the request, on the event loop; a generation gives
+        the tokens it asks for over its variants (long calls have a lane of their own)."""
+        return self._admission.admit(priority, tokens_to_generate)
+
+    def _deadline(
+        self, deadline: float | None, admission: Admission
+    ) -> tuple[float | None, RequestMarks]:
+        """The caller's deadline, else the server's limit counted from admission."""
+        if deadline is not None or self._max_call_s is None:
+            return deadline, RequestMarks(admission.priority)
+        limit = f"the server's limit of {self._max_call_s:g} s on a call without a deadline"
+        return admission.taken_at + self._max_call_s, RequestMarks(
+            admission.priority, f"{limit} (batching.max_call_s; send a deadline to set your own)"
+        )
 
     async def analyse(
         self,
@@ -144,10 +132,15 @@ class AsyncEngine:
     ) -> AnalysisResult:
         """Queue a prepared request and wait for its result; ``admission`` is the place taken
         for it (None: take one now), given back when this returns."""
-        with admission or self.admit():
+        with admission or self.admit() as held:
             loop = asyncio.get_running_loop()
+            deadline, marks = self._deadline(deadline, held)
             job = AnalysisJob(
-                loop=loop, deadline=deadline, prepared=prepared, future=loop.create_future()
+                loop=loop,
+                deadline=deadline,
+                prepared=prepared,
+                future=loop.create_future(),
+                marks=marks,
             )
             with self._queued(job):
                 assert job.future is not None
@@ -163,10 +156,12 @@ class AsyncEngine:
 
         An event counts against ``stream_buffer_events`` until the consumer asks for the next
         one: the servicer's caller (grpc) asks only once its write of the event returned."""
-        with admission or self.admit():
+        with admission or self.admit() as held:
+            deadline, marks = self._deadline(deadline, held)
             job = GenerateJob(
                 loop=asyncio.get_running_loop(),
                 deadline=deadline,
+                marks=marks,
                 prepared=prepared,
                 buffer_limit=self._stream_buffer_events,
             )
@@ -196,17 +191,6 @@ class AsyncEngine:
         finally:
             self._in_flight.discard(job)
 
-    def _retry_after_s(self) -> float:
-        """With every place taken, one frees up about every mean-hold / queue-size seconds; a
-        refused caller waits about the mean hold, by which time the queue has turned over
-        (Little's law) and its retry meets room instead of another refusal."""
-        return min(max(self._mean_hold_s, MIN_RETRY_AFTER_S), MAX_RETRY_AFTER_S)
-
-    def _release(self, held_s: float) -> None:
-        self._mean_hold_s += _HOLD_SMOOTHING * (held_s - self._mean_hold_s)
-        self._admitted -= 1
-        self._observer.queue_depth(self._admitted)
-
     # ---- the engine thread -------------------------------------------------------------
 
     def _serve(self) -> None:
@@ -224,10 +208,10 @@ class AsyncEngine:
     def _add(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
             if isinstance(job, AnalysisJob):
-                self._core.add_analysis(job)
+                self._core.add_analysis(job, job.marks)
             else:
                 assert isinstance(job, GenerateJob)
-                self._core.add_generation(job)
+                self._core.add_generation(job, job.marks)
 
 
 def deadline_from_timeout(time_remaining: Callable[[], float | None]) -> float | None:

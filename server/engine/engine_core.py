@@ -20,11 +20,14 @@ from maira_sae.server.engine.executor import (
     StepOutcome,
 )
 from maira_sae.server.engine.request_registry import (
+    UNMARKED,
     AnalysisSubmission,
     EngineRequest,
     GenerationSubmission,
+    RequestMarks,
     RequestRegistry,
     Status,
+    prompt_tokens,
 )
 from maira_sae.server.engine.schedule import BatchLimits, LeaveReason, StepPlan, schedule
 from maira_sae.server.engine.types import VariantFinished
@@ -36,7 +39,9 @@ log = logging.getLogger(__name__)
 class SchedulerObserver:
     """What the engine reports; the metrics module implements it. Defaults do nothing."""
 
-    def queue_depth(self, depth: int) -> None: ...
+    def admitted_requests(self, count: int) -> None: ...
+    def call_admitted(self, priority: str, lane: str) -> None: ...
+    def queued_cost(self, tokens: int) -> None: ...
     def batch_started(self, size: int, waits_s: list[float]) -> None: ...
     def busy(self, seconds: float) -> None: ...
     def first_token(self, seconds: float) -> None: ...
@@ -78,11 +83,11 @@ class EngineCore:
             return 0
         return max(0, self._max_analysis_batch - len(self._requests.analyses()))
 
-    def add_analysis(self, job: AnalysisSubmission) -> None:
-        self._requests.add_analysis(job)
+    def add_analysis(self, job: AnalysisSubmission, marks: RequestMarks = UNMARKED) -> None:
+        self._requests.add_analysis(job, marks)
 
-    def add_generation(self, job: GenerationSubmission) -> None:
-        self._requests.add_generation(job)
+    def add_generation(self, job: GenerationSubmission, marks: RequestMarks = UNMARKED) -> None:
+        self._requests.add_generation(job, marks)
 
     def step(self) -> StepPlan:
         """One step; returns its plan."""
@@ -101,6 +106,7 @@ class EngineCore:
         self._observer.decode_batch(
             batch.rows, batch.rows * batch.cached_positions, self._requests.waiting_prefill_tokens()
         )
+        self._observer.queued_cost(self._requests.queued_cost_tokens())
         self._observer.busy(time.monotonic() - began)
         return plan
 
@@ -116,6 +122,7 @@ class EngineCore:
 
     def _update(self, plan: StepPlan, outcome: StepOutcome) -> None:
         requests = self._requests
+        requests.served_tokens += _work_tokens(plan, outcome, requests)
         for request_id, result in outcome.analysed:
             analysis = requests.pop(request_id).analysis
             assert analysis is not None
@@ -141,12 +148,12 @@ class EngineCore:
             if events.tokens and not request.first_token_seen:
                 request.first_token_seen = True
                 self._observer.first_token(time.monotonic() - generation.enqueued_at)
+            request.tokens_generated += len(events.tokens)
             self._observer.tokens_generated(len(events.tokens))
             for event in (*events.tokens, *events.finished):
                 generation.send(event)
             if events.done:
-                requests.pop(events.request_id)
-                _end(generation)
+                _end(requests.pop(events.request_id))
         if outcome.decode is not None:
             stats = outcome.decode
             self._observer.decode_step(stats.rows, stats.kv_positions, stats.seconds)
@@ -155,28 +162,39 @@ class EngineCore:
     def _leave(
         request: EngineRequest, reason: LeaveReason, finished: tuple[VariantFinished, ...]
     ) -> None:
+        queued_past_deadline = DeadlineExceeded(
+            f"{request.marks.deadline_name} passed while the request was queued"
+        )
         if request.analysis is not None:
             if reason is LeaveReason.DEADLINE:
-                request.analysis.resolve(
-                    DeadlineExceeded("the deadline passed while the request was queued")
-                )
+                request.analysis.resolve(queued_past_deadline)
             return  # a caller who went away has no one to tell
         generation = request.generation
         assert generation is not None
         if request.call is None:
             generation.send(
-                DeadlineExceeded("the deadline passed while the request was queued")
+                queued_past_deadline
                 if reason is LeaveReason.DEADLINE
                 else Cancelled("the call was cancelled while queued")
             )
             return
         for event in finished:
             generation.send(event)
-        _end(generation)
+        _end(request)
 
 
-def _end(generation: GenerationSubmission) -> None:
+def _end(request: EngineRequest) -> None:
+    generation = request.generation
+    assert generation is not None
     if generation.expired() and generation.stop_reason() is None:
-        generation.send(DeadlineExceeded("the deadline passed during generation"))
+        generation.send(DeadlineExceeded(f"{request.marks.deadline_name} passed during generation"))
     else:
         generation.send(None)
+
+
+def _work_tokens(plan: StepPlan, outcome: StepOutcome, requests: RequestRegistry) -> int:
+    """The tokens a step ran through the model: its analyses' prompts, its prefill chunks and
+    one token per decoded row (the fair-share policy's clock)."""
+    analysed = sum(prompt_tokens(requests[i].job.prepared) for i, _ in outcome.analysed)
+    decoded = outcome.decode.rows if outcome.decode is not None else 0
+    return analysed + sum(chunk.tokens for chunk in plan.prefill) + decoded

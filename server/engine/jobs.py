@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from maira_sae.server.engine.request_registry import UNMARKED, RequestMarks
 from maira_sae.server.engine.schedule import LeaveReason
 from maira_sae.server.engine.types import GenerationEvent
 from maira_sae.server.errors import ResourceExhausted
@@ -35,6 +36,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     deadline: float | None  # time.monotonic() seconds
     enqueued_at: float = field(default_factory=time.monotonic)
+    marks: RequestMarks = UNMARKED  # its priority, and what its deadline is
 
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline

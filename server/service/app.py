@@ -23,6 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from maira_sae.server.engine.admission import AdmissionLimits
+from maira_sae.server.engine.admission_policy import FairShareByCost
 from maira_sae.server.engine.async_engine import AsyncEngine
 from maira_sae.server.engine.types import (
     EncodeRequest,
@@ -88,7 +90,14 @@ class MairaSaeServer:
             batch_window_s=batching.batch_window_ms / 1000,
             stream_buffer_events=batching.stream_buffer_events,
             limits=self.runtime.decode_limits,
+            policy=FairShareByCost(batching.batch_weight),
             observer=self.metrics,
+            admission=AdmissionLimits(
+                places=batching.queue_size,
+                long_places=batching.long_call_places,
+                long_call_tokens=batching.long_call_tokens,
+            ),
+            max_call_s=batching.max_call_s,
         )
         self._scheduler.start()
         await self._warm_up()

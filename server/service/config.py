@@ -305,6 +305,45 @@ class BatchingConfig:
             " RESOURCE_EXHAUSTED, before any image is decoded"
         ),
     )
+    long_call_tokens: int = field(
+        default=1024,
+        metadata=_help(
+            "a GenerateSteered call asking for more tokens than this over its variants"
+            " (variants x max_new_tokens) is a long call; long and batch-marked calls share"
+            " long_call_share of the queue"
+        ),
+    )
+    short_call_rows: int = field(
+        default=4,
+        metadata=_help(
+            "decode rows that long and batch-marked calls may not take: kept for short calls,"
+            " so a short generation starts while long ones fill the batch (0: none kept;"
+            " fewer than max_decode_rows)"
+        ),
+    )
+    long_call_share: float = field(
+        default=0.75,
+        metadata=_help(
+            "the share of queue_size that long and batch-marked calls may hold (at least one"
+            " place); the rest is kept for short interactive calls, so a server busy with long"
+            " generations still answers an Encode"
+        ),
+    )
+    batch_weight: float = field(
+        default=1 / 16,
+        metadata=_help(
+            "the engine's share for a batch-marked request (x-maira-sae-priority: batch)"
+            " against an interactive one, in (0, 1]: its cost counts 1/batch_weight times in"
+            " the fair queue, so interactive callers go first"
+        ),
+    )
+    max_call_s: float = field(
+        default=600.0,
+        metadata=_help(
+            "the longest a call without a client deadline may take, queued and running; past"
+            " it DEADLINE_EXCEEDED naming this setting (a client's own deadline replaces it)"
+        ),
+    )
     prepare_workers: int = field(
         default=2,
         metadata=_help("threads that decode images and tokenise admitted requests"),
@@ -322,6 +361,11 @@ class BatchingConfig:
     def decode_setting(self) -> DecodeSetting:
         return DecodeSetting(self.decode_path, self.decode_compile)
 
+    @property
+    def long_call_places(self) -> int:
+        """The places of the queue that long and batch-marked calls may hold."""
+        return max(1, math.floor(self.queue_size * self.long_call_share))
+
     def __post_init__(self) -> None:
         _require_positive(
             "batching",
@@ -332,7 +376,17 @@ class BatchingConfig:
             queue_size=self.queue_size,
             prepare_workers=self.prepare_workers,
             stream_buffer_events=self.stream_buffer_events,
+            long_call_tokens=self.long_call_tokens,
+            max_call_s=self.max_call_s,
         )
+        _require(
+            0 <= self.short_call_rows < self.max_decode_rows,
+            f"batching.short_call_rows must be in 0..{self.max_decode_rows - 1} (below"
+            f" max_decode_rows), got {self.short_call_rows}",
+        )
+        for name in ("long_call_share", "batch_weight"):
+            share = getattr(self, name)
+            _require(0 < share <= 1, f"batching.{name} must be in (0, 1], got {share}")
         _require_non_negative("batching", batch_window_ms=self.batch_window_ms)
         try:
             DecodeSetting(self.decode_path, self.decode_compile)

@@ -8,6 +8,9 @@ Labels are low-cardinality only: method names, status codes, SAE ids.
 
 from __future__ import annotations
 
+import math
+import threading
+import time
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -17,6 +20,32 @@ PREFIX = "maira_sae"
 # Seconds, from a cached unary call (ms) to a long steered generation (minutes).
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+BUSY_RATIO_WINDOW_S = 30.0
+
+
+class BusyRatio:
+    """The share of recent time spent busy, as an exponentially weighted mean with time
+    constant ``window_s``: it falls towards 0 while the engine idles, with no sampling
+    thread (read at scrape time). Steps are added from the engine thread."""
+
+    def __init__(self, window_s: float) -> None:
+        self._window_s = window_s
+        self._value = 0.0
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def _decayed(self, now: float) -> float:
+        return self._value * math.exp(-(now - self._at) / self._window_s)
+
+    def add(self, busy_s: float) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._value = self._decayed(now) + busy_s / self._window_s
+            self._at = now
+
+    def value(self) -> float:
+        with self._lock:
+            return min(1.0, self._decayed(time.monotonic()))
 
 
 class Metrics:
@@ -36,9 +65,30 @@ class Metrics:
         self._inflight = Gauge(
             f"{PREFIX}_inflight_requests", "RPCs being handled now.", ["method"], registry=r
         )
-        self._queue_depth = Gauge(
-            f"{PREFIX}_queue_depth", "Requests waiting for the engine.", registry=r
+        self._admitted_requests = Gauge(
+            f"{PREFIX}_admitted_requests",
+            "Requests holding a place in the queue: being prepared, queued or running.",
+            registry=r,
         )
+        self._admitted_calls = Counter(
+            f"{PREFIX}_admitted_calls",
+            "Calls admitted, by the priority their caller marked and the lane they took.",
+            ["priority", "lane"],
+            registry=r,
+        )
+        self._queued_cost = Gauge(
+            f"{PREFIX}_queued_cost_tokens",
+            "Engine work admitted and not done yet, in tokens: prompts not yet run and tokens"
+            " that running and waiting generations may still generate (the autoscaler's input).",
+            registry=r,
+        )
+        self._busy_ratio = BusyRatio(BUSY_RATIO_WINDOW_S)
+        Gauge(
+            f"{PREFIX}_engine_busy_ratio",
+            f"Share of the last ~{BUSY_RATIO_WINDOW_S:g} s the engine thread spent running"
+            " steps (exponentially weighted; 1: saturated).",
+            registry=r,
+        ).set_function(self._busy_ratio.value)
         self._queue_wait = Histogram(
             f"{PREFIX}_queue_wait_seconds",
             "Time a request waited in the queue before its batch started.",
@@ -109,8 +159,14 @@ class Metrics:
 
     # Scheduler and engine: the scheduler's SchedulerObserver methods, by name.
 
-    def queue_depth(self, depth: int) -> None:
-        self._queue_depth.set(depth)
+    def admitted_requests(self, count: int) -> None:
+        self._admitted_requests.set(count)
+
+    def call_admitted(self, priority: str, lane: str) -> None:
+        self._admitted_calls.labels(priority=priority, lane=lane).inc()
+
+    def queued_cost(self, tokens: int) -> None:
+        self._queued_cost.set(tokens)
 
     def batch_started(self, size: int, waits_s: list[float]) -> None:
         """One engine batch of ``size`` rows; ``waits_s``: how long each of its requests queued."""
@@ -120,6 +176,7 @@ class Metrics:
 
     def busy(self, seconds: float) -> None:
         self._engine_busy.inc(seconds)
+        self._busy_ratio.add(seconds)
 
     def first_token(self, seconds: float) -> None:
         self._time_to_first_token.observe(seconds)

@@ -124,6 +124,8 @@ def _size_decode(
         max_rows=batching.max_decode_rows,
         max_kv_positions=batching.max_kv_positions,
         prefill_token_budget=batching.prefill_token_budget,
+        short_call_rows=batching.short_call_rows,
+        long_call_tokens=batching.long_call_tokens,
     )
     rows = RowLimits(
         max_prompt_tokens=token_limits.max_prompt_tokens,

@@ -1,10 +1,11 @@
 """The gRPC servicer: protobuf in, domain objects to the engine and scheduler, protobuf out.
 
 Thin on purpose (the only logic is which converter and which queue). A call first takes its
-place in the scheduler (so a full server refuses it before any work), then conversion, which
-decodes images within the shared image memory budget, and preparation run on a few worker
-threads so the event loop and the engine thread stay free; errors are domain errors that the
-error-mapping interceptor turns into status codes.
+place in the scheduler, in the lane its priority metadata and size give it (``priority``), so
+a full server refuses it before any work; then conversion, which decodes images within the
+shared image memory budget, and preparation run on a few worker threads so the event loop and
+the engine thread stay free; errors are domain errors that the error-mapping interceptor turns
+into status codes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from maira_sae.server.engine.types import ActivationSearchRequest
 from maira_sae.server.service import feature_to_proto, from_proto, to_proto
 from maira_sae.server.service.config import ServerConfig
 from maira_sae.server.service.image_memory import ImageMemoryBudget
+from maira_sae.server.service.priority import call_priority, tokens_to_generate
 from maira_sae.v1 import maira_sae_pb2 as pb
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
 
@@ -78,9 +80,10 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
     async def _queued_analysis(
         self, context: grpc.aio.ServicerContext, prepare: Callable[[], T]
     ) -> AnalysisResult:
-        """A place in the scheduler (a full server refuses before any work), ``prepare`` on a
-        worker thread, then the analysis on the engine."""
-        with self._scheduler.admit() as admission:
+        """A place in the scheduler, in the lane of the call's priority (a full server refuses
+        before any work), ``prepare`` on a worker thread, then the analysis on the engine."""
+        priority = call_priority(context.invocation_metadata())
+        with self._scheduler.admit(priority) as admission:
             prepared = await self._in_worker(prepare)
             deadline = deadline_from_timeout(context.time_remaining)
             return await self._scheduler.analyse(prepared, deadline, admission)
@@ -119,7 +122,9 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
     async def GenerateSteered(  # noqa: N802
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateEvent]:
-        with self._scheduler.admit() as admission:
+        priority = call_priority(context.invocation_metadata())
+        tokens = tokens_to_generate(request, self._limits.default_max_new_tokens)
+        with self._scheduler.admit(priority, tokens) as admission:
             prepared = await self._prepare(
                 from_proto.generate_request_from_proto, request, self._engine.prepare_generation
             )

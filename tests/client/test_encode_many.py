@@ -90,10 +90,11 @@ def two_place_server(demo_checkpoint):
 def test_calls_really_overlap_and_fail_as_single_calls_do(two_place_server, world_studies):
     """Six callers against two places: without retries some call is refused at once, and
     encode_many raises the SDK's error for it (each call is a plain ``encode``: with retries
-    on, it retries exactly as a single call does)."""
+    on, it retries exactly as a single call does). Its calls are batch-marked: the place for
+    long and batch calls (one of the two) is what they find taken."""
     with (
         Client(two_place_server.target, retry=None) as no_retries,
-        pytest.raises(ServerBusyError, match="queue is full"),
+        pytest.raises(ServerBusyError, match=r"places for long and batch calls are taken \(1 of 2"),
     ):
         no_retries.encode_many(world_studies[:12], concurrency=6, progress=False, top_k_per_token=1)
 
@@ -190,3 +191,19 @@ def test_progress_goes_to_stderr(capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "4/4" in captured.err
+
+
+def test_encode_many_marks_its_calls_as_batch_and_single_calls_stay_interactive(
+    demo_server, client, world_studies
+):
+    def admitted(priority: str, lane: str) -> float:
+        registry = demo_server.server.metrics.registry
+        labels = {"priority": priority, "lane": lane}
+        return registry.get_sample_value("maira_sae_admitted_calls_total", labels) or 0.0
+
+    batch, interactive = admitted("batch", "long"), admitted("interactive", "short")
+    client.encode_many(world_studies[:3], concurrency=2, progress=False, top_k_per_token=1)
+    assert admitted("batch", "long") == batch + 3
+    client.encode(world_studies[0], top_k_per_token=1)
+    assert admitted("interactive", "short") == interactive + 1
+    assert admitted("batch", "long") == batch + 3

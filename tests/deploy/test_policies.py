@@ -13,7 +13,7 @@ from maira_sae.server.service.config import ServerConfig
 from maira_sae.server.service.config_sources import ENV_PREFIX
 from maira_sae.server.service.metrics import Metrics
 from maira_sae.v1 import maira_sae_pb2
-from tests.deploy.manifests import Rendered
+from tests.deploy.manifests import REPO, Rendered
 
 API_SERVICE = maira_sae_pb2.DESCRIPTOR.services_by_name["MairaSae"].full_name
 # Worst case for loading MAIRA-2: 14 GB of bf16 weights (28 GB stored as fp32) from a network
@@ -249,7 +249,7 @@ def test_weights_job_fills_the_folders_the_server_reads(gpu: Rendered, tmp_path:
 # Scaling and traffic
 
 
-def test_hpa_scales_on_a_gauge_the_server_exports(rendered: Rendered):
+def test_hpa_scales_on_cost_gauges_the_server_exports_and_the_docs_adapt(rendered: Rendered):
     hpa = rendered.one("HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": "apps/v1",
@@ -257,10 +257,16 @@ def test_hpa_scales_on_a_gauge_the_server_exports(rendered: Rendered):
         "name": rendered.deployment["metadata"]["name"],
     }
     exported = {family.name: family.type for family in Metrics().registry.collect()}
-    (metric,) = hpa["spec"]["metrics"]
-    assert metric["type"] == "Pods"
-    name = metric["pods"]["metric"]["name"]
-    assert exported.get(name) == "gauge"
+    names = []
+    for metric in hpa["spec"]["metrics"]:
+        assert metric["type"] == "Pods"
+        names.append(metric["pods"]["metric"]["name"])
+        assert exported.get(names[-1]) == "gauge"
+    assert names == ["maira_sae_queued_cost_tokens", "maira_sae_engine_busy_ratio"]
+    docs = (REPO / "deploy" / "README.md").read_text()
+    for name in names:  # the prometheus-adapter rule that serves it to the HPA
+        assert f'as: "{name}"' in docs
+    assert hpa["spec"]["minReplicas"] >= 1  # scale to zero is not an HPA feature (docs)
     # The HPA owns the replica count: the Deployment must not fight it on every apply.
     assert "replicas" not in rendered.deployment["spec"]
 

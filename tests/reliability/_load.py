@@ -3,13 +3,16 @@ clients, each looping over Encode, TopFeatures and a streamed GenerateSteered on
 call recorded with its status and latency.
 
 A client that is told RESOURCE_EXHAUSTED waits for the RetryInfo delay the server sent, as a
-well-behaved caller does. A stream counts as OK only when every variant sent its ``finished``
-event: an accepted request that silently lost work would show up as INCOMPLETE.
+well-behaved caller does, then makes its next call (``OnRefusal.WAIT``); ``RETRY`` makes the
+refused call again after the delay (retries on, honouring RetryInfo), ``NEXT`` makes the next
+call at once (retries off, no waiting). A stream counts as OK only when every variant sent its
+``finished`` event: an accepted request that silently lost work would show up as INCOMPLETE.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -25,6 +28,12 @@ from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
 
 METHODS = ("Encode", "TopFeatures", "GenerateSteered")
 INCOMPLETE = "INCOMPLETE"  # a stream that ended OK without every variant's finished event
+
+
+class OnRefusal(enum.Enum):
+    WAIT = "wait"  # wait the RetryInfo delay, then the next call
+    RETRY = "retry"  # wait the RetryInfo delay, then the same call again
+    NEXT = "next"  # the next call at once
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,7 @@ async def run_load(
     duration_s: float,
     on_record: Callable[[CallRecord], None] | None = None,
     channel_factory: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,
+    on_refusal: OnRefusal = OnRefusal.WAIT,
 ) -> list[CallRecord]:
     """``clients`` loops start calls for ``duration_s``; calls in flight at the end finish and
     are recorded. One channel per client, as separate callers would have."""
@@ -108,7 +118,6 @@ async def run_load(
             turn = index
             while time.monotonic() < end:
                 method = METHODS[turn % len(METHODS)]
-                turn += 1
                 began = time.monotonic()
                 delay = None
                 try:
@@ -120,8 +129,11 @@ async def run_load(
                 records.append(record)
                 if on_record is not None:
                     on_record(record)
-                if code == "RESOURCE_EXHAUSTED":
+                refused = code == "RESOURCE_EXHAUSTED"
+                if refused and on_refusal is not OnRefusal.NEXT:
                     await asyncio.sleep(delay if delay is not None else 0.5)
+                if not (refused and on_refusal is OnRefusal.RETRY):
+                    turn += 1
 
     await asyncio.gather(*(client(i) for i in range(clients)))
     return records

@@ -264,8 +264,8 @@ def scrape_metrics(port: int, timeout_s: float = 5.0) -> dict[str, float]:
     return samples
 
 
-def queue_depth(metrics_port: int) -> float:
-    return scrape_metrics(metrics_port)["maira_sae_queue_depth"]
+def admitted_requests(metrics_port: int) -> float:
+    return scrape_metrics(metrics_port)["maira_sae_admitted_requests"]
 
 
 # -------------------------------------------------------------------------------------------
@@ -309,6 +309,7 @@ class ServerProcess:
     metrics_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     stderr_files: list[Path] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # e.g. PYTHONPATH: another tree's code
 
     @property
     def target(self) -> str:
@@ -340,7 +341,7 @@ class ServerProcess:
                 [str(SERVER_EXECUTABLE), "serve", "--config", str(config_file)],
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
-                env={**env, "HF_HUB_OFFLINE": "1"},
+                env={**env, "HF_HUB_OFFLINE": "1", **self.env},
             )
         return self.process
 

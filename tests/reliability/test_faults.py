@@ -22,9 +22,9 @@ from tests.reliability._support import (
     REPO_ROOT,
     SERVING,
     SMALL_PNG,
+    admitted_requests,
     health_status,
     outcome_of,
-    queue_depth,
     scrape_metrics,
     study,
 )
@@ -61,7 +61,9 @@ def assert_work_stopped_and_others_served(
     """The slot is free (queue depth 0 on the metrics port), no more tokens are generated, and
     a new call is answered at once rather than after the abandoned generation."""
     wait_until(
-        lambda: queue_depth(server.ports.metrics) == 0, FREED_WITHIN_S, what="the slot to free"
+        lambda: admitted_requests(server.ports.metrics) == 0,
+        FREED_WITHIN_S,
+        what="the slot to free",
     )
     # The engine stops at the next token boundary: the count settles within a moment.
     samples = [generated_tokens(server)]
@@ -97,7 +99,7 @@ def test_client_process_killed_mid_stream(demo_server, stub):
     try:
         assert client.stdout is not None
         assert client.stdout.readline().strip() == "streaming"
-        assert queue_depth(demo_server.ports.metrics) == 1
+        assert admitted_requests(demo_server.ports.metrics) == 1
         client.send_signal(signal.SIGKILL)  # no goodbye: the connection just drops
         client.wait(10)
     finally:
@@ -132,7 +134,7 @@ def test_deadline_expiring_while_queued_drops_the_work(demo_server, stub, monkey
         )
         assert queued.code == grpc.StatusCode.DEADLINE_EXCEEDED
         # Its slot is freed at once, while the engine is still busy with the blocker.
-        wait_until(lambda: queue_depth(demo_server.ports.metrics) == 1, FREED_WITHIN_S)
+        wait_until(lambda: admitted_requests(demo_server.ports.metrics) == 1, FREED_WITHIN_S)
         release.set()
         assert blocker.result(30).total_tokens > 0
     assert_work_stopped_and_others_served(demo_server, stub)

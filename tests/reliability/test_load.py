@@ -25,8 +25,8 @@ from tests.reliability._load import LoadMix, run_load, summarise, while_sampling
 from tests.reliability._support import (
     SERVING,
     SMALL_PNG,
+    admitted_requests,
     health_status,
-    queue_depth,
     scrape_metrics,
 )
 from tests.support.servers import RunningServer, demo_config, running_server
@@ -54,7 +54,7 @@ def run(server: RunningServer, clients: int, seconds: float):
     records, depths = asyncio.run(
         while_sampling(
             run_load(server.target, mix, clients=clients, duration_s=seconds),
-            lambda: queue_depth(server.ports.metrics),
+            lambda: admitted_requests(server.ports.metrics),
             interval_s=0.05,
         )
     )
@@ -81,7 +81,7 @@ def test_32_clients_no_refusals_while_the_queue_has_room(roomy_server):
         clients=CLIENTS,
         duration_s=LOAD_SECONDS,
         queue_size=limits.queue_size,
-        max_queue_depth_sampled=max(depths),
+        max_admitted_requests_sampled=max(depths),
         server_counted=server_side,
     )
     print("\nLOAD SUMMARY " + json.dumps(summary.as_dict()))
@@ -94,7 +94,7 @@ def test_32_clients_no_refusals_while_the_queue_has_room(roomy_server):
     assert len(records) >= CLIENTS  # every client finished at least one call
     assert server_side == {"OK": len(records)}  # the server saw the same calls end the same way
     assert max(depths) <= CLIENTS
-    assert queue_depth(roomy_server.ports.metrics) == 0  # nothing left behind
+    assert admitted_requests(roomy_server.ports.metrics) == 0  # nothing left behind
     assert health_status(roomy_server.target) == SERVING
 
 
@@ -103,13 +103,13 @@ def test_small_queue_refuses_only_when_full_and_says_when_to_retry(demo_checkpoi
     config = replace(config, batching=replace(config.batching, queue_size=SMALL_QUEUE))
     with running_server(config) as server:
         records, depths, server_side = run(server, SMALL_QUEUE_CLIENTS, SMALL_QUEUE_SECONDS)
-        depth_after = queue_depth(server.ports.metrics)
+        depth_after = admitted_requests(server.ports.metrics)
 
     summary = summarise(
         records,
         clients=SMALL_QUEUE_CLIENTS,
         queue_size=SMALL_QUEUE,
-        max_queue_depth_sampled=max(depths),
+        max_admitted_requests_sampled=max(depths),
     )
     print("\nSMALL QUEUE SUMMARY " + json.dumps(summary.as_dict()))
     refused = [r for r in records if r.code == "RESOURCE_EXHAUSTED"]

@@ -38,7 +38,9 @@ def small_queue_server(demo_checkpoint):
     from tests.support.servers import demo_config, running_server
 
     config = demo_config(demo_checkpoint)
-    config = replace(config, batching=BatchingConfig(queue_size=QUEUE_SIZE))
+    # Every place may hold a long call: the holders below fill the whole queue.
+    batching = BatchingConfig(queue_size=QUEUE_SIZE, long_call_share=1.0)
+    config = replace(config, batching=batching)
     with running_server(config) as server:
         yield server
 
@@ -82,7 +84,7 @@ def holding(stub: pb_grpc.MairaSaeStub, server, count: int) -> Iterator[list[_Ho
     try:
         port = server.ports.metrics
         wait_until(
-            lambda: scrape_metrics(port)["maira_sae_queue_depth"] >= count,
+            lambda: scrape_metrics(port)["maira_sae_admitted_requests"] >= count,
             timeout_s=60,
             what="the holders to be admitted",
         )
@@ -93,7 +95,7 @@ def holding(stub: pb_grpc.MairaSaeStub, server, count: int) -> Iterator[list[_Ho
         for holder in holders:
             holder.cancel()
         wait_until(
-            lambda: scrape_metrics(server.ports.metrics)["maira_sae_queue_depth"] == 0,
+            lambda: scrape_metrics(server.ports.metrics)["maira_sae_admitted_requests"] == 0,
             timeout_s=60,
             what="the queue to drain",
         )

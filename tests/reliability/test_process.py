@@ -29,12 +29,12 @@ from tests.reliability._support import (
     SERVING,
     SMALL_PNG,
     ServerProcess,
+    admitted_requests,
     canary_calls,
     demo_server_config,
     finished_events,
     health_status,
     outcome_of,
-    queue_depth,
     server_process,
     study,
 )
@@ -175,7 +175,7 @@ def test_sigterm_under_load_drains_then_exits_0(server):
             for _ in range(encodes)
         ]
         wait_until(
-            lambda: queue_depth(server.metrics_port) == streams + encodes,
+            lambda: admitted_requests(server.metrics_port) == streams + encodes,
             10,
             what="every call to be admitted",
         )
@@ -328,7 +328,7 @@ def test_sigterm_past_the_grace_ends_every_call_with_a_status_and_a_log_line(
             ]
             never_read = pb_grpc.MairaSaeStub(unread_channel).GenerateSteered(long, timeout=120)
             wait_until(
-                lambda: queue_depth(server.metrics_port) == reading + unread,
+                lambda: admitted_requests(server.metrics_port) == reading + unread,
                 30,
                 what="every call to be admitted",
             )

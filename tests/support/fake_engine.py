@@ -1,4 +1,4 @@
-"""A model-free engine for engine-core tests: analyses echo their input, a generation call's
+"""A model-free engine for engine-core tests: analyses echo their label, a generation call's
 prompt is "prefilled" in the chunks the plan asks for, and every running call makes one token
 per decode step until it reaches its length or is stopped (no per-variant results)."""
 
@@ -11,6 +11,11 @@ from types import SimpleNamespace
 from maira_sae.server.engine.decode_batch import CallEvents
 from maira_sae.server.engine.types import FinishReason, GeneratedToken, VariantFinished
 from maira_sae.server.errors import InvalidArgument
+
+
+def fake_analysis(label: object, *, tokens: int = 10) -> object:
+    """A prepared analysis as the scheduler reads it (its prompt), echoed back as ``label``."""
+    return SimpleNamespace(label=label, inputs=SimpleNamespace(tokens=[0] * tokens))
 
 
 def fake_prepared(*, tokens: int = 10, rows: int = 1, max_new_tokens: int = 1000) -> object:
@@ -72,11 +77,12 @@ class FakeEngine:
     def analyse(self, batch: Sequence[object]) -> list[object]:
         self.analysing.set()
         self.gate.wait(10)
-        self.batches.append(list(batch))
+        labels = [item.label for item in batch]  # type: ignore[attr-defined]
+        self.batches.append(labels)
         if self.fail_next:
             self.fail_next = False
             raise InvalidArgument("this batch is bad")
-        return [("result", item) for item in batch]
+        return [("result", label) for label in labels]
 
     @property
     def generations(self) -> FakeEngine:

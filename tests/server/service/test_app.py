@@ -106,7 +106,10 @@ def test_metrics_endpoint_serves_the_named_metrics_and_they_move(demo_server):
     for name in (
         "maira_sae_requests_total",
         "maira_sae_request_duration_seconds",
-        "maira_sae_queue_depth",
+        "maira_sae_admitted_requests",
+        "maira_sae_admitted_calls_total",
+        "maira_sae_queued_cost_tokens",
+        "maira_sae_engine_busy_ratio",
         "maira_sae_batch_size",
         "maira_sae_queue_wait_seconds",
         "maira_sae_time_to_first_token_seconds",
@@ -129,6 +132,12 @@ def test_metrics_endpoint_serves_the_named_metrics_and_they_move(demo_server):
         metric_value(before, "maira_sae_generated_tokens_total") + 5
     )
     assert metric_value(after, "maira_sae_model_load_seconds") > 0
+    assert 0 < metric_value(after, "maira_sae_engine_busy_ratio") <= 1
+    assert metric_value(after, "maira_sae_queued_cost_tokens") == 0  # all done
+    calls = {"priority": "interactive", "lane": "short"}
+    assert metric_value(after, "maira_sae_admitted_calls_total", **calls) == (
+        metric_value(before, "maira_sae_admitted_calls_total", **calls) + 2
+    )
 
 
 @pytest.fixture(scope="module")

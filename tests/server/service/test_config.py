@@ -138,6 +138,14 @@ def test_configmap_mapping_loads_and_unknown_keys_are_refused():
         ),
         ({"batching": {"decode_path": "static", "decode_compile": "reduce-overhead"}}, None),
         ({"batching": {"kv_memory_fraction": 1.5}}, "batching.kv_memory_fraction must be in"),
+        ({"batching": {"long_call_share": 0}}, "batching.long_call_share must be in (0, 1]"),
+        ({"batching": {"batch_weight": 2}}, "batching.batch_weight must be in (0, 1], got 2"),
+        ({"batching": {"max_call_s": 0}}, "batching.max_call_s must be > 0, got 0"),
+        (
+            {"batching": {"max_decode_rows": 4, "short_call_rows": 4}},
+            "batching.short_call_rows must be in 0..3 (below max_decode_rows), got 4",
+        ),
+        ({"batching": {"long_call_tokens": -5}}, "batching.long_call_tokens must be > 0"),
         ({"model": {"device": "gpu"}}, "model.device must be auto, cpu, mps, cuda or cuda:N"),
         ({"model": {"dtype": "int8"}}, "model.dtype must be one of"),
         (
@@ -280,3 +288,13 @@ def test_grpc_server_options():
 def test_limits_are_frozen():
     with pytest.raises(AttributeError):
         LimitsConfig().max_top_k = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("queue_size", "share", "places"), [(64, 0.75, 48), (2, 0.75, 1), (1, 0.1, 1)]
+)
+def test_long_calls_get_their_share_of_the_queue_and_at_least_one_place(queue_size, share, places):
+    batching = config_from_mapping(
+        {"batching": {"queue_size": queue_size, "long_call_share": share}}
+    ).batching
+    assert batching.long_call_places == places
