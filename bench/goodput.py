@@ -71,7 +71,7 @@ def longest_admitted_encode_s(server: ServerProcess, log: ServerLog, repeats: in
     """Server-side seconds of an Encode whose prompt is a few tokens under the limit (the
     demo tokenizer gives one token per ASCII character)."""
     with grpc.insecure_channel(server.target) as channel:
-        stub = pb_grpc.MairaSaeStub(channel)
+        stub = pb_grpc.MairaSaeServiceStub(channel)
         limits = stub.GetInfo(pb.GetInfoRequest()).limits
         base = stub.Encode(pb.EncodeRequest(study=pb.Study(frontal=pb.Image(data=SMALL_PNG))))
         room = limits.max_prompt_tokens - base.total_tokens - 8

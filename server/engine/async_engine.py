@@ -110,11 +110,15 @@ class AsyncEngine:
         """A place for one request, or at once UNAVAILABLE (draining) or RESOURCE_EXHAUSTED
         (full). Call it before preparing the request, on the event loop."""
         if not self._accepting:
-            raise Unavailable("the server is shutting down; retry on another replica")
+            raise Unavailable(
+                "the server is shutting down; retry on another replica", reason="SHUTTING_DOWN"
+            )
         if self._admitted >= self._queue_size:
             raise ResourceExhausted(
                 f"the server's queue is full ({self._queue_size} requests); retry shortly",
                 retry_after_s=self._retry_after_s(),
+                reason="QUEUE_FULL",
+                metadata={"limit": "queue_size", "limitValue": self._queue_size},
             )
         self._admitted += 1
         self._observer.queue_depth(self._admitted)

@@ -158,16 +158,20 @@ class EngineCore:
         if request.analysis is not None:
             if reason is LeaveReason.DEADLINE:
                 request.analysis.resolve(
-                    DeadlineExceeded("the deadline passed while the request was queued")
+                    DeadlineExceeded(
+                        "the deadline passed while the request was queued", reason="DEADLINE_QUEUED"
+                    )
                 )
             return  # a caller who went away has no one to tell
         generation = request.generation
         assert generation is not None
         if request.call is None:
             generation.send(
-                DeadlineExceeded("the deadline passed while the request was queued")
+                DeadlineExceeded(
+                    "the deadline passed while the request was queued", reason="DEADLINE_QUEUED"
+                )
                 if reason is LeaveReason.DEADLINE
-                else Cancelled("the call was cancelled while queued")
+                else Cancelled("the call was cancelled while queued", reason="CANCELLED_QUEUED")
             )
             return
         for event in finished:
@@ -177,6 +181,8 @@ class EngineCore:
 
 def _end(generation: GenerationSubmission) -> None:
     if generation.expired() and generation.stop_reason() is None:
-        generation.send(DeadlineExceeded("the deadline passed during generation"))
+        generation.send(
+            DeadlineExceeded("the deadline passed during generation", reason="DEADLINE_GENERATING")
+        )
     else:
         generation.send(None)

@@ -86,6 +86,8 @@ class GenerateJob(Job):
                     f"the stream's buffer of {self.buffer_limit} unsent events is full "
                     "(batching.stream_buffer_events): read the stream as it arrives",
                     retry_after_s=1.0,
+                    reason="STREAM_BUFFER_FULL",
+                    metadata={"limit": "stream_buffer_events", "limitValue": self.buffer_limit},
                 )
             else:
                 self._unsent += 1

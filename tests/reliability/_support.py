@@ -194,17 +194,17 @@ def outcome_of(call: Callable[[], T]) -> Outcome:
         return Outcome(error.code(), error.details() or "", error=error)  # type: ignore[attr-defined]
 
 
-def canary_calls(stub: pb_grpc.MairaSaeStub) -> list[grpc.StatusCode]:
+def canary_calls(stub: pb_grpc.MairaSaeServiceStub) -> list[grpc.StatusCode]:
     """Calls that carry CANARY in text, in image metadata and in DICOM tags, valid ones and
     ones refused at every stage; returns their codes."""
     png_with_text = png_bytes(noise(), text={"Comment": CANARY, "Author": CANARY})
     dicom = dicom_bytes(pixels=noise().astype(np.uint16) * 16, patient_name=CANARY)
-    generate = pb.GenerateRequest(
+    generate = pb.GenerateSteeredRequest(
         study=study(SMALL_PNG, indication=CANARY),
         settings=pb.GenerationSettings(max_new_tokens=2),
         variants=[pb.Variant(name=CANARY)],
     )
-    grounding = pb.GenerateRequest(
+    grounding = pb.GenerateSteeredRequest(
         study=study(SMALL_PNG),
         task=pb.Task(kind=pb.TASK_KIND_PHRASE_GROUNDING, phrase=CANARY),
         settings=pb.GenerationSettings(max_new_tokens=2),
@@ -244,7 +244,7 @@ def health_status(target: str, service: str = "", timeout_s: float = 5.0) -> int
         return health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout_s).status
 
 
-def finished_events(events: Sequence[pb.GenerateEvent]) -> dict[int, pb.VariantResult]:
+def finished_events(events: Sequence[pb.GenerateSteeredResponse]) -> dict[int, pb.VariantResult]:
     return {e.variant_index: e.finished for e in events if e.WhichOneof("event") == "finished"}
 
 

@@ -41,7 +41,7 @@ def still_serving_after_each_case(tight_server, tight_stub):
     assert tight_stub.GetInfo(pb.GetInfoRequest()).model.image_tokens_per_image == IMAGE_TOKENS
 
 
-def encode(stub: pb_grpc.MairaSaeStub, request_study: pb.Study, **fields: object) -> Outcome:
+def encode(stub: pb_grpc.MairaSaeServiceStub, request_study: pb.Study, **fields: object) -> Outcome:
     return outcome_of(lambda: stub.Encode(pb.EncodeRequest(study=request_study, **fields)))
 
 
@@ -201,7 +201,7 @@ def test_invalid_utf8_in_a_string_field_is_invalid_argument(
 ):
     with grpc.insecure_channel(tight_server.target) as channel:
         raw = channel.unary_unary(
-            f"/maira_sae.v1.MairaSae/{method}",
+            f"/maira_sae.v1.MairaSaeService/{method}",
             request_serializer=None,  # the bytes go out as they are
             response_deserializer=response_type.FromString,
         )
@@ -243,8 +243,8 @@ def steer(**intervention: object) -> tuple[pb.Variant, ...]:
     return (pb.Variant(interventions=[pb.Intervention(**fields)]),)
 
 
-def generate(stub: pb_grpc.MairaSaeStub, case: GenerateCase) -> Outcome:
-    request = pb.GenerateRequest(
+def generate(stub: pb_grpc.MairaSaeServiceStub, case: GenerateCase) -> Outcome:
+    request = pb.GenerateSteeredRequest(
         study=study(SMALL_PNG), settings=case.settings, variants=case.variants, sae_id=case.sae_id
     )
     return outcome_of(lambda: stub.GenerateSteered(request, timeout=60))
@@ -253,7 +253,7 @@ def generate(stub: pb_grpc.MairaSaeStub, case: GenerateCase) -> Outcome:
 TWO = pb.GenerationSettings(max_new_tokens=2)
 
 
-def refused_generations(info: pb.InfoResponse) -> dict[str, tuple[GenerateCase, Code]]:
+def refused_generations(info: pb.GetInfoResponse) -> dict[str, tuple[GenerateCase, Code]]:
     limits, sae = info.limits, info.saes[0]
     many_interventions = (
         pb.Variant(
@@ -364,7 +364,7 @@ def refused_generations(info: pb.InfoResponse) -> dict[str, tuple[GenerateCase, 
     }
 
 
-REFUSED_NAMES = list(refused_generations(pb.InfoResponse(saes=[pb.SaeInfo()])))
+REFUSED_NAMES = list(refused_generations(pb.GetInfoResponse(saes=[pb.SaeInfo()])))
 
 
 @pytest.mark.parametrize("name", REFUSED_NAMES)

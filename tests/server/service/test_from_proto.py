@@ -37,8 +37,8 @@ def study(**fields) -> pb.Study:
     return pb.Study(frontal=PNG, **fields)
 
 
-def generate(**fields) -> pb.GenerateRequest:
-    return pb.GenerateRequest(**{"study": study(), **fields})
+def generate(**fields) -> pb.GenerateSteeredRequest:
+    return pb.GenerateSteeredRequest(**{"study": study(), **fields})
 
 
 def feature_edit(**fields) -> pb.Intervention:
@@ -194,24 +194,26 @@ TOO_LONG = "x" * (LIMITS.max_text_chars + 1)
 
 # (what to convert, error, words the message must hold)
 INVALID_CASES = {
-    "no frontal": (pb.GenerateRequest(), InvalidArgument, "study.frontal is required"),
+    "no frontal": (pb.GenerateSteeredRequest(), InvalidArgument, "study.frontal is required"),
     "empty image": (
-        pb.GenerateRequest(study=pb.Study(frontal=pb.Image())),
+        pb.GenerateSteeredRequest(study=pb.Study(frontal=pb.Image())),
         InvalidArgument,
         "study.frontal.data is empty",
     ),
     "image too big": (
-        pb.GenerateRequest(study=study(lateral=pb.Image(data=b"x" * (LIMITS.max_image_bytes + 1)))),
+        pb.GenerateSteeredRequest(
+            study=study(lateral=pb.Image(data=b"x" * (LIMITS.max_image_bytes + 1)))
+        ),
         OutOfRange,
         f"study.lateral.data is {LIMITS.max_image_bytes + 1} bytes, over limits.max_image_bytes",
     ),
     "unknown media type": (
-        pb.GenerateRequest(study=study(prior=pb.Image(data=b"x", media_type=9))),
+        pb.GenerateSteeredRequest(study=study(prior=pb.Image(data=b"x", media_type=9))),
         InvalidArgument,
         "study.prior.media_type has unknown value 9",
     ),
     "undecodable image": (
-        pb.GenerateRequest(study=pb.Study(frontal=pb.Image(data=b"corrupt"))),
+        pb.GenerateSteeredRequest(study=pb.Study(frontal=pb.Image(data=b"corrupt"))),
         InvalidArgument,
         "study.frontal: not a PNG file",
     ),
@@ -405,7 +407,7 @@ INVALID_CASES = {
 
 def request_from_proto(msg):
     decode = FakeDecoder()
-    if isinstance(msg, pb.GenerateRequest):
+    if isinstance(msg, pb.GenerateSteeredRequest):
         return from_proto.generate_request_from_proto(msg, LIMITS, decode)
     if isinstance(msg, pb.EncodeRequest):
         return from_proto.encode_request_from_proto(msg, LIMITS, decode)
