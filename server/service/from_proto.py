@@ -265,13 +265,13 @@ def study_from_proto(msg: pb.Study, limits: LimitsConfig, decode: DecodeImage) -
             setting = _IMAGE_LIMIT_SETTINGS.get(err.limit, err.limit)
             raise OutOfRange(
                 f"{err} (server limit {setting})",
-                field=f"study.{name}.data",
+                field=f"study.{name}",
                 reason="IMAGE_TOO_LARGE",
                 metadata={"limit": setting.removeprefix("limits.")},
             ) from err
         except ImageDecodeError as err:
             raise InvalidArgument(
-                str(err), field=f"study.{name}.data", reason="IMAGE_UNDECODABLE"
+                str(err), field=f"study.{name}", reason="IMAGE_UNDECODABLE"
             ) from err
         _check_aspect_ratio(pixels[name], limits, f"study.{name}")
     return Study(
@@ -287,7 +287,7 @@ def _check_aspect_ratio(pixels: np.ndarray, limits: LimitsConfig, where: str) ->
         raise OutOfRange(
             f"{where} is {width}x{height}, an aspect ratio of {ratio:.4g}, over "
             f"limits.max_image_aspect_ratio = {limits.max_image_aspect_ratio:g}",
-            field=f"{where}.data",
+            field=where,
             reason="LIMIT_EXCEEDED",
             metadata=limit_metadata(
                 "max_image_aspect_ratio", limits.max_image_aspect_ratio, f"{ratio:.4g}"

@@ -51,7 +51,7 @@ class ImageMemoryBudget:
             raise OutOfRange(
                 f"{name}: the study's images need about {wanted} bytes of decoding memory, over "
                 f"limits.image_memory_bytes = {self.capacity_bytes}; send smaller images",
-                field=f"{name}.data",
+                field=name,
                 reason="LIMIT_EXCEEDED",
                 metadata=limit_metadata("image_memory_bytes", self.capacity_bytes, wanted),
             )

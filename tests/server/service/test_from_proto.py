@@ -360,7 +360,7 @@ INVALID_CASES = {
     "unknown aggregation": (
         pb.TopFeaturesRequest(study=study(), aggregation=8),
         InvalidArgument,
-        "aggregation has unknown value 8",
+        "aggregation has unknown value 8; known values: AGGREGATION_MAX, AGGREGATION_MEAN",
     ),
     "empty query": (
         pb.SearchFeaturesRequest(query=" "),
@@ -423,6 +423,44 @@ def test_validation_error(case):
         request_from_proto(msg)
     assert type(info.value) is error
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize("case", list(INVALID_CASES))
+def test_validation_error_names_the_proto_field_path_and_a_reason(case):
+    """The BadRequest field violation a caller gets: a path that resolves in the request's
+    message type (the leaf's name is in the message too), and a stable reason code."""
+    msg = INVALID_CASES[case][0]
+    with pytest.raises((InvalidArgument, OutOfRange)) as info:
+        request_from_proto(msg)
+    error = info.value
+    assert error.reason.isupper() and error.reason.replace("_", "").isalpha()
+    assert error.reason not in {"INVALID_ARGUMENT", "OUT_OF_RANGE"}  # a precise one
+    assert _resolves(msg.DESCRIPTOR, error.field), error.field
+    leaf = error.field.rsplit(".", 1)[-1].split("[")[0]
+    assert leaf in str(error)
+
+
+def _resolves(descriptor, path: str) -> bool:
+    """Whether ``path`` (``a.b[0].c``) names a field (or oneof) of ``descriptor``."""
+    for step in path.split("."):
+        name = step.split("[")[0]
+        if name in descriptor.oneofs_by_name and step == path.rsplit(".", 1)[-1]:
+            return True
+        field = descriptor.fields_by_name.get(name)
+        if field is None:
+            return False
+        indexed, last = "[" in step, step == path.rsplit(".", 1)[-1]
+        if indexed != field.is_repeated and not (last and field.is_repeated):
+            return False  # a repeated field unindexed is the whole list: only as the leaf
+        descriptor = field.message_type or descriptor
+    return True
+
+
+def test_limit_errors_carry_the_limit_in_their_metadata():
+    with pytest.raises(OutOfRange) as info:
+        request_from_proto(pb.TopFeaturesRequest(study=study(), k=1000))
+    assert info.value.reason == "LIMIT_EXCEEDED"
+    assert info.value.metadata == {"limit": "max_top_k", "limitValue": "256", "value": "1000"}
 
 
 def test_cheap_checks_run_before_any_image_is_decoded():
