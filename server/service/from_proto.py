@@ -77,6 +77,7 @@ _IMAGE_LIMIT_SETTINGS = {
     "max_pixels": "limits.max_image_pixels",
     "max_side": f"max side {DecodeLimits.max_side} px",
 }
+_IMAGE_LIMIT_NAMES = {"max_bytes": "max_image_bytes", "max_pixels": "max_image_pixels"}
 
 T = TypeVar("T")
 
@@ -267,7 +268,8 @@ def study_from_proto(msg: pb.Study, limits: LimitsConfig, decode: DecodeImage) -
                 f"{err} (server limit {setting})",
                 field=f"study.{name}",
                 reason="IMAGE_TOO_LARGE",
-                metadata={"limit": setting.removeprefix("limits.")},
+                # a field of Limits, or the decoder's fixed bound ("max_side")
+                metadata={"limit": _IMAGE_LIMIT_NAMES.get(err.limit, err.limit)},
             ) from err
         except ImageDecodeError as err:
             raise InvalidArgument(

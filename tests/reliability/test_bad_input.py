@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pytest
+from google.rpc import error_details_pb2
 
 from maira_sae.v1 import maira_sae_pb2 as pb
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
@@ -28,6 +29,7 @@ from tests.reliability._support import (
     png_claiming_size,
     study,
 )
+from tests.support.field_paths import resolves
 
 Code = grpc.StatusCode
 IMAGE_TOKENS = 1369
@@ -110,6 +112,8 @@ def test_unusable_images_are_refused(tight_stub, make, code):
     outcome = encode(tight_stub, make())
     assert outcome.code == code, outcome.details
     assert "study." in outcome.details  # names the field
+    assert outcome.field_path().startswith("study.")
+    assert resolves(pb.EncodeRequest.DESCRIPTOR, outcome.field_path())
 
 
 def test_png_header_claiming_100000_squared_pixels_is_out_of_range(tight_stub):
@@ -372,6 +376,10 @@ def test_bad_steering_and_generation_settings_are_refused(tight_stub, tight_info
     case, code = refused_generations(tight_info)[name]
     outcome = generate(tight_stub, case)
     assert outcome.code == code, (outcome.code, outcome.details)
+    if code in (Code.INVALID_ARGUMENT, Code.OUT_OF_RANGE):
+        assert resolves(pb.GenerateSteeredRequest.DESCRIPTOR, outcome.field_path())
+    else:
+        assert outcome.detail(error_details_pb2.ErrorInfo) is not None
 
 
 def test_max_new_tokens_zero_means_the_documented_default(tight_stub, tight_info):

@@ -17,6 +17,7 @@ from maira_sae.server.maira2.tokens import TokenKind
 from maira_sae.server.service import from_proto, to_proto
 from maira_sae.server.service.config import LimitsConfig
 from maira_sae.v1 import maira_sae_pb2 as pb
+from tests.support.field_paths import resolves
 
 LIMITS = LimitsConfig()
 PNG = pb.Image(data=b"\x89PNG-bytes", media_type=pb.MEDIA_TYPE_PNG)
@@ -435,25 +436,9 @@ def test_validation_error_names_the_proto_field_path_and_a_reason(case):
     error = info.value
     assert error.reason.isupper() and error.reason.replace("_", "").isalpha()
     assert error.reason not in {"INVALID_ARGUMENT", "OUT_OF_RANGE"}  # a precise one
-    assert _resolves(msg.DESCRIPTOR, error.field), error.field
+    assert resolves(msg.DESCRIPTOR, error.field), error.field
     leaf = error.field.rsplit(".", 1)[-1].split("[")[0]
     assert leaf in str(error)
-
-
-def _resolves(descriptor, path: str) -> bool:
-    """Whether ``path`` (``a.b[0].c``) names a field (or oneof) of ``descriptor``."""
-    for step in path.split("."):
-        name = step.split("[")[0]
-        if name in descriptor.oneofs_by_name and step == path.rsplit(".", 1)[-1]:
-            return True
-        field = descriptor.fields_by_name.get(name)
-        if field is None:
-            return False
-        indexed, last = "[" in step, step == path.rsplit(".", 1)[-1]
-        if indexed != field.is_repeated and not (last and field.is_repeated):
-            return False  # a repeated field unindexed is the whole list: only as the leaf
-        descriptor = field.message_type or descriptor
-    return True
 
 
 def test_limit_errors_carry_the_limit_in_their_metadata():
