@@ -3,7 +3,7 @@
 Order matters and ``build_interceptors`` fixes it, outermost first: the access log sees every
 call (rejected ones too) and its final code; auth rejects before any work; the error mapper sits
 next to the servicer and is the one place where domain errors (``maira_sae.server.errors``)
-become status codes. Each wraps the handler's behaviour, for unary and server-streaming
+become status codes with their google.rpc error details (``status_for``). Each wraps the handler's behaviour, for unary and server-streaming
 methods; streaming behaviours must be async generators.
 
 Nothing here reads request content: logs and metrics hold ids, method names, codes, sizes and
@@ -314,6 +314,7 @@ def status_for(error: errors.ServiceError, request_id: str) -> grpc.Status:
 
 
 def _error_info(reason: str, metadata: dict[str, str] | None = None) -> Message:
+    """The ErrorInfo every error carries: the stable reason under this server's domain."""
     return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
 
 
@@ -351,7 +352,7 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: st
             [_error_info("INTERNAL_ERROR")],
             current_request_id(),
         )
-    pushback = ()
+    pushback: tuple[tuple[str, str], ...] = ()
     if isinstance(error, errors.ResourceExhausted):
         # gRPC core's own retries read this trailer, not RetryInfo: send both.
         pushback = ((RETRY_PUSHBACK_KEY, str(round(error.retry_after_s * 1000))),)
