@@ -3,8 +3,9 @@
 Order matters and ``build_interceptors`` fixes it, outermost first: the access log sees every
 call (rejected ones too) and its final code; auth rejects before any work; the error mapper sits
 next to the servicer and is the one place where domain errors (``maira_sae.server.errors``)
-become status codes with their google.rpc error details (``status_for``). Each wraps the handler's behaviour, for unary and server-streaming
-methods; streaming behaviours must be async generators.
+become status codes with their google.rpc error details (``status_for``). Each wraps the
+handler's behaviour, for unary and server-streaming methods; streaming behaviours must be async
+generators.
 
 Nothing here reads request content: logs and metrics hold ids, method names, codes, sizes and
 timings only. The bearer token is never logged.
