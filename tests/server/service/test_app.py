@@ -155,7 +155,7 @@ def test_full_queue_is_resource_exhausted_with_retry_info_and_cancel_frees_the_s
         status = rpc_status.from_call(error.value)
         assert status is not None
         retry = error_details_pb2.RetryInfo()
-        assert status.details[0].Unpack(retry)
+        assert any(detail.Unpack(retry) for detail in status.details)
         assert retry.retry_delay.ToNanoseconds() > 0
         trailers = dict(error.value.trailing_metadata())
         assert int(trailers["grpc-retry-pushback-ms"]) > 0

@@ -203,7 +203,7 @@ def test_grounded_task_returns_parse_result(stub):
 def test_get_feature_and_search(stub):
     matches = stub.SearchFeatures(pb.SearchFeaturesRequest(query="pacemakers", limit=5)).matches
     assert matches and all("pacemaker" in m.feature.label for m in matches)
-    feature = stub.GetFeature(pb.GetFeatureRequest(feature=matches[0].feature.feature))
+    feature = stub.GetFeature(pb.GetFeatureRequest(feature=matches[0].feature.feature)).feature
     assert feature.label == matches[0].feature.label
     assert feature.decoder_norm == pytest.approx(1.0, abs=1e-4)
     # The random demo ships no dashboard: the reply says so, it is not an error.
