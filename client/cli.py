@@ -101,10 +101,9 @@ def _feature(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         args.html.write_text(page, encoding="utf-8")
     if args.json:
         return print_json(feature.to_dict(), out)
-    score = feature.interpretation_score
     print(f"feature   {feature.feature}", file=out)
     print(f"label     {feature.label or '(none)'}", file=out)
-    print(f"score     {'-' if score is None else f'{score:.3f}'}", file=out)
+    print(f"score     {_optional_score(feature.interpretation_score)}", file=out)
     if feature.provenance is not None:
         print(f"source    {feature.provenance.summary()}", file=out)
     print(f"norm      {feature.decoder_norm:.4f}", file=out)
@@ -153,9 +152,15 @@ def _search(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         )
     else:
         table(
-            ("match", "score", "feature", "label"),
+            ("match", "relevance", "feature", "label", "label score"),
             [
-                (m.kind or "", f"{m.score:.3f}", m.feature.feature, m.feature.label or "")
+                (
+                    m.kind or "",
+                    f"{m.score:.3f}",
+                    m.feature.feature,
+                    m.feature.label or "",
+                    _optional_score(m.feature.interpretation_score),
+                )
                 for m in result.matches
             ],
             out,
@@ -350,3 +355,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _optional_score(score: float | None) -> str:
+    return "-" if score is None else f"{score:.3f}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -111,7 +112,7 @@ def _tour(target: str, output: Path, checkpoint: Path) -> None:
     study = ["--frontal", str(paced), "--indication", with_device.indication]
 
     def client(*words: str) -> None:
-        print(f"\n$ maira-sae {' '.join(words)}", flush=True)
+        print(f"\n$ maira-sae {shlex.join(words)}", flush=True)
         if client_main(["--target", target, *words]) != 0:
             raise SystemExit(f"maira-sae {words[0]} failed")
 
@@ -119,6 +120,8 @@ def _tour(target: str, output: Path, checkpoint: Path) -> None:
     client("info")
     _section("SearchFeatures: the features whose label says pacemaker")
     client("search", "pacemaker", "--limit", "5")
+    _section("SearchFeatures by activation: the features that fire on a text, labelled or not")
+    client("search", "--by-activation", "Pacemaker in place. No pleural effusion.", "--limit", "5")
     _section("TopFeatures: the strongest labelled features on the film of a study with a pacemaker")
     heatmap, html = output / "top-features.png", output / "top-features.html"
     client(
@@ -129,7 +132,7 @@ def _tour(target: str, output: Path, checkpoint: Path) -> None:
         feature, peak = _top_pacemaker_feature(sdk, with_device, paced)
     _section(f"GetFeature {feature}: its dashboard (100 held-out studies) and logit effects")
     page = output / f"feature-{feature}.html"
-    client("feature", str(feature), "--html", str(page))
+    client("feature", str(feature), "--nearest", "3", "--html", str(page))
     _section(f"explain: the offline explainer's explanation of feature {feature}, and its score")
     _explain_step(checkpoint, feature)
     _section("Encode: per-token SAE features of the study with its findings teacher-forced")

@@ -62,7 +62,13 @@ def test_search_by_activation_and_the_feature_neighbours(cli):
     status, out, _ = cli("feature", "3", "--nearest", "2")
     assert status == 0 and "nearest features by decoder cosine" in out
     status, out, _ = cli("search", "pacemaker", "--limit", "2")
-    assert status == 0 and "phrase" in out.splitlines()[2]  # the random demo's long labels
+    header, _, first = out.splitlines()[:3]
+    assert header.split() == ["match", "relevance", "feature", "label", "label", "score"]
+    assert status == 0 and first.startswith("phrase")  # the random demo's long labels
+    label_score = run_json(cli, "search", "pacemaker", "--limit", "1")["matches"][0]["feature"][
+        "interpretation_score"
+    ]
+    assert first.split()[-1] == f"{label_score:.3f}"
 
 
 @pytest.mark.parametrize("argv", [("search",), ("search", "heart", "--by-activation", "heart")])

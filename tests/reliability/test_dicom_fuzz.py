@@ -45,6 +45,11 @@ SEED = 25
 MUTATIONS_PER_FILE = 18
 FUZZ_PIXELS = 1_000_000  # max_image_pixels of the fuzzed server: every seed file fits
 IMAGE_BUDGET = FUZZ_PIXELS * 8 + HEADER_ALLOWANCE  # decoded bytes, plus a deflated header
+# Peak RSS is the whole process's: a study that decodes also runs preprocessing and the demo
+# model's forward, and the allocator keeps slack (measured: up to 11 MiB alone, 22 MiB after the
+# rest of the suite). The bombs this guards against grew it by 700 to 5000 MiB; the bound
+# is 100 MB.
+SERVED_STUDY_ALLOWANCE = 32 * 2**20
 ALLOWED = frozenset(
     {
         grpc.StatusCode.OK,
@@ -264,7 +269,7 @@ def test_mutated_dicom_files_never_fail_the_server_nor_outgrow_its_budget(fuzz_s
         f"largest peak RSS growth {growth[worst] / 2**20:.1f} MiB ({worst})"
     )
     assert not bad, "\n".join(bad)
-    assert growth[worst] <= IMAGE_BUDGET, (worst, growth[worst])
+    assert growth[worst] <= IMAGE_BUDGET + SERVED_STUDY_ALLOWANCE, (worst, growth[worst])
     assert codes.get(grpc.StatusCode.OK, 0) > 0  # some mutations still decode and run
     assert codes.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > 0
 

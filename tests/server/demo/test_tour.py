@@ -37,6 +37,12 @@ def test_the_demo_tour_calls_every_rpc_and_stops_the_server_cleanly(tmp_path):
     # The world demo's story: a pacemaker feature tops the labelled features of the film with a
     # pacemaker, and clamping it writes a pacemaker into the report of the study without one.
     assert re.search(r"feature \d+ \(pacemaker\): rank 1 among the labelled", result.stdout)
+    # Search by activation: the text's tokens, then features with the token where each peaks.
+    assert re.search(
+        r"\$ maira-sae search --by-activation '.+' --limit 5\n"
+        r"tokens  '<s>' .*\nactivation  feature",
+        result.stdout,
+    ), result.stdout
     # The offline explainer's explanation of that feature, its score and the control, computed.
     explained = re.search(
         r'=== explain: .* feature (\d+),.*\nfeature \1: "(.+)"\n  detection AUROC ([\d.]+)'
