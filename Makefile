@@ -10,7 +10,8 @@ DEMO_DIR ?= .cache/demo-checkpoint
 # It lives inside the venv, so it is deleted only together with the install stamp.
 IMPORT_TREE := $(CURDIR)/$(VENV)/import-tree
 
-.PHONY: install demo test test-fast lint lint-imports wheel-smoke proto clean bench bench-quick soak
+.PHONY: install demo test test-fast lint lint-imports wheel-smoke proto clean bench bench-quick soak \
+	contract contract-baseline
 
 # torch comes with the server extra, pinned there (pyproject.toml) and nowhere else.
 $(STAMP): pyproject.toml
@@ -59,6 +60,30 @@ soak: install
 
 proto: install
 	$(PY) -m maira_sae.server.service.protogen
+
+# The contract as other languages take it (README, "The contract in other languages"): buf lint
+# (STANDARD + COMMENTS, protos/buf.yaml), buf breaking against the last release's image
+# (protos/v1-release.binpb), then the Node (TypeScript) example client, every RPC and every
+# error class, against a live demo server. buf and the client's packages come from npm, pinned
+# by examples/node/package-lock.json.
+NODE_EXAMPLE := examples/node
+NODE_STAMP := $(NODE_EXAMPLE)/node_modules/.installed-stamp
+BUF := $(NODE_EXAMPLE)/node_modules/.bin/buf
+RELEASE_IMAGE := protos/v1-release.binpb
+
+$(NODE_STAMP): $(NODE_EXAMPLE)/package-lock.json
+	cd $(NODE_EXAMPLE) && npm ci --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+contract: install $(NODE_STAMP)
+	$(BUF) lint protos
+	$(BUF) breaking protos --against $(RELEASE_IMAGE)
+	cd $(NODE_EXAMPLE) && npx tsc -p .
+	.ci/contract_clients.sh
+
+# Run at each release of the contract: the image `buf breaking` compares with from then on.
+contract-baseline: $(NODE_STAMP)
+	$(BUF) build protos --exclude-source-info -o $(RELEASE_IMAGE)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache *.egg-info

@@ -94,7 +94,7 @@ def longest_admitted_encode_s(server: ServerProcess, log: ServerLog, repeats: in
     """Server-side seconds of an Encode whose prompt is a few tokens under the limit (the
     demo tokenizer gives one token per ASCII character)."""
     with grpc.insecure_channel(server.target) as channel:
-        stub = pb_grpc.MairaSaeStub(channel)
+        stub = pb_grpc.MairaSaeServiceStub(channel)
         limits = stub.GetInfo(pb.GetInfoRequest()).limits
         base = stub.Encode(pb.EncodeRequest(study=pb.Study(frontal=pb.Image(data=SMALL_PNG))))
         room = limits.max_prompt_tokens - base.total_tokens - 8
@@ -117,7 +117,7 @@ async def encode_latencies_s(target: str, mix: LoadMix, duration_s: float) -> li
     """Sequential Encodes for ``duration_s``: each one's latency, as a caller sees it."""
     latencies = []
     async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.MairaSaeStub(channel)
+        stub = pb_grpc.MairaSaeServiceStub(channel)
         end = time.monotonic() + duration_s
         while time.monotonic() < end:
             began = time.monotonic()
@@ -131,13 +131,13 @@ async def encode_latencies_beside_long_streams_s(
 ) -> list[float]:
     """``encode_latencies_s`` while LONG_STREAMS generations of LONG_VARIANTS x LONG_TOKENS
     stream (each read as it arrives), once every one has sent its first token."""
-    request = pb.GenerateRequest(
+    request = pb.GenerateSteeredRequest(
         study=mix.study(),
         settings=pb.GenerationSettings(max_new_tokens=LONG_TOKENS),
         variants=[pb.Variant() for _ in range(LONG_VARIANTS)],
     )
     async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.MairaSaeStub(channel)
+        stub = pb_grpc.MairaSaeServiceStub(channel)
         first_tokens = [asyncio.Event() for _ in range(LONG_STREAMS)]
 
         async def stream(first_token: asyncio.Event) -> None:

@@ -50,8 +50,8 @@ WINDOWS: dict[str, list[tuple[str, int]]] = {
 }
 
 
-def unread_request() -> pb.GenerateRequest:
-    return pb.GenerateRequest(
+def unread_request() -> pb.GenerateSteeredRequest:
+    return pb.GenerateSteeredRequest(
         study=pb.Study(frontal=pb.Image(data=SMALL_PNG)),
         settings=pb.GenerationSettings(max_new_tokens=UNREAD_TOKENS, temperature=3.0, seed=1),
         variants=[pb.Variant() for _ in range(UNREAD_VARIANTS)],
@@ -91,7 +91,7 @@ def unread_stream(server: ServerProcess, options: Sequence[tuple[str, int]]) -> 
     before = generated(server)
     started = time.monotonic()
     with grpc.insecure_channel(server.target, options=list(options)) as channel:
-        call = pb_grpc.MairaSaeStub(channel).GenerateSteered(unread_request())
+        call = pb_grpc.MairaSaeServiceStub(channel).GenerateSteered(unread_request())
         tokens = wait_until_still(server) - before
         engine_s = time.monotonic() - started
         code, events = ending(call)
@@ -112,9 +112,9 @@ def small_call_with_unread_streams(
     ]
     before = generated(server)
     try:
-        calls = [pb_grpc.MairaSaeStub(c).GenerateSteered(unread_request()) for c in channels]
+        calls = [pb_grpc.MairaSaeServiceStub(c).GenerateSteered(unread_request()) for c in channels]
         time.sleep(2.0)  # admitted, the first of them running
-        request = pb.GenerateRequest(
+        request = pb.GenerateSteeredRequest(
             study=pb.Study(frontal=pb.Image(data=SMALL_PNG)),
             settings=pb.GenerationSettings(max_new_tokens=8),
         )
@@ -122,7 +122,7 @@ def small_call_with_unread_streams(
             started = time.monotonic()
             try:
                 list(
-                    pb_grpc.MairaSaeStub(channel).GenerateSteered(
+                    pb_grpc.MairaSaeServiceStub(channel).GenerateSteered(
                         request, timeout=SMALL_CALL_DEADLINE_S
                     )
                 )

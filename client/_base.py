@@ -57,7 +57,7 @@ class ClientBase:
         )
         self._channel = self._open_channel()
         self._stubs: dict[Service, Any] = {
-            Service.MAIRA_SAE: pb_grpc.MairaSaeStub(self._channel),
+            Service.MAIRA_SAE: pb_grpc.MairaSaeServiceStub(self._channel),
             Service.HEALTH: health_pb2_grpc.HealthStub(self._channel),
         }
 

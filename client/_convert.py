@@ -224,9 +224,9 @@ def generate_request(
     task: Task | None,
     settings: GenerationSettings | None,
     sae_id: str,
-) -> pb.GenerateRequest:
+) -> pb.GenerateSteeredRequest:
     settings = settings or GenerationSettings()
-    return pb.GenerateRequest(
+    return pb.GenerateSteeredRequest(
         study=study_to_proto(study),
         task=_task(task),
         settings=pb.GenerationSettings(
@@ -348,7 +348,7 @@ def _coordinates(message: pb.BoxCoordinates) -> BoxCoordinates:
     )
 
 
-def generate_event(message: pb.GenerateEvent, names: Sequence[str] = ()) -> GenerateEvent:
+def generate_event(message: pb.GenerateSteeredResponse, names: Sequence[str] = ()) -> GenerateEvent:
     """One stream message; ``names`` are the request's variant names, by index."""
     index = message.variant_index
     if message.WhichOneof("event") == "token":
@@ -377,7 +377,7 @@ def generate_event(message: pb.GenerateEvent, names: Sequence[str] = ()) -> Gene
     )
 
 
-def info_result(message: pb.InfoResponse) -> ServerInfo:
+def info_result(message: pb.GetInfoResponse) -> ServerInfo:
     m, limits, versions = message.model, message.limits, message.versions
     return ServerInfo(
         model=ModelInfo(
@@ -467,6 +467,10 @@ def _decoder_row(message: pb.Feature) -> np.ndarray | None:
     row = np.array(message.decoder_row, dtype=np.float32)
     row.flags.writeable = False  # the result is frozen
     return row
+
+
+def get_feature_result(message: pb.GetFeatureResponse) -> Feature:
+    return feature_result(message.feature)
 
 
 def feature_result(message: pb.Feature) -> Feature:

@@ -40,7 +40,7 @@ R = TypeVar("R")
 
 
 class Service(enum.Enum):
-    MAIRA_SAE = "maira_sae.v1.MairaSae"
+    MAIRA_SAE = "maira_sae.v1.MairaSaeService"
     HEALTH = "grpc.health.v1.Health"
 
 
@@ -167,7 +167,7 @@ def feature(
         num_logits=num_logits,
         num_nearest=num_nearest,
     )
-    return UnaryCall("GetFeature", request, _convert.feature_result, timeout)
+    return UnaryCall("GetFeature", request, _convert.get_feature_result, timeout)
 
 
 def search_features(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-SERVICE_NAME = "maira_sae.v1.MairaSae"
+SERVICE_NAME = "maira_sae.v1.MairaSaeService"
 _MIB = 1024 * 1024
 
 

@@ -87,12 +87,16 @@ class AdmissionControl:
     def admit(self, priority: Priority, tokens_to_generate: int = 0) -> Admission:
         """A place, or at once UNAVAILABLE (draining) or RESOURCE_EXHAUSTED (full)."""
         if not self.accepting:
-            raise Unavailable("the server is shutting down; retry on another replica")
+            raise Unavailable(
+                "the server is shutting down; retry on another replica", reason="SHUTTING_DOWN"
+            )
         lane = self.limits.lane(priority, tokens_to_generate)
         if self.admitted >= self.limits.places:
             raise ResourceExhausted(
                 f"the server's queue is full ({self.limits.places} requests); retry shortly",
                 retry_after_s=self._retry_after_s(lane),
+                reason="QUEUE_FULL",
+                metadata={"limit": "queue_size", "limitValue": self.limits.places},
             )
         if lane is Lane.LONG and self._held[Lane.LONG] >= self.limits.long_places:
             raise ResourceExhausted(
@@ -100,6 +104,8 @@ class AdmissionControl:
                 f" ({self.limits.long_places} of {self.limits.places}; the rest are kept for"
                 " short interactive calls); retry shortly",
                 retry_after_s=self._retry_after_s(lane),
+                reason="LONG_CALL_PLACES_FULL",
+                metadata={"limit": "long_call_share", "limitValue": self.limits.long_places},
             )
         self._held[lane] += 1
         self._observer.call_admitted(priority.value, lane.value)

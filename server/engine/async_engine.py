@@ -98,7 +98,7 @@ class AsyncEngine:
         self._cut = reason
         jobs = list(self._in_flight)
         for job in jobs:
-            job.cut(Unavailable(reason))
+            job.cut(Unavailable(reason, reason="DRAIN_GRACE_ENDED"))
         return len(jobs)
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -183,7 +183,7 @@ class AsyncEngine:
         """``job`` queued for the engine and in flight until the block ends (refused at once
         once the calls in flight have been cut)."""
         if self._cut is not None:
-            raise Unavailable(self._cut)
+            raise Unavailable(self._cut, reason="DRAIN_GRACE_ENDED")
         self._in_flight.add(job)
         self._queue.put(job)
         try:

@@ -163,7 +163,8 @@ class EngineCore:
         request: EngineRequest, reason: LeaveReason, finished: tuple[VariantFinished, ...]
     ) -> None:
         queued_past_deadline = DeadlineExceeded(
-            f"{request.marks.deadline_name} passed while the request was queued"
+            f"{request.marks.deadline_name} passed while the request was queued",
+            reason="DEADLINE_QUEUED",
         )
         if request.analysis is not None:
             if reason is LeaveReason.DEADLINE:
@@ -175,7 +176,7 @@ class EngineCore:
             generation.send(
                 queued_past_deadline
                 if reason is LeaveReason.DEADLINE
-                else Cancelled("the call was cancelled while queued")
+                else Cancelled("the call was cancelled while queued", reason="CANCELLED_QUEUED")
             )
             return
         for event in finished:
@@ -187,7 +188,12 @@ def _end(request: EngineRequest) -> None:
     generation = request.generation
     assert generation is not None
     if generation.expired() and generation.stop_reason() is None:
-        generation.send(DeadlineExceeded(f"{request.marks.deadline_name} passed during generation"))
+        generation.send(
+            DeadlineExceeded(
+                f"{request.marks.deadline_name} passed during generation",
+                reason="DEADLINE_GENERATING",
+            )
+        )
     else:
         generation.send(None)
 

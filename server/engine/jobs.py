@@ -99,6 +99,8 @@ class GenerateJob(Job):
                     "(batching.stream_buffer_events), so its generation was stopped; read "
                     "the stream as it arrives",
                     retry_after_s=1.0,
+                    reason="STREAM_BUFFER_FULL",
+                    metadata={"limit": "stream_buffer_events", "limitValue": self.buffer_limit},
                 )
             else:
                 self._pending += 1

@@ -17,5 +17,6 @@ def out_of_memory_is_retryable() -> Iterator[None]:
         yield
     except torch.OutOfMemoryError as error:
         raise ResourceExhausted(
-            "the accelerator ran out of memory for this batch; retry"
+            "the accelerator ran out of memory for this batch; retry",
+            reason="DEVICE_OUT_OF_MEMORY",
         ) from error

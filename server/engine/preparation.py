@@ -66,12 +66,23 @@ class RequestPreparer:
             if not 1 <= request.matryoshka_level <= levels:
                 raise OutOfRange(
                     f"matryoshka_level {request.matryoshka_level} is out of range: "
-                    f"SAE {entry.sae_id!r} has levels 1..{levels} (0 means all)"
+                    f"SAE {entry.sae_id!r} has levels 1..{levels} (0 means all)",
+                    field="matryoshka_level",
+                    reason="VALUE_OUT_OF_RANGE",
+                    metadata={
+                        "saeId": entry.sae_id,
+                        "max": levels,
+                        "value": request.matryoshka_level,
+                    },
                 )
         labelled_only = isinstance(request, TopFeaturesRequest) and request.labelled_only
         if labelled_only and not len(entry.catalogue):
             raise FailedPrecondition(
-                f"labelled_only needs interpretations, and SAE {entry.sae_id!r} has none"
+                f"labelled_only needs interpretations, and SAE {entry.sae_id!r} has none",
+                reason="NO_INTERPRETATIONS",
+                precondition="INTERPRETATIONS",
+                subject=f"sae/{entry.sae_id}",
+                metadata={"saeId": entry.sae_id},
             )
         return entry
 
@@ -86,7 +97,9 @@ class RequestPreparer:
                 except FeatureOutOfRange as error:
                     raise feature_out_of_range(entry, error, f"{where}.feature") from error
                 except ValueError as error:
-                    raise InvalidArgument(f"{where}: {error}") from error
+                    raise InvalidArgument(
+                        f"{where}: {error}", field=where, reason="INTERVENTION_INVALID"
+                    ) from error
         return entry
 
     def prepare_analysis(self, request: StudyAnalysisRequest) -> PreparedAnalysis:

@@ -25,5 +25,8 @@ class SaeEntry:
 def feature_out_of_range(entry: SaeEntry, error: FeatureOutOfRange, where: str) -> OutOfRange:
     return OutOfRange(
         f"{where} {error.feature} is out of range: SAE {entry.sae_id!r} has features "
-        f"0..{error.d_sae - 1}"
+        f"0..{error.d_sae - 1}",
+        field=where,
+        reason="FEATURE_OUT_OF_RANGE",
+        metadata={"saeId": entry.sae_id, "dSae": error.d_sae, "value": error.feature},
     )

@@ -26,5 +26,11 @@ class SaeRegistry:
         entry = self._saes.get(sae_id or self.default_sae_id)
         if entry is None:
             known = ", ".join(sorted(self._saes))
-            raise NotFound(f"unknown sae_id {echo(sae_id)}; this server has: {known}")
+            raise NotFound(
+                f"unknown sae_id {echo(sae_id)}; this server has: {known}",
+                reason="SAE_NOT_FOUND",
+                resource_type="sae",
+                resource_name=sae_id,
+                metadata={"knownSaeIds": known},
+            )
         return entry

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from maira_sae.server.errors import OutOfRange
+from maira_sae.server.errors import OutOfRange, limit_metadata
 from maira_sae.server.maira2.processor import ModelInputs
 
 DEFAULT_MAX_ACTIVATION_TEXT_TOKENS = 256
@@ -49,7 +49,12 @@ class TokenLimits:
             raise OutOfRange(
                 f"activation_text is {count} tokens (BOS included), over "
                 f"limits.max_activation_text_tokens = {self.max_activation_text_tokens}; "
-                "shorten the text"
+                "shorten the text",
+                field="activation_text",
+                reason="LIMIT_EXCEEDED",
+                metadata=limit_metadata(
+                    "max_activation_text_tokens", self.max_activation_text_tokens, count
+                ),
             )
 
     def check(self, inputs: ModelInputs, max_new_tokens: int = 0) -> None:
@@ -59,7 +64,10 @@ class TokenLimits:
         if prompt > self.max_prompt_tokens:
             raise OutOfRange(
                 f"the prompt is {prompt} tokens (image patches included), over "
-                f"limits.max_prompt_tokens = {self.max_prompt_tokens}; shorten the text fields"
+                f"limits.max_prompt_tokens = {self.max_prompt_tokens}; shorten the text fields",
+                field="study",
+                reason="LIMIT_EXCEEDED",
+                metadata=limit_metadata("max_prompt_tokens", self.max_prompt_tokens, prompt),
             )
         response = len(inputs.tokens) - prompt
         total = prompt + response + max_new_tokens
@@ -67,5 +75,8 @@ class TokenLimits:
             raise OutOfRange(
                 f"the prompt ({prompt} tokens) + response ({response}) + max_new_tokens "
                 f"({max_new_tokens}) is {total} tokens, over limits.max_sequence_tokens = "
-                f"{self.max_sequence_tokens}"
+                f"{self.max_sequence_tokens}",
+                field="settings.max_new_tokens" if max_new_tokens else "response",
+                reason="LIMIT_EXCEEDED",
+                metadata=limit_metadata("max_sequence_tokens", self.max_sequence_tokens, total),
             )

@@ -172,7 +172,9 @@ class Maira2Processor:
         """Plain text for the language model alone: BOS, then the text's tokens (special-token
         strings in it stay text), no chat template and no image."""
         if "\x00" in text:
-            raise InvalidArgument("the text contains a NUL character")
+            raise InvalidArgument(
+                "the text contains a NUL character", field="activation_text", reason="TEXT_HAS_NUL"
+            )
         encoding = self._guarded.encode(text, add_special_tokens=True)
         tokens = tuple(
             TokenInfo(
@@ -284,7 +286,9 @@ class Maira2Processor:
         try:
             return preprocess_image(pixels, self._image_settings)
         except ValueError as exc:
-            raise InvalidArgument(f"study.{role.value}: {exc}") from exc
+            raise InvalidArgument(
+                f"study.{role.value}: {exc}", field=f"study.{role.value}", reason="IMAGE_UNUSABLE"
+            ) from exc
 
     def _check_special_tokens_stay_text(self) -> None:
         """Special-token strings in user text must not become special tokens or image slots."""
@@ -343,14 +347,16 @@ def _like(sentinel: str, token: AddedToken | None) -> AddedToken:
 
 
 def _refuse_nul(sections: Sections, task: Task, response: str | None) -> None:
-    fields = {
-        "indication": sections.indication,
-        "technique": sections.technique,
-        "comparison": sections.comparison,
-        "prior_report": sections.prior_report,
-        "phrase": task.phrase,
+    fields = {  # by their paths in the request
+        "study.indication": sections.indication,
+        "study.technique": sections.technique,
+        "study.comparison": sections.comparison,
+        "study.prior_report": sections.prior_report,
+        "task.phrase": task.phrase,
         "response": response,
     }
     for name, value in fields.items():
         if value and "\x00" in value:
-            raise InvalidArgument(f"{name} contains a NUL character")
+            raise InvalidArgument(
+                f"{name} contains a NUL character", field=name, reason="TEXT_HAS_NUL"
+            )

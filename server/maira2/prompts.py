@@ -65,11 +65,15 @@ def user_content(images: Sequence[ImageRole], task: Task, sections: Sections) ->
     phrase = task.phrase or None
     if task.kind is TaskKind.PHRASE_GROUNDING:
         if phrase is None:
-            raise InvalidArgument("phrase grounding needs a phrase")
+            raise InvalidArgument(
+                "phrase grounding needs a phrase", field="task.phrase", reason="FIELD_REQUIRED"
+            )
         if list(images) != [ImageRole.FRONTAL]:
             raise InvalidArgument(
                 "phrase grounding uses the current frontal image only; "
-                "remove the lateral and prior images"
+                "remove the lateral and prior images",
+                field="study",
+                reason="IMAGES_NOT_ALLOWED",
             )
         return [
             _text("Given the current frontal image"),
@@ -77,10 +81,18 @@ def user_content(images: Sequence[ImageRole], task: Task, sections: Sections) ->
             _text(_PHRASE_GROUNDING_REQUEST + phrase),
         ]
     if phrase is not None:
-        raise InvalidArgument(f"a phrase is only used by phrase grounding, not {task.kind.value}")
+        raise InvalidArgument(
+            f"a phrase is only used by phrase grounding, not {task.kind.value}",
+            field="task.phrase",
+            reason="FIELD_NOT_ALLOWED",
+        )
     has_prior = ImageRole.PRIOR in images
     if sections.prior_report and not has_prior:
-        raise InvalidArgument("a prior report needs the prior frontal image")
+        raise InvalidArgument(
+            "a prior report needs the prior frontal image",
+            field="study.prior_report",
+            reason="FIELD_NOT_ALLOWED",
+        )
     content = _image_items(has_lateral=ImageRole.LATERAL in images, has_prior=has_prior)
     if has_prior:
         content.append(_text(f" PRIOR_REPORT: {_or_missing(sections.prior_report)}"))
@@ -144,11 +156,17 @@ def _image_items(*, has_lateral: bool, has_prior: bool) -> list[ContentItem]:
 
 def _check_images(images: Sequence[ImageRole]) -> None:
     if not images or images[0] is not ImageRole.FRONTAL:
-        raise InvalidArgument("a study needs the current frontal image")
+        raise InvalidArgument(
+            "a study needs the current frontal image",
+            field="study.frontal",
+            reason="FIELD_REQUIRED",
+        )
     if list(images) != [role for role in _PROMPT_ORDER if role in images]:
         raise InvalidArgument(
             "images must be distinct and ordered frontal, lateral, prior; "
-            f"got {', '.join(role.value for role in images)}"
+            f"got {', '.join(role.value for role in images)}",
+            field="study",
+            reason="IMAGES_OUT_OF_ORDER",
         )
 
 

@@ -43,7 +43,7 @@ from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MairaSae"].full_name
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MairaSaeService"].full_name
 HEALTH_SERVICES = ("", SERVICE_NAME)
 HEALTH_STOP_GRACE_S = 0.5
 # The calls still running when this much of the drain grace is left are ended (UNAVAILABLE),
@@ -188,7 +188,7 @@ class MairaSaeServer:
             self.runtime.engine.default_sae_id,
         )
         self._servicer = MairaSaeServicer(self.runtime.engine, self._scheduler, self.config, info)
-        pb_grpc.add_MairaSaeServicer_to_server(self._servicer, server)
+        pb_grpc.add_MairaSaeServiceServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (

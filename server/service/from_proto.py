@@ -44,7 +44,7 @@ from maira_sae.server.engine.types import (
     TopFeaturesRequest,
     Variant,
 )
-from maira_sae.server.errors import InvalidArgument, OutOfRange
+from maira_sae.server.errors import InvalidArgument, OutOfRange, limit_metadata
 from maira_sae.server.maira2.study import Study, Task, TaskKind
 from maira_sae.server.maira2.tokens import TokenKind
 from maira_sae.server.service.config import DicomConfig, LimitsConfig
@@ -84,8 +84,18 @@ _IMAGE_LIMIT_SETTINGS = {
     "max_pixels": "limits.max_image_pixels",
     "max_side": f"max side {DecodeLimits.max_side} px",
 }
+_IMAGE_LIMIT_NAMES = {"max_bytes": "max_image_bytes", "max_pixels": "max_image_pixels"}
 
 T = TypeVar("T")
+
+
+class EnumNames(Protocol):
+    """A generated proto enum (``pb.TaskKind``): its values' names and its descriptor."""
+
+    DESCRIPTOR: Any
+
+    def Name(self, number: int) -> str: ...  # noqa: N802 (protobuf's name)
+
 
 # Proto enum value -> domain value. UNSPECIFIED (0) is handled by the caller of _enum.
 _MEDIA_TYPES = {
@@ -130,44 +140,81 @@ _AGGREGATIONS = {
 # Checks
 
 
-def _enum(value: int, table: Mapping[int, T], where: str, unspecified: T | None) -> T:
-    """A domain enum member; ``unspecified`` is what 0 means (None: 0 is rejected)."""
+def _enum(
+    value: int, table: Mapping[int, T], where: str, unspecified: T | None, names: EnumNames
+) -> T:
+    """A domain enum member; ``unspecified`` is what 0 means (None: 0 is rejected). Errors
+    name the values (``names``: the proto enum), not their numbers."""
     if value == 0 and unspecified is not None:
         return unspecified
     if value not in table:
-        known = ", ".join(str(v) for v in table)
-        problem = "must be set" if value == 0 else f"has unknown value {value}"
-        raise InvalidArgument(f"{where} {problem}; known values: {known}")
+        known = ", ".join(names.Name(v) for v in table)
+        if value == 0:
+            problem, reason = "must be set", "ENUM_VALUE_REQUIRED"
+        else:
+            problem, reason = f"has unknown value {value}", "ENUM_VALUE_UNKNOWN"
+        raise InvalidArgument(
+            f"{where} {problem}; known values: {known}",
+            field=where,
+            reason=reason,
+            metadata={"enum": names.DESCRIPTOR.full_name, "value": value, "known": known},
+        )
     return table[value]
 
 
-def _limit(value: float, limit: float, where: str, limit_name: str) -> None:
+def _limit(
+    value: float,
+    limit: float,
+    field: str,
+    limit_name: str,
+    measure: str = "",
+    message: str | None = None,
+) -> None:
+    """OUT_OF_RANGE when ``value`` (``measure`` of ``field``, e.g. "the number of ") is past
+    the server limit ``limit_name``; ``message`` words it otherwise."""
     if value > limit:
-        raise OutOfRange(f"{where} is {value}, over limits.{limit_name} = {limit}")
+        raise OutOfRange(
+            message or f"{measure}{field} is {value}, over limits.{limit_name} = {limit}",
+            field=field,
+            reason="LIMIT_EXCEEDED",
+            metadata=limit_metadata(limit_name, limit, value),
+        )
 
 
 def _finite(value: float, where: str) -> float:
     if not math.isfinite(value):
-        raise InvalidArgument(f"{where} must be a finite number, got {value}")
+        raise InvalidArgument(
+            f"{where} must be a finite number, got {value}", field=where, reason="VALUE_NOT_FINITE"
+        )
     return value
+
+
+def _out_of_range(message: str, field: str, value: float, low: float, high: float) -> OutOfRange:
+    """A value outside its documented range (not a server limit)."""
+    return OutOfRange(
+        message,
+        field=field,
+        reason="VALUE_OUT_OF_RANGE",
+        metadata={"value": value, "min": low, "max": high},
+    )
 
 
 def _text(value: str, limits: LimitsConfig, where: str) -> str:
     """Text within max_text_chars and without NUL (never valid in a report, and a classic way
     to cut strings short further down)."""
-    if len(value) > limits.max_text_chars:
-        raise OutOfRange(
-            f"{where} has {len(value)} characters, over limits.max_text_chars = "
-            f"{limits.max_text_chars}"
-        )
+    chars, limit = len(value), limits.max_text_chars
+    message = f"{where} has {chars} characters, over limits.max_text_chars = {limit}"
+    _limit(chars, limit, where, "max_text_chars", message=message)
     if "\x00" in value:
-        raise InvalidArgument(f"{where} contains a NUL character")
+        raise InvalidArgument(
+            f"{where} contains a NUL character", field=where, reason="TEXT_HAS_NUL"
+        )
     return value
 
 
 def sae_id_from_proto(value: str, limits: LimitsConfig) -> str:
     """An ``sae_id`` ("" is the default SAE), short enough to name in an error message."""
-    _limit(len(value), limits.max_id_chars, "the length of sae_id", "max_id_chars")
+    _limit(len(value), limits.max_id_chars, "sae_id", "max_id_chars", "the length of ")
     return value
 
 
@@ -181,11 +228,13 @@ def _optional_text(msg: Message, name: str, limits: LimitsConfig, prefix: str = 
 def _ranges(
     msgs: Sequence[pb.TokenRange], limits: LimitsConfig, where: str
 ) -> tuple[TokenRange, ...]:
-    _limit(len(msgs), limits.max_token_ranges, f"the number of {where}", "max_token_ranges")
+    _limit(len(msgs), limits.max_token_ranges, where, "max_token_ranges", "the number of ")
     for i, r in enumerate(msgs):
         if r.start >= r.end:
             raise InvalidArgument(
-                f"{where}[{i}] is empty: start {r.start} must be below end {r.end} (half-open)"
+                f"{where}[{i}] is empty: start {r.start} must be below end {r.end} (half-open)",
+                field=f"{where}[{i}]",
+                reason="TOKEN_RANGE_EMPTY",
             )
     return tuple(TokenRange(r.start, r.end) for r in msgs)
 
@@ -201,9 +250,20 @@ def study_from_proto(msg: pb.Study, limits: LimitsConfig, decode: DecodeImage) -
         for name in ("indication", "technique", "comparison", "prior_report")
     }
     if not msg.HasField("frontal"):
-        raise InvalidArgument("study.frontal is required: the current frontal image")
+        raise InvalidArgument(
+            "study.frontal is required: the current frontal image",
+            field="study.frontal",
+            reason="FIELD_REQUIRED",
+        )
     present = [name for name in ("frontal", "lateral", "prior") if msg.HasField(name)]
-    _limit(len(present), limits.max_images, "the number of images", "max_images")
+    _limit(
+        len(present),
+        limits.max_images,
+        "study",
+        "max_images",
+        message=f"the number of images is {len(present)}, over limits.max_images = "
+        f"{limits.max_images}",
+    )
     media_types = {name: _checked_image(getattr(msg, name), limits, name) for name in present}
     pixels = {}
     for name, media_type in media_types.items():
@@ -213,9 +273,17 @@ def study_from_proto(msg: pb.Study, limits: LimitsConfig, decode: DecodeImage) -
             pixels[name] = decode(image.data, media_type, f"study.{name}", frame)
         except ImageTooLargeError as err:
             setting = _IMAGE_LIMIT_SETTINGS.get(err.limit, err.limit)
-            raise OutOfRange(f"{err} (server limit {setting})") from err
+            raise OutOfRange(
+                f"{err} (server limit {setting})",
+                field=f"study.{name}",
+                reason="IMAGE_TOO_LARGE",
+                # a field of Limits, or the decoder's fixed bound ("max_side")
+                metadata={"limit": _IMAGE_LIMIT_NAMES.get(err.limit, err.limit)},
+            ) from err
         except ImageDecodeError as err:
-            raise InvalidArgument(str(err)) from err
+            raise InvalidArgument(
+                str(err), field=f"study.{name}", reason="IMAGE_UNDECODABLE"
+            ) from err
         _check_aspect_ratio(pixels[name], limits, f"study.{name}")
     return Study(
         frontal=pixels["frontal"], lateral=pixels.get("lateral"), prior=pixels.get("prior"), **texts
@@ -229,22 +297,35 @@ def _check_aspect_ratio(pixels: np.ndarray, limits: LimitsConfig, where: str) ->
     if ratio > limits.max_image_aspect_ratio:
         raise OutOfRange(
             f"{where} is {width}x{height}, an aspect ratio of {ratio:.4g}, over "
-            f"limits.max_image_aspect_ratio = {limits.max_image_aspect_ratio:g}"
+            f"limits.max_image_aspect_ratio = {limits.max_image_aspect_ratio:g}",
+            field=where,
+            reason="LIMIT_EXCEEDED",
+            metadata=limit_metadata(
+                "max_image_aspect_ratio", limits.max_image_aspect_ratio, f"{ratio:.4g}"
+            ),
         )
 
 
 def _checked_image(image: pb.Image, limits: LimitsConfig, name: str) -> MediaType | None:
     """Checks the bytes' size and returns the declared media type (None: sniff)."""
     if not image.data:
-        raise InvalidArgument(f"study.{name}.data is empty; leave study.{name} unset instead")
-    if len(image.data) > limits.max_image_bytes:
-        raise OutOfRange(
-            f"study.{name}.data is {len(image.data)} bytes, over limits.max_image_bytes = "
-            f"{limits.max_image_bytes}"
+        raise InvalidArgument(
+            f"study.{name}.data is empty; leave study.{name} unset instead",
+            field=f"study.{name}.data",
+            reason="IMAGE_EMPTY",
         )
+    _limit(
+        len(image.data),
+        limits.max_image_bytes,
+        f"study.{name}.data",
+        "max_image_bytes",
+        message=f"study.{name}.data is {len(image.data)} bytes, over limits.max_image_bytes = "
+        f"{limits.max_image_bytes}",
+    )
     if image.media_type == pb.MEDIA_TYPE_UNSPECIFIED:
         return None
-    return _enum(image.media_type, _MEDIA_TYPES, f"study.{name}.media_type", unspecified=None)
+    where = f"study.{name}.media_type"
+    return _enum(image.media_type, _MEDIA_TYPES, where, unspecified=None, names=pb.MediaType)
 
 
 def image_decoder(limits: LimitsConfig, dicom: DicomConfig | None = None) -> ImageDecoder:
@@ -275,27 +356,37 @@ def image_decoder(limits: LimitsConfig, dicom: DicomConfig | None = None) -> Ima
 
 
 def task_from_proto(msg: pb.Task, limits: LimitsConfig) -> Task:
-    kind = _enum(msg.kind, _TASK_KINDS, "task.kind", unspecified=TaskKind.FINDINGS)
+    kind = _enum(msg.kind, _TASK_KINDS, "task.kind", TaskKind.FINDINGS, names=pb.TaskKind)
     phrase = _text(msg.phrase, limits, "task.phrase")
     if kind is TaskKind.PHRASE_GROUNDING and not phrase.strip():
-        raise InvalidArgument("task.phrase is required for TASK_KIND_PHRASE_GROUNDING")
+        raise InvalidArgument(
+            "task.phrase is required for TASK_KIND_PHRASE_GROUNDING",
+            field="task.phrase",
+            reason="FIELD_REQUIRED",
+        )
     if kind is not TaskKind.PHRASE_GROUNDING and phrase:
         raise InvalidArgument(
-            "task.phrase is only used by TASK_KIND_PHRASE_GROUNDING; leave it empty"
+            "task.phrase is only used by TASK_KIND_PHRASE_GROUNDING; leave it empty",
+            field="task.phrase",
+            reason="FIELD_NOT_ALLOWED",
         )
     return Task(kind=kind, phrase=phrase or None)
 
 
 def token_filter_from_proto(msg: pb.TokenFilter, limits: LimitsConfig) -> TokenFilter:
     kinds = frozenset(
-        _enum(kind, TOKEN_KINDS_FROM_PROTO, f"token_filter.kinds[{i}]", unspecified=None)
+        _enum(kind, TOKEN_KINDS_FROM_PROTO, f"token_filter.kinds[{i}]", None, pb.TokenKind)
         for i, kind in enumerate(msg.kinds)
     )
     for i, index in enumerate(msg.image_indices):
         if index >= limits.max_images:
-            raise OutOfRange(
+            raise _out_of_range(
                 f"token_filter.image_indices[{i}] is {index}; images are numbered 0.."
-                f"{limits.max_images - 1}"
+                f"{limits.max_images - 1}",
+                f"token_filter.image_indices[{i}]",
+                index,
+                0,
+                limits.max_images - 1,
             )
     return TokenFilter(
         kinds=kinds or DEFAULT_TOKEN_KINDS,
@@ -317,7 +408,9 @@ def top_features_request_from_proto(
     msg: pb.TopFeaturesRequest, limits: LimitsConfig, decode: DecodeImage
 ) -> TopFeaturesRequest:
     _limit(msg.k, limits.max_top_k, "k", "max_top_k")
-    aggregation = _enum(msg.aggregation, _AGGREGATIONS, "aggregation", Aggregation.MAX)
+    aggregation = _enum(
+        msg.aggregation, _AGGREGATIONS, "aggregation", Aggregation.MAX, names=pb.Aggregation
+    )
     return TopFeaturesRequest(
         **_analysis_fields(msg, limits, decode),
         aggregation=aggregation,
@@ -347,13 +440,23 @@ def settings_from_proto(msg: pb.GenerationSettings, limits: LimitsConfig) -> Gen
     _limit(msg.max_new_tokens, limits.max_new_tokens, "settings.max_new_tokens", "max_new_tokens")
     temperature = _finite(msg.temperature, "settings.temperature")
     if temperature != 0 and not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
-        raise OutOfRange(
+        raise _out_of_range(
             f"settings.temperature must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, "
-            f"{MAX_TEMPERATURE:g}], got {temperature:g}"
+            f"{MAX_TEMPERATURE:g}], got {temperature:g}",
+            "settings.temperature",
+            temperature,
+            MIN_TEMPERATURE,
+            MAX_TEMPERATURE,
         )
     top_p = _finite(msg.top_p, "settings.top_p") or 1.0
     if not 0 < top_p <= 1:
-        raise OutOfRange(f"settings.top_p must be in (0, 1] (0 means 1.0), got {top_p}")
+        raise _out_of_range(
+            f"settings.top_p must be in (0, 1] (0 means 1.0), got {top_p}",
+            "settings.top_p",
+            top_p,
+            0,
+            1,
+        )
     return GenerationSettings(
         max_new_tokens=msg.max_new_tokens or limits.default_max_new_tokens,
         temperature=temperature,
@@ -365,22 +468,33 @@ def settings_from_proto(msg: pb.GenerationSettings, limits: LimitsConfig) -> Gen
 def intervention_from_proto(
     msg: pb.Intervention, limits: LimitsConfig, where: str
 ) -> ScopedIntervention:
-    mode = _enum(msg.mode, _STEERING_MODES, f"{where}.mode", unspecified=None)
+    mode = _enum(msg.mode, _STEERING_MODES, f"{where}.mode", None, names=pb.SteeringMode)
     value = _finite(msg.value, f"{where}.value")
-    if abs(value) > limits.max_abs_strength:
-        raise OutOfRange(
-            f"{where}.value is {value}, over limits.max_abs_strength = {limits.max_abs_strength} "
-            "in absolute value"
-        )
-    scope = _enum(msg.scope, _POSITION_SCOPES, f"{where}.scope", unspecified=PositionScope.ALL)
+    _limit(
+        abs(value),
+        limits.max_abs_strength,
+        f"{where}.value",
+        "max_abs_strength",
+        message=f"{where}.value is {value}, over limits.max_abs_strength = "
+        f"{limits.max_abs_strength} in absolute value",
+    )
+    scope = _enum(
+        msg.scope, _POSITION_SCOPES, f"{where}.scope", PositionScope.ALL, names=pb.PositionScope
+    )
     ranges = _ranges(msg.ranges, limits, f"{where}.ranges")
     if (scope is PositionScope.RANGES) != bool(ranges):
         raise InvalidArgument(
-            f"{where}.ranges must be set exactly when scope is POSITION_SCOPE_RANGES"
+            f"{where}.ranges must be set exactly when scope is POSITION_SCOPE_RANGES",
+            field=f"{where}.ranges",
+            reason="FIELD_REQUIRED" if not ranges else "FIELD_NOT_ALLOWED",
         )
     target = msg.WhichOneof("target")
     if target is None:
-        raise InvalidArgument(f"{where} needs a target: set feature or direction")
+        raise InvalidArgument(
+            f"{where} needs a target: set feature or direction",
+            field=f"{where}.target",
+            reason="FIELD_REQUIRED",
+        )
     if target == "feature":
         intervention = Intervention(mode=mode, value=value, feature=msg.feature)
     else:
@@ -397,8 +511,9 @@ def variant_from_proto(msg: pb.Variant, limits: LimitsConfig, where: str) -> Var
     _limit(
         len(msg.interventions),
         limits.max_interventions_per_variant,
-        f"the number of {where}.interventions",
+        f"{where}.interventions",
         "max_interventions_per_variant",
+        "the number of ",
     )
     return Variant(
         interventions=tuple(
@@ -410,10 +525,10 @@ def variant_from_proto(msg: pb.Variant, limits: LimitsConfig, where: str) -> Var
 
 
 def generate_request_from_proto(
-    msg: pb.GenerateRequest, limits: LimitsConfig, decode: DecodeImage
+    msg: pb.GenerateSteeredRequest, limits: LimitsConfig, decode: DecodeImage
 ) -> GenerateRequest:
     """No variants means one baseline variant."""
-    _limit(len(msg.variants), limits.max_variants, "the number of variants", "max_variants")
+    _limit(len(msg.variants), limits.max_variants, "variants", "max_variants", "the number of ")
     variants = tuple(
         variant_from_proto(v, limits, f"variants[{i}]") for i, v in enumerate(msg.variants)
     )
@@ -461,17 +576,25 @@ def search_query_from_proto(
     if msg.query and msg.activation_text:
         raise InvalidArgument(
             "set query (words to look for in feature labels) or activation_text (a text to run "
-            "through the model), not both"
+            "through the model), not both",
+            field="activation_text",
+            reason="FIELD_NOT_ALLOWED",
         )
     _limit(msg.limit, limits.max_top_k, "limit", "max_top_k")
     sae_id, limit = sae_id_from_proto(msg.sae_id, limits), msg.limit or DEFAULT_TOP_K
     if msg.activation_text:
         if not text.strip():
-            raise InvalidArgument("activation_text is blank: give a text to run through the model")
+            raise InvalidArgument(
+                "activation_text is blank: give a text to run through the model",
+                field="activation_text",
+                reason="FIELD_REQUIRED",
+            )
         return ActivationSearchRequest(text=text, limit=limit, sae_id=sae_id)
     if not query.strip():
         raise InvalidArgument(
             "query is required: words to look for in feature labels (or activation_text: a "
-            "text whose strongest features are wanted)"
+            "text whose strongest features are wanted)",
+            field="query",
+            reason="FIELD_REQUIRED",
         )
     return SearchQuery(sae_id, query, limit)

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from maira_sae.client.imaging.decode import MediaType
-from maira_sae.server.errors import OutOfRange, ResourceExhausted
+from maira_sae.server.errors import OutOfRange, ResourceExhausted, limit_metadata
 from maira_sae.server.service.from_proto import DecodeImage, ImageDecoder
 
 # Peak working memory per pixel while one image is decoded and preprocessed (8-bit RGBA:
@@ -50,7 +50,10 @@ class ImageMemoryBudget:
         if wanted > self.capacity_bytes:
             raise OutOfRange(
                 f"{name}: the study's images need about {wanted} bytes of decoding memory, over "
-                f"limits.image_memory_bytes = {self.capacity_bytes}; send smaller images"
+                f"limits.image_memory_bytes = {self.capacity_bytes}; send smaller images",
+                field=name,
+                reason="LIMIT_EXCEEDED",
+                metadata=limit_metadata("image_memory_bytes", self.capacity_bytes, wanted),
             )
         with self._lock:
             if self._held + nbytes > self.capacity_bytes:
@@ -58,6 +61,8 @@ class ImageMemoryBudget:
                     "the server is decoding as many images as its memory budget allows "
                     f"(limits.image_memory_bytes = {self.capacity_bytes}); retry shortly",
                     retry_after_s=RETRY_AFTER_S,
+                    reason="IMAGE_MEMORY_BUSY",
+                    metadata={"limit": "image_memory_bytes", "limitValue": self.capacity_bytes},
                 )
             self._held += nbytes
         hold.bytes += nbytes

@@ -3,8 +3,9 @@
 Order matters and ``build_interceptors`` fixes it, outermost first: the access log sees every
 call (rejected ones too) and its final code; auth rejects before any work; the error mapper sits
 next to the servicer and is the one place where domain errors (``maira_sae.server.errors``)
-become status codes. Each wraps the handler's behaviour, for unary and server-streaming
-methods; streaming behaviours must be async generators.
+become status codes with their google.rpc error details (``status_for``). Each wraps the
+handler's behaviour, for unary and server-streaming methods; streaming behaviours must be async
+generators.
 
 Nothing here reads request content: logs and metrics hold ids, method names, codes, sizes and
 timings only. The bearer token is never logged.
@@ -25,8 +26,8 @@ from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
-from google.protobuf.message import DecodeError
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.protobuf.message import DecodeError, Message
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from maira_sae.server import errors
@@ -40,6 +41,7 @@ REQUEST_ID_KEY = "x-request-id"
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 MAX_STATUS_MESSAGE_CHARS = 1024
+ERROR_DOMAIN = "maira-sae.v1"  # google.rpc.ErrorInfo.domain of every error this server sends
 DEADLINE_SLACK_S = 0.1
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -239,16 +241,17 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, token: str) -> None:
         self._token = token.encode()
 
-    def _authorized(self, details: grpc.HandlerCallDetails) -> tuple[bool, str]:
+    def _rejection(self, details: grpc.HandlerCallDetails) -> tuple[str, str] | None:
+        """None for a valid token, else what is wrong: (message, ErrorInfo reason)."""
         header = _metadata_value(details, "authorization")
         if header is None:
-            return False, "missing 'authorization: Bearer <token>' metadata"
+            return "missing 'authorization: Bearer <token>' metadata", "TOKEN_MISSING"
         scheme, _, credentials = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
+        if scheme.lower() == "bearer" and hmac.compare_digest(
             credentials.strip().encode(), self._token
         ):
-            return False, "invalid bearer token"
-        return True, ""
+            return None
+        return "invalid bearer token", "TOKEN_INVALID"
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -256,19 +259,29 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(OPEN_METHOD_PREFIXES):
             return handler
-        ok, reason = self._authorized(handler_call_details)
-        if ok:
+        rejection = self._rejection(handler_call_details)
+        if rejection is None:
             return handler
+        message, reason = rejection
+
+        async def abort(context: grpc.aio.ServicerContext) -> None:
+            status = _rich_status(
+                grpc.StatusCode.UNAUTHENTICATED,
+                message,
+                [_error_info(reason)],
+                current_request_id(),  # set by the access log around this call
+            )
+            await _abort_with(context, status)
 
         def unary(_: UnaryBehaviour) -> UnaryBehaviour:
             async def reject(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+                await abort(context)
 
             return reject
 
         def stream(_: StreamBehaviour) -> StreamBehaviour:
             async def reject(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+                await abort(context)
                 yield  # an async generator, like the behaviour it replaces
 
             return reject
@@ -281,18 +294,54 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 # Error mapping
 
 
-def status_for(error: errors.ServiceError) -> grpc.Status:
-    """The rich status of a domain error: its code, its message and, for ResourceExhausted, a
-    google.rpc.RetryInfo detail in ``grpc-status-details-bin``."""
+def status_for(error: errors.ServiceError, request_id: str) -> grpc.Status:
+    """The rich status of a domain error, in ``grpc-status-details-bin``: its code and message,
+    an ErrorInfo (reason, domain, metadata) and a RequestInfo always; a BadRequest field
+    violation for InvalidArgument and OutOfRange, a ResourceInfo for NotFound, a
+    PreconditionFailure for FailedPrecondition and a RetryInfo for ResourceExhausted."""
     code = next(
         (status for kind, status in STATUS_OF_ERROR.items() if isinstance(error, kind)),
         grpc.StatusCode.INTERNAL,
     )
-    status = status_pb2.Status(code=code.value[0], message=_bounded(str(error)))
-    if isinstance(error, errors.ResourceExhausted):
+    message = _bounded(str(error))
+    details: list[Message] = [_error_info(error.reason, error.metadata)]
+    if isinstance(error, errors.FieldError):
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=error.field, description=message, reason=error.reason
+        )
+        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    elif isinstance(error, errors.NotFound):
+        details.append(
+            error_details_pb2.ResourceInfo(
+                resource_type=error.resource_type,
+                resource_name=error.resource_name,
+                description=message,
+            )
+        )
+    elif isinstance(error, errors.FailedPrecondition):
+        violation = error_details_pb2.PreconditionFailure.Violation(
+            type=error.precondition, subject=error.subject, description=message
+        )
+        details.append(error_details_pb2.PreconditionFailure(violations=[violation]))
+    elif isinstance(error, errors.ResourceExhausted):
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(round(error.retry_after_s * 1e9))
-        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    return _rich_status(code, message, details, request_id)
+
+
+def _error_info(reason: str, metadata: dict[str, str] | None = None) -> Message:
+    """The ErrorInfo every error carries: the stable reason under this server's domain."""
+    return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
+
+
+def _rich_status(
+    code: grpc.StatusCode, message: str, details: list[Message], request_id: str
+) -> grpc.Status:
+    """``code`` and ``message`` with ``details`` and a RequestInfo as a google.rpc.Status."""
+    status = status_pb2.Status(code=code.value[0], message=message)
+    for detail in [*details, error_details_pb2.RequestInfo(request_id=request_id)]:
+        status.details.add().Pack(detail)
     return rpc_status.to_status(status)
 
 
@@ -306,7 +355,7 @@ def _bounded(message: str) -> str:
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
     if isinstance(error, errors.ServiceError):
-        status = status_for(error)
+        status = status_for(error, current_request_id())
     else:
         log.error(
             "unhandled error in %s (request id %s)",
@@ -314,16 +363,30 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: st
             current_request_id(),
             exc_info=error,
         )
-        status = rpc_status.to_status(
-            status_pb2.Status(
-                code=code_pb2.INTERNAL,
-                message=f"internal error (request id {current_request_id()})",
-            )
+        status = _rich_status(
+            grpc.StatusCode.INTERNAL,
+            f"internal error (request id {current_request_id()})",
+            [_error_info("INTERNAL_ERROR")],
+            current_request_id(),
         )
-    metadata = (*status.trailing_metadata, (REQUEST_ID_KEY, current_request_id()))
+    pushback: tuple[tuple[str, str], ...] = ()
     if isinstance(error, errors.ResourceExhausted):
         # gRPC core's own retries read this trailer, not RetryInfo: send both.
-        metadata = (*metadata, (RETRY_PUSHBACK_KEY, str(round(error.retry_after_s * 1000))))
+        pushback = ((RETRY_PUSHBACK_KEY, str(round(error.retry_after_s * 1000))),)
+    await _abort_with(context, status, pushback)
+
+
+async def _abort_with(
+    context: grpc.aio.ServicerContext,
+    status: grpc.Status,
+    extra_metadata: tuple[tuple[str, str], ...] = (),
+) -> None:
+    """Ends the call with ``status``, its details trailer and the request id."""
+    metadata = (
+        *status.trailing_metadata,
+        (REQUEST_ID_KEY, current_request_id()),
+        *extra_metadata,
+    )
     await context.abort(status.code, status.details, metadata)
 
 
@@ -379,7 +442,8 @@ def _request_parser(deserializer: Callable[[bytes], Any] | None) -> Callable[[An
         except DecodeError as err:
             raise errors.InvalidArgument(
                 "the request message cannot be parsed (malformed protobuf, or invalid UTF-8 "
-                "in a string field)"
+                "in a string field)",
+                reason="MALFORMED_REQUEST",
             ) from err
 
     return parse

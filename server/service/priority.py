@@ -23,17 +23,21 @@ def call_priority(metadata: Iterable[tuple[str, str | bytes]] | None) -> Priorit
     if not values:
         return Priority.INTERACTIVE
     if len(values) > 1:
-        raise InvalidArgument(f"metadata {PRIORITY_KEY} is sent {len(values)} times; send it once")
+        raise InvalidArgument(
+            f"metadata {PRIORITY_KEY} is sent {len(values)} times; send it once",
+            reason="PRIORITY_INVALID",
+        )
     value = values[0]
     try:
         return Priority(value)
     except ValueError:
         raise InvalidArgument(
-            f"metadata {PRIORITY_KEY} is {str(value)[:40]!r}; known values: {_KNOWN}"
+            f"metadata {PRIORITY_KEY} is {str(value)[:40]!r}; known values: {_KNOWN}",
+            reason="PRIORITY_INVALID",
         ) from None
 
 
-def tokens_to_generate(request: pb.GenerateRequest, default_max_new_tokens: int) -> int:
+def tokens_to_generate(request: pb.GenerateSteeredRequest, default_max_new_tokens: int) -> int:
     """What a GenerateSteered call asks for at most, over its variants (none: one baseline),
     read before the request is converted: which admission lane it takes."""
     max_new_tokens = request.settings.max_new_tokens or default_max_new_tokens

@@ -35,13 +35,13 @@ T = TypeVar("T")
 Reply = TypeVar("Reply")
 
 
-class MairaSaeServicer(pb_grpc.MairaSaeServicer):
+class MairaSaeServicer(pb_grpc.MairaSaeServiceServicer):
     def __init__(
         self,
         engine: Engine,
         scheduler: AsyncEngine,
         config: ServerConfig,
-        info: pb.InfoResponse,
+        info: pb.GetInfoResponse,
     ) -> None:
         self._engine = engine
         self._scheduler = scheduler
@@ -120,8 +120,8 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
         return await self._analyse(request, context, convert, to_proto.top_features_result_to_proto)
 
     async def GenerateSteered(  # noqa: N802
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.GenerateEvent]:
+        self, request: pb.GenerateSteeredRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateSteeredResponse]:
         priority = call_priority(context.invocation_metadata())
         tokens = tokens_to_generate(request, self._limits.default_max_new_tokens)
         with self._scheduler.admit(priority, tokens) as admission:
@@ -136,12 +136,12 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
 
     async def GetInfo(  # noqa: N802
         self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext
-    ) -> pb.InfoResponse:
+    ) -> pb.GetInfoResponse:
         return self._info
 
     async def GetFeature(  # noqa: N802
         self, request: pb.GetFeatureRequest, context: grpc.aio.ServicerContext
-    ) -> pb.Feature:
+    ) -> pb.GetFeatureResponse:
         query = from_proto.feature_query_from_proto(request, self._limits)
         details = await asyncio.to_thread(  # the logit effects and cosines run torch
             self._engine.feature,
@@ -151,7 +151,8 @@ class MairaSaeServicer(pb_grpc.MairaSaeServicer):
             num_nearest=query.num_nearest,
             decoder_row=query.decoder_row,
         )
-        return await asyncio.to_thread(feature_to_proto.feature_details_to_proto, details)
+        feature = await asyncio.to_thread(feature_to_proto.feature_details_to_proto, details)
+        return pb.GetFeatureResponse(feature=feature)
 
     async def SearchFeatures(  # noqa: N802
         self, request: pb.SearchFeaturesRequest, context: grpc.aio.ServicerContext

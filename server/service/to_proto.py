@@ -129,13 +129,13 @@ def _phrase(phrase: GroundedPhrase) -> pb.GroundedPhrase:
     return pb.GroundedPhrase(text=phrase.text, boxes=[_box(box) for box in phrase.boxes])
 
 
-def generation_event_to_proto(event: GenerationEvent) -> pb.GenerateEvent:
+def generation_event_to_proto(event: GenerationEvent) -> pb.GenerateSteeredResponse:
     if isinstance(event, GeneratedToken):
-        return pb.GenerateEvent(
+        return pb.GenerateSteeredResponse(
             variant_index=event.variant_index,
             token=pb.TokenChunk(position=event.position, token_id=event.token_id, text=event.text),
         )
-    return pb.GenerateEvent(
+    return pb.GenerateSteeredResponse(
         variant_index=event.variant_index,
         finished=_variant_result(event),
     )
@@ -188,14 +188,14 @@ def info_to_proto(
     token_limits: TokenLimits,
     decode_limits: BatchLimits,
     default_sae_id: str,
-) -> pb.InfoResponse:
+) -> pb.GetInfoResponse:
     """``versions`` maps maira_sae, torch and transformers to their version strings;
     ``token_limits`` are the engine's, resolved against the model's context length;
     ``decode_limits`` are the batching settings as the accelerator's memory bounds them;
     ``default_sae_id`` is the engine's (the config's may be empty: the first SAE)."""
     limits, batching = config.limits, config.batching
     dicom = config.dicom.options()
-    return pb.InfoResponse(
+    return pb.GetInfoResponse(
         model=pb.ModelInfo(**vars(model)),
         saes=[
             pb.SaeInfo(

@@ -41,6 +41,6 @@ def test_a_call_is_a_request_and_its_reader_without_the_network(study):
     call = calls.top_features(study, k=3, aggregation=Aggregation.MEAN, timeout=5.0)
     assert (call.rpc, call.service, call.timeout) == ("TopFeatures", calls.Service.MAIRA_SAE, 5.0)
     assert isinstance(call.request, pb.TopFeaturesRequest) and call.request.k == 3
-    health = calls.health("maira_sae.v1.MairaSae")
+    health = calls.health("maira_sae.v1.MairaSaeService")
     assert (health.rpc, health.service) == ("Check", calls.Service.HEALTH)
-    assert health.request.service == "maira_sae.v1.MairaSae"
+    assert health.request.service == "maira_sae.v1.MairaSaeService"

@@ -26,7 +26,7 @@ from maira_sae.client import (
 
 def test_health_and_info(client):
     assert client.health() == "SERVING"
-    assert client.health("maira_sae.v1.MairaSae") == "SERVING"
+    assert client.health("maira_sae.v1.MairaSaeService") == "SERVING"
     info = client.info()
     assert (info.model.patch_grid_rows, info.model.patch_grid_cols) == (37, 37)
     assert info.default_sae_id == "demo-ef4-layer15"

@@ -15,7 +15,7 @@ from maira_sae.server.service.metrics import Metrics
 from maira_sae.v1 import maira_sae_pb2
 from tests.deploy.manifests import REPO, Rendered
 
-API_SERVICE = maira_sae_pb2.DESCRIPTOR.services_by_name["MairaSae"].full_name
+API_SERVICE = maira_sae_pb2.DESCRIPTOR.services_by_name["MairaSaeService"].full_name
 # Worst case for loading MAIRA-2: 14 GB of bf16 weights (28 GB stored as fp32) from a network
 # volume at ~50 MB/s, then warm-up. The startup probe must allow at least this long.
 MODEL_LOAD_BUDGET_S = 600

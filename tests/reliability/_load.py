@@ -58,13 +58,13 @@ class LoadMix:
     def study(self) -> pb.Study:
         return pb.Study(frontal=pb.Image(data=self.image), indication="Cough.")
 
-    def generate_request(self) -> pb.GenerateRequest:
+    def generate_request(self) -> pb.GenerateSteeredRequest:
         steered = pb.Variant(
             name="steered",
             interventions=[pb.Intervention(feature=3, mode=pb.STEERING_MODE_ADD, value=8.0)],
         )
         variants = [pb.Variant(name="baseline"), steered][: self.variants]
-        return pb.GenerateRequest(
+        return pb.GenerateSteeredRequest(
             study=self.study(),
             settings=pb.GenerationSettings(max_new_tokens=self.max_new_tokens),
             variants=variants,
@@ -80,7 +80,7 @@ def retry_delay_s(error: grpc.aio.AioRpcError) -> float | None:
     return None
 
 
-async def _one_call(stub: pb_grpc.MairaSaeStub, method: str, mix: LoadMix) -> str:
+async def _one_call(stub: pb_grpc.MairaSaeServiceStub, method: str, mix: LoadMix) -> str:
     """Makes one call of ``method``; returns "OK" or INCOMPLETE, raises AioRpcError."""
     options = {"timeout": mix.call_timeout_s, "metadata": mix.metadata}
     if method == "Encode":
@@ -114,7 +114,7 @@ async def run_load(
 
     async def client(index: int) -> None:
         async with channel_factory(target) as channel:
-            stub = pb_grpc.MairaSaeStub(channel)
+            stub = pb_grpc.MairaSaeServiceStub(channel)
             turn = index
             while time.monotonic() < end:
                 method = METHODS[turn % len(METHODS)]

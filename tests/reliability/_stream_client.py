@@ -16,12 +16,12 @@ from tests.reliability._support import SMALL_PNG
 
 
 def main(target: str, max_new_tokens: int) -> None:
-    request = pb.GenerateRequest(
+    request = pb.GenerateSteeredRequest(
         study=pb.Study(frontal=pb.Image(data=SMALL_PNG)),
         settings=pb.GenerationSettings(max_new_tokens=max_new_tokens),
     )
     with grpc.insecure_channel(target) as channel:
-        for _ in pb_grpc.MairaSaeStub(channel).GenerateSteered(request):
+        for _ in pb_grpc.MairaSaeServiceStub(channel).GenerateSteered(request):
             print("streaming", flush=True)
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from maira_sae.server.demo.random_checkpoint import DemoCheckpoint
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVER_EXECUTABLE = Path(sys.executable).with_name("maira-sae-server")
@@ -170,6 +172,27 @@ class Outcome:
     response: Any = None
     error: grpc.RpcError | None = None
 
+    def detail(self, kind: type[M]) -> M | None:
+        """The server's google.rpc detail of type ``kind`` (ErrorInfo, BadRequest, ...)."""
+        status = rpc_status.from_call(self.error) if self.error is not None else None  # type: ignore[arg-type]
+        for detail in status.details if status is not None else ():
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                return message
+        return None
+
+    def field_path(self) -> str:
+        """The field path of the one BadRequest field violation, after checking the ErrorInfo
+        every error carries."""
+        info = self.detail(error_details_pb2.ErrorInfo)
+        assert info is not None and info.domain == "maira-sae.v1" and info.reason
+        bad_request = self.detail(error_details_pb2.BadRequest)
+        assert bad_request is not None, self.details
+        (violation,) = bad_request.field_violations
+        assert violation.description == self.details and violation.reason == info.reason
+        return violation.field
+
     @property
     def retry_delay_s(self) -> float | None:
         """The google.rpc.RetryInfo delay the server attached, if any."""
@@ -194,17 +217,17 @@ def outcome_of(call: Callable[[], T]) -> Outcome:
         return Outcome(error.code(), error.details() or "", error=error)  # type: ignore[attr-defined]
 
 
-def canary_calls(stub: pb_grpc.MairaSaeStub) -> list[grpc.StatusCode]:
+def canary_calls(stub: pb_grpc.MairaSaeServiceStub) -> list[grpc.StatusCode]:
     """Calls that carry CANARY in text, in image metadata and in DICOM tags, valid ones and
     ones refused at every stage; returns their codes."""
     png_with_text = png_bytes(noise(), text={"Comment": CANARY, "Author": CANARY})
     dicom = dicom_bytes(pixels=noise().astype(np.uint16) * 16, patient_name=CANARY)
-    generate = pb.GenerateRequest(
+    generate = pb.GenerateSteeredRequest(
         study=study(SMALL_PNG, indication=CANARY),
         settings=pb.GenerationSettings(max_new_tokens=2),
         variants=[pb.Variant(name=CANARY)],
     )
-    grounding = pb.GenerateRequest(
+    grounding = pb.GenerateSteeredRequest(
         study=study(SMALL_PNG),
         task=pb.Task(kind=pb.TASK_KIND_PHRASE_GROUNDING, phrase=CANARY),
         settings=pb.GenerationSettings(max_new_tokens=2),
@@ -244,7 +267,7 @@ def health_status(target: str, service: str = "", timeout_s: float = 5.0) -> int
         return health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout_s).status
 
 
-def finished_events(events: Sequence[pb.GenerateEvent]) -> dict[int, pb.VariantResult]:
+def finished_events(events: Sequence[pb.GenerateSteeredResponse]) -> dict[int, pb.VariantResult]:
     return {e.variant_index: e.finished for e in events if e.WhichOneof("event") == "finished"}
 
 

@@ -45,11 +45,11 @@ def tight_server(demo_checkpoint: DemoCheckpoint) -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="session")
-def tight_stub(tight_server: RunningServer) -> Iterator[pb_grpc.MairaSaeStub]:
+def tight_stub(tight_server: RunningServer) -> Iterator[pb_grpc.MairaSaeServiceStub]:
     with grpc.insecure_channel(tight_server.target) as channel:
-        yield pb_grpc.MairaSaeStub(channel)
+        yield pb_grpc.MairaSaeServiceStub(channel)
 
 
 @pytest.fixture(scope="session")
-def tight_info(tight_stub: pb_grpc.MairaSaeStub) -> pb.InfoResponse:
+def tight_info(tight_stub: pb_grpc.MairaSaeServiceStub) -> pb.GetInfoResponse:
     return tight_stub.GetInfo(pb.GetInfoRequest())

@@ -67,11 +67,11 @@ def auth_server(demo_checkpoint) -> Iterator[RunningServer]:
 )
 def test_bearer_token(auth_server, metadata, code):
     with grpc.insecure_channel(auth_server.target) as channel:
-        stub = pb_grpc.MairaSaeStub(channel)
+        stub = pb_grpc.MairaSaeServiceStub(channel)
         assert outcome_of(lambda: stub.GetInfo(pb.GetInfoRequest(), metadata=metadata)).code == code
         search = pb.SearchFeaturesRequest(query="pacemaker")
         assert outcome_of(lambda: stub.SearchFeatures(search, metadata=metadata)).code == code
-        generate = pb.GenerateRequest(
+        generate = pb.GenerateSteeredRequest(
             study=study(SMALL_PNG), settings=pb.GenerationSettings(max_new_tokens=1)
         )
         assert outcome_of(lambda: stub.GenerateSteered(generate, metadata=metadata)).code == code
@@ -80,7 +80,7 @@ def test_bearer_token(auth_server, metadata, code):
 def test_rejected_calls_are_never_parsed_or_run(auth_server):
     """Without the token even a malformed message gets UNAUTHENTICATED, not a parse error."""
     with grpc.insecure_channel(auth_server.target) as channel:
-        raw = channel.unary_unary("/maira_sae.v1.MairaSae/Encode", request_serializer=None)
+        raw = channel.unary_unary("/maira_sae.v1.MairaSaeService/Encode", request_serializer=None)
         outcome = outcome_of(lambda: raw(length_delimited(1, b"\xff\xff\xff"), timeout=10))
     assert outcome.code == Code.UNAUTHENTICATED
 
@@ -94,7 +94,7 @@ def test_health_and_reflection_stay_open_for_probes(auth_server):
             iter([reflection_pb2.ServerReflectionRequest(list_services="")])
         )
         names = {s.name for r in replies for s in r.list_services_response.service}
-    assert "maira_sae.v1.MairaSae" in names
+    assert "maira_sae.v1.MairaSaeService" in names
 
 
 def test_token_is_compared_in_constant_time(auth_server, monkeypatch):
@@ -110,7 +110,7 @@ def test_token_is_compared_in_constant_time(auth_server, monkeypatch):
 
     monkeypatch.setattr(hmac, "compare_digest", spy)
     with grpc.insecure_channel(auth_server.target) as channel:
-        stub = pb_grpc.MairaSaeStub(channel)
+        stub = pb_grpc.MairaSaeServiceStub(channel)
         outcome = outcome_of(
             lambda: stub.GetInfo(pb.GetInfoRequest(), metadata=(("authorization", "Bearer nope"),))
         )
@@ -213,7 +213,7 @@ def get_info(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.S
         else grpc.insecure_channel(target)
     )
     with channel:
-        stub = pb_grpc.MairaSaeStub(channel)
+        stub = pb_grpc.MairaSaeServiceStub(channel)
         return outcome_of(lambda: stub.GetInfo(pb.GetInfoRequest(), timeout=5)).code
 
 
@@ -253,7 +253,7 @@ def test_canary_never_appears_in_logs_even_at_debug(demo_server, caplog, monkeyp
         monkeypatch.setattr(logger, "level", logging.NOTSET)  # none filters its own debug
     logging.getLogger().manager._clear_cache()  # type: ignore[attr-defined]
     with grpc.insecure_channel(demo_server.target) as channel:
-        stub = pb_grpc.MairaSaeStub(channel)
+        stub = pb_grpc.MairaSaeServiceStub(channel)
         codes = canary_calls(stub)
         # An unexpected error inside the engine is logged with its traceback: still no canary.
         engine = demo_server.server.runtime.engine

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pytest
+from google.rpc import error_details_pb2
 
 from maira_sae.v1 import maira_sae_pb2 as pb
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
@@ -28,6 +29,7 @@ from tests.reliability._support import (
     png_claiming_size,
     study,
 )
+from tests.support.field_paths import resolves
 
 Code = grpc.StatusCode
 IMAGE_TOKENS = 1369
@@ -41,7 +43,7 @@ def still_serving_after_each_case(tight_server, tight_stub):
     assert tight_stub.GetInfo(pb.GetInfoRequest()).model.image_tokens_per_image == IMAGE_TOKENS
 
 
-def encode(stub: pb_grpc.MairaSaeStub, request_study: pb.Study, **fields: object) -> Outcome:
+def encode(stub: pb_grpc.MairaSaeServiceStub, request_study: pb.Study, **fields: object) -> Outcome:
     return outcome_of(lambda: stub.Encode(pb.EncodeRequest(study=request_study, **fields)))
 
 
@@ -110,6 +112,8 @@ def test_unusable_images_are_refused(tight_stub, make, code):
     outcome = encode(tight_stub, make())
     assert outcome.code == code, outcome.details
     assert "study." in outcome.details  # names the field
+    assert outcome.field_path().startswith("study.")
+    assert resolves(pb.EncodeRequest.DESCRIPTOR, outcome.field_path())
 
 
 def test_png_header_claiming_100000_squared_pixels_is_out_of_range(tight_stub):
@@ -201,7 +205,7 @@ def test_invalid_utf8_in_a_string_field_is_invalid_argument(
 ):
     with grpc.insecure_channel(tight_server.target) as channel:
         raw = channel.unary_unary(
-            f"/maira_sae.v1.MairaSae/{method}",
+            f"/maira_sae.v1.MairaSaeService/{method}",
             request_serializer=None,  # the bytes go out as they are
             response_deserializer=response_type.FromString,
         )
@@ -243,8 +247,8 @@ def steer(**intervention: object) -> tuple[pb.Variant, ...]:
     return (pb.Variant(interventions=[pb.Intervention(**fields)]),)
 
 
-def generate(stub: pb_grpc.MairaSaeStub, case: GenerateCase) -> Outcome:
-    request = pb.GenerateRequest(
+def generate(stub: pb_grpc.MairaSaeServiceStub, case: GenerateCase) -> Outcome:
+    request = pb.GenerateSteeredRequest(
         study=study(SMALL_PNG), settings=case.settings, variants=case.variants, sae_id=case.sae_id
     )
     return outcome_of(lambda: stub.GenerateSteered(request, timeout=60))
@@ -253,7 +257,7 @@ def generate(stub: pb_grpc.MairaSaeStub, case: GenerateCase) -> Outcome:
 TWO = pb.GenerationSettings(max_new_tokens=2)
 
 
-def refused_generations(info: pb.InfoResponse) -> dict[str, tuple[GenerateCase, Code]]:
+def refused_generations(info: pb.GetInfoResponse) -> dict[str, tuple[GenerateCase, Code]]:
     limits, sae = info.limits, info.saes[0]
     many_interventions = (
         pb.Variant(
@@ -364,7 +368,7 @@ def refused_generations(info: pb.InfoResponse) -> dict[str, tuple[GenerateCase, 
     }
 
 
-REFUSED_NAMES = list(refused_generations(pb.InfoResponse(saes=[pb.SaeInfo()])))
+REFUSED_NAMES = list(refused_generations(pb.GetInfoResponse(saes=[pb.SaeInfo()])))
 
 
 @pytest.mark.parametrize("name", REFUSED_NAMES)
@@ -372,6 +376,10 @@ def test_bad_steering_and_generation_settings_are_refused(tight_stub, tight_info
     case, code = refused_generations(tight_info)[name]
     outcome = generate(tight_stub, case)
     assert outcome.code == code, (outcome.code, outcome.details)
+    if code in (Code.INVALID_ARGUMENT, Code.OUT_OF_RANGE):
+        assert resolves(pb.GenerateSteeredRequest.DESCRIPTOR, outcome.field_path())
+    else:
+        assert outcome.detail(error_details_pb2.ErrorInfo) is not None
 
 
 def test_max_new_tokens_zero_means_the_documented_default(tight_stub, tight_info):

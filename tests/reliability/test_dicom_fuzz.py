@@ -82,7 +82,7 @@ HOSTILE_SIZES = [0, 1, 3, 7, 255, 4096, 12000, 65535]
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(demo_checkpoint: DemoCheckpoint) -> Iterator[pb_grpc.MairaSaeStub]:
+def fuzz_server(demo_checkpoint: DemoCheckpoint) -> Iterator[pb_grpc.MairaSaeServiceStub]:
     """The tight server, taking DICOM of any modality (the seeds are MR, OT, NM...) and images
     of up to FUZZ_PIXELS pixels."""
     from maira_sae.server.service.config import DicomConfig, LimitsConfig
@@ -96,7 +96,7 @@ def fuzz_server(demo_checkpoint: DemoCheckpoint) -> Iterator[pb_grpc.MairaSaeStu
         # the library's symbols to print a backtrace, about 30 MiB that is not image memory.
         patch.setenv("RUST_BACKTRACE", "0")
         with running_server(config) as server, grpc.insecure_channel(server.target) as channel:
-            yield pb_grpc.MairaSaeStub(channel)
+            yield pb_grpc.MairaSaeServiceStub(channel)
 
 
 @cache

@@ -36,9 +36,9 @@ def fair_server(demo_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def stub(fair_server) -> Iterator[pb_grpc.MairaSaeStub]:
+def stub(fair_server) -> Iterator[pb_grpc.MairaSaeServiceStub]:
     with grpc.insecure_channel(fair_server.target) as channel:
-        yield pb_grpc.MairaSaeStub(channel)
+        yield pb_grpc.MairaSaeServiceStub(channel)
 
 
 class Stream:
@@ -46,7 +46,7 @@ class Stream:
     status code."""
 
     def __init__(self, stub, variants: int, tokens: int, metadata=()) -> None:
-        request = pb.GenerateRequest(
+        request = pb.GenerateSteeredRequest(
             study=study(SMALL_PNG),
             settings=pb.GenerationSettings(max_new_tokens=tokens),
             variants=[pb.Variant() for _ in range(variants)],
@@ -146,7 +146,7 @@ def four_place_server(demo_checkpoint):
 @pytest.mark.slow
 def test_long_calls_without_deadlines_cannot_take_every_place(four_place_server):
     with grpc.insecure_channel(four_place_server.target) as channel:
-        stub = pb_grpc.MairaSaeStub(channel)
+        stub = pb_grpc.MairaSaeServiceStub(channel)
         holders = [Stream(stub, variants=2, tokens=1024) for _ in range(3)]  # no deadline set
         try:
             wait_until(lambda: all(h.tokens > 0 for h in holders), WITHIN_S, what="3 long calls")

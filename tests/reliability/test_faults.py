@@ -36,13 +36,13 @@ FREED_WITHIN_S = 5.0
 
 
 @pytest.fixture(scope="module")
-def stub(demo_server: RunningServer) -> Iterator[pb_grpc.MairaSaeStub]:
+def stub(demo_server: RunningServer) -> Iterator[pb_grpc.MairaSaeServiceStub]:
     with grpc.insecure_channel(demo_server.target) as channel:
-        yield pb_grpc.MairaSaeStub(channel)
+        yield pb_grpc.MairaSaeServiceStub(channel)
 
 
-def long_generation() -> pb.GenerateRequest:
-    return pb.GenerateRequest(
+def long_generation() -> pb.GenerateSteeredRequest:
+    return pb.GenerateSteeredRequest(
         study=study(SMALL_PNG), settings=pb.GenerationSettings(max_new_tokens=LONG)
     )
 
@@ -56,7 +56,7 @@ def batches_run(server: RunningServer) -> float:
 
 
 def assert_work_stopped_and_others_served(
-    server: RunningServer, stub: pb_grpc.MairaSaeStub
+    server: RunningServer, stub: pb_grpc.MairaSaeServiceStub
 ) -> None:
     """The slot is free (queue depth 0 on the metrics port), no more tokens are generated, and
     a new call is answered at once rather than after the abandoned generation."""
@@ -181,7 +181,7 @@ def test_out_of_memory_during_generation_then_the_next_generation_runs(
 ):
     model = demo_server.server.runtime.engine.model
     fail_once(monkeypatch, model, torch.OutOfMemoryError("CUDA out of memory"))
-    request = pb.GenerateRequest(
+    request = pb.GenerateSteeredRequest(
         study=study(SMALL_PNG), settings=pb.GenerationSettings(max_new_tokens=2)
     )
     assert outcome_of(lambda: stub.GenerateSteered(request)).code == (

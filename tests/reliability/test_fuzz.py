@@ -131,7 +131,7 @@ def interventions(draw: st.DrawFn) -> pb.Intervention:
 
 
 @st.composite
-def generate_requests(draw: st.DrawFn) -> pb.GenerateRequest:
+def generate_requests(draw: st.DrawFn) -> pb.GenerateSteeredRequest:
     per_variant = TIGHT_LIMITS["max_interventions_per_variant"] + 1
     variants = draw(
         st.lists(
@@ -149,7 +149,7 @@ def generate_requests(draw: st.DrawFn) -> pb.GenerateRequest:
         top_p=draw(double(1.0)),
         seed=draw(st.integers(0, 2**64 - 1)),
     )
-    return pb.GenerateRequest(
+    return pb.GenerateSteeredRequest(
         study=draw(studies()),
         task=draw(tasks()),
         settings=settings_,
@@ -201,7 +201,7 @@ def calls(draw: st.DrawFn) -> tuple[str, Any]:
     )
 
 
-def invoke(stub: pb_grpc.MairaSaeStub, method: str, request: Any) -> Callable[[], Any]:
+def invoke(stub: pb_grpc.MairaSaeServiceStub, method: str, request: Any) -> Callable[[], Any]:
     return lambda: getattr(stub, method)(request, timeout=60)
 
 

@@ -39,10 +39,10 @@ SMALL_QUEUE_SECONDS = 6.0
 
 
 def server_counts(metrics_port: int) -> dict[str, float]:
-    """Finished calls of the MairaSae service by status code, as the server counted them."""
+    """Finished calls of the MairaSaeService service by status code, as the server counted them."""
     counts: dict[str, float] = {}
     for key, value in scrape_metrics(metrics_port).items():
-        if key.startswith("maira_sae_requests_total{") and "MairaSae/" in key:
+        if key.startswith("maira_sae_requests_total{") and "MairaSaeService/" in key:
             code = key.split('code="')[1].split('"')[0]
             counts[code] = counts.get(code, 0) + value
     return counts
@@ -71,7 +71,7 @@ def roomy_server(demo_checkpoint) -> Iterator[RunningServer]:
 
 def test_32_clients_no_refusals_while_the_queue_has_room(roomy_server):
     with grpc.insecure_channel(roomy_server.target) as channel:
-        limits = pb_grpc.MairaSaeStub(channel).GetInfo(pb.GetInfoRequest()).limits
+        limits = pb_grpc.MairaSaeServiceStub(channel).GetInfo(pb.GetInfoRequest()).limits
     assert limits.queue_size >= CLIENTS, "the premise of this run: the queue cannot fill"
 
     records, depths, server_side = run(roomy_server, CLIENTS, LOAD_SECONDS)

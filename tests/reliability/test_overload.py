@@ -27,8 +27,8 @@ from tests.reliability._support import (
 from tests.support.waiting import wait_until
 
 Code = grpc.StatusCode
-ENCODE = "/maira_sae.v1.MairaSae/Encode"
-GENERATE = "/maira_sae.v1.MairaSae/GenerateSteered"
+ENCODE = "/maira_sae.v1.MairaSaeService/Encode"
+GENERATE = "/maira_sae.v1.MairaSaeService/GenerateSteered"
 QUEUE_SIZE = 2
 
 
@@ -46,16 +46,16 @@ def small_queue_server(demo_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def small_queue_stub(small_queue_server) -> Iterator[pb_grpc.MairaSaeStub]:
+def small_queue_stub(small_queue_server) -> Iterator[pb_grpc.MairaSaeServiceStub]:
     with grpc.insecure_channel(small_queue_server.target) as channel:
-        yield pb_grpc.MairaSaeStub(channel)
+        yield pb_grpc.MairaSaeServiceStub(channel)
 
 
 class _Holder:
     """A long generation, read to its end on a thread, that holds one place in the queue."""
 
-    def __init__(self, stub: pb_grpc.MairaSaeStub) -> None:
-        request = pb.GenerateRequest(
+    def __init__(self, stub: pb_grpc.MairaSaeServiceStub) -> None:
+        request = pb.GenerateSteeredRequest(
             study=study(SMALL_PNG),
             settings=pb.GenerationSettings(max_new_tokens=1024),
             variants=[pb.Variant() for _ in range(8)],
@@ -78,7 +78,7 @@ class _Holder:
 
 
 @contextmanager
-def holding(stub: pb_grpc.MairaSaeStub, server, count: int) -> Iterator[list[_Holder]]:
+def holding(stub: pb_grpc.MairaSaeServiceStub, server, count: int) -> Iterator[list[_Holder]]:
     """``count`` long generations admitted (the queue depth says so) until the block ends."""
     holders = [_Holder(stub) for _ in range(count)]
     try:
@@ -166,7 +166,7 @@ def test_cancelling_streams_logs_no_error(small_queue_stub, small_queue_server, 
     metrics_port = small_queue_server.ports.metrics
     cancelled = f'maira_sae_requests_total{{code="CANCELLED",method="{GENERATE}"}}'
     before = scrape_metrics(metrics_port).get(cancelled, 0.0)
-    request = pb.GenerateRequest(
+    request = pb.GenerateSteeredRequest(
         study=study(SMALL_PNG), settings=pb.GenerationSettings(max_new_tokens=64)
     )
     for _ in range(12):
@@ -226,7 +226,7 @@ def test_image_memory_is_a_budget_shared_by_concurrent_requests(budget_server):
     big = png_bytes(noise(BIG_SIDE, BIG_SIDE))
     request = pb.EncodeRequest(study=study(big), top_k_per_token=1)
     with grpc.insecure_channel(budget_server.target) as channel:
-        stub = pb_grpc.MairaSaeStub(channel)
+        stub = pb_grpc.MairaSaeServiceStub(channel)
         codes: set[Code] = set()
         for _ in range(6):  # concurrency on a busy machine: a few rounds until they overlap
             outcomes = _concurrently(lambda: stub.Encode(request, timeout=120), 8)
@@ -249,7 +249,9 @@ def test_a_study_that_can_never_fit_the_budget_is_out_of_range(budget_server):
         study=pb.Study(frontal=pb.Image(data=frontal), lateral=pb.Image(data=frontal))
     )
     with grpc.insecure_channel(budget_server.target) as channel:
-        outcome = outcome_of(lambda: pb_grpc.MairaSaeStub(channel).Encode(request, timeout=60))
+        outcome = outcome_of(
+            lambda: pb_grpc.MairaSaeServiceStub(channel).Encode(request, timeout=60)
+        )
     assert outcome.code == Code.OUT_OF_RANGE, (outcome.code, outcome.details)
     assert "image_memory_bytes" in outcome.details
 
@@ -264,5 +266,5 @@ def test_token_limits_default_to_the_models_context_length(demo_server, demo_che
     config = json.loads((demo_checkpoint.model_dir / "config.json").read_text())
     context = config["text_config"]["max_position_embeddings"]
     with grpc.insecure_channel(demo_server.target) as channel:
-        limits = pb_grpc.MairaSaeStub(channel).GetInfo(pb.GetInfoRequest()).limits
+        limits = pb_grpc.MairaSaeServiceStub(channel).GetInfo(pb.GetInfoRequest()).limits
     assert (limits.max_prompt_tokens, limits.max_sequence_tokens) == (context, context)

@@ -65,7 +65,7 @@ def server(demo_checkpoint, tmp_path_factory) -> Iterator[ServerProcess]:
 # Memory
 
 
-def mixed_request(stub: pb_grpc.MairaSaeStub, index: int, timeout: float) -> Any:
+def mixed_request(stub: pb_grpc.MairaSaeServiceStub, index: int, timeout: float) -> Any:
     """The index-th request of a mix through every layer: the model now and then, and
     otherwise image decoding, validation, error mapping, the catalogue and GetInfo."""
     small = study(SMALL_PNG)
@@ -90,7 +90,7 @@ async def send_requests(target: str, first: int, count: int, concurrency: int = 
     counts as DEADLINE_EXCEEDED instead of hanging the test."""
     codes: Counter = Counter()
     async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.MairaSaeStub(channel)
+        stub = pb_grpc.MairaSaeServiceStub(channel)
         indices = iter(range(first, first + count))
 
         async def worker() -> None:
@@ -147,7 +147,7 @@ def test_resident_memory_grows_under_10_percent_over_2000_requests(info_server):
 def test_canary_never_appears_on_stderr_at_debug(server):
     server.ensure_running()
     with grpc.insecure_channel(server.target) as channel:
-        codes = canary_calls(pb_grpc.MairaSaeStub(channel))
+        codes = canary_calls(pb_grpc.MairaSaeServiceStub(channel))
     assert grpc.StatusCode.OK in codes and grpc.StatusCode.INVALID_ARGUMENT in codes
     stderr = server.stderr
     assert '"level": "DEBUG"' in stderr and "maira_sae.access" in stderr
@@ -162,11 +162,11 @@ def test_sigterm_under_load_drains_then_exits_0(server):
     server.ensure_running()
     streams = 3
     encodes = 3
-    generation = pb.GenerateRequest(
+    generation = pb.GenerateSteeredRequest(
         study=study(SMALL_PNG), settings=pb.GenerationSettings(max_new_tokens=20)
     )
     with grpc.insecure_channel(server.target) as channel, ThreadPoolExecutor(8) as pool:
-        stub = pb_grpc.MairaSaeStub(channel)
+        stub = pb_grpc.MairaSaeServiceStub(channel)
         in_flight = [
             pool.submit(outcome_of, lambda: stub.GenerateSteered(generation, timeout=60))
             for _ in range(streams)
@@ -208,7 +208,9 @@ def test_sigkill_then_restart_on_the_same_ports(server):
     server.start()
     assert server.target == target
     with grpc.insecure_channel(target) as channel:
-        response = pb_grpc.MairaSaeStub(channel).Encode(pb.EncodeRequest(study=study(SMALL_PNG)))
+        response = pb_grpc.MairaSaeServiceStub(channel).Encode(
+            pb.EncodeRequest(study=study(SMALL_PNG))
+        )
     assert response.total_tokens > 0
 
 
@@ -308,7 +310,7 @@ def test_sigterm_past_the_grace_ends_every_call_with_a_status_and_a_log_line(
     server = ServerProcess(config, tmp_path)
     server.start()
     reading, unread = 5, 1
-    long = pb.GenerateRequest(
+    long = pb.GenerateSteeredRequest(
         study=study(SMALL_PNG, indication=CANARY),
         settings=pb.GenerationSettings(max_new_tokens=1024, temperature=3.0, seed=1),
         variants=[pb.Variant() for _ in range(4)],
@@ -321,12 +323,14 @@ def test_sigterm_past_the_grace_ends_every_call_with_a_status_and_a_log_line(
             grpc.insecure_channel(server.target, options=window) as unread_channel,
             ThreadPoolExecutor(reading) as pool,
         ):
-            stub = pb_grpc.MairaSaeStub(channel)
+            stub = pb_grpc.MairaSaeServiceStub(channel)
             in_flight = [
                 pool.submit(outcome_of, lambda: stub.GenerateSteered(long, timeout=120))
                 for _ in range(reading)
             ]
-            never_read = pb_grpc.MairaSaeStub(unread_channel).GenerateSteered(long, timeout=120)
+            never_read = pb_grpc.MairaSaeServiceStub(unread_channel).GenerateSteered(
+                long, timeout=120
+            )
             wait_until(
                 lambda: admitted_requests(server.metrics_port) == reading + unread,
                 30,

@@ -59,7 +59,7 @@ def info_server(demo_checkpoint, tmp_path_factory) -> Iterator[ServerProcess]:
 def test_an_undecodable_dicom_logs_nothing_above_info(info_server):
     broken = dicom_bytes(compressed_pixel_data=b"\xff\x4f\xff\x51" + bytes(200))
     with grpc.insecure_channel(info_server.target) as channel:
-        stub = pb_grpc.MairaSaeStub(channel)
+        stub = pb_grpc.MairaSaeServiceStub(channel)
         outcome = outcome_of(lambda: stub.Encode(pb.EncodeRequest(study=study(broken))))
         assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome.details
         # The access line comes after the decoder's own: once it is there, all of them are.

@@ -48,9 +48,9 @@ def buffered_server(demo_checkpoint):
         yield server
 
 
-def unread_request() -> pb.GenerateRequest:
+def unread_request() -> pb.GenerateSteeredRequest:
     """8 x 1024 tokens at temperature 3: the demo model then rarely ends a row early."""
-    return pb.GenerateRequest(
+    return pb.GenerateSteeredRequest(
         study=pb.Study(frontal=pb.Image(data=SMALL_PNG)),
         settings=pb.GenerationSettings(max_new_tokens=TOKENS, temperature=3.0, seed=1),
         variants=[pb.Variant() for _ in range(ROWS)],
@@ -80,7 +80,7 @@ def settled(server, still_s: float = 1.5, timeout_s: float = 120.0) -> float:
 def unread_streams(server, count: int) -> Iterator[list[grpc.Future]]:
     """``count`` 8 x 1024 streams opened by callers with a 1 KiB window that never read."""
     channels = [grpc.insecure_channel(server.target, options=SMALL_WINDOW) for _ in range(count)]
-    calls = [pb_grpc.MairaSaeStub(c).GenerateSteered(unread_request()) for c in channels]
+    calls = [pb_grpc.MairaSaeServiceStub(c).GenerateSteered(unread_request()) for c in channels]
     try:
         yield calls
     finally:
@@ -115,7 +115,7 @@ def test_a_small_call_completes_while_unread_streams_hold_every_row(buffered_ser
     """Four unread 8-row streams take the 32 decode rows; an 8-token call gets rows once
     they overflow, instead of waiting for 4 x 8192 tokens."""
     server = buffered_server
-    small = pb.GenerateRequest(
+    small = pb.GenerateSteeredRequest(
         study=pb.Study(frontal=pb.Image(data=SMALL_PNG)),
         settings=pb.GenerationSettings(max_new_tokens=8),
     )
@@ -123,6 +123,6 @@ def test_a_small_call_completes_while_unread_streams_hold_every_row(buffered_ser
         wait_until(
             lambda: metric(server, "maira_sae_active_rows") > 0, 60, what="the streams to run"
         )
-        events = list(pb_grpc.MairaSaeStub(channel).GenerateSteered(small, timeout=120))
+        events = list(pb_grpc.MairaSaeServiceStub(channel).GenerateSteered(small, timeout=120))
     (result,) = finished_events(events).values()
     assert result.num_tokens > 0

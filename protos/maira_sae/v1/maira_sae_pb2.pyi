@@ -350,7 +350,7 @@ class TopFeaturesResponse(_message.Message):
     total_tokens: int
     def __init__(self, sae_id: _Optional[str] = ..., layer: _Optional[int] = ..., features: _Optional[_Iterable[_Union[FeatureScore, _Mapping]]] = ..., total_tokens: _Optional[int] = ...) -> None: ...
 
-class GenerateRequest(_message.Message):
+class GenerateSteeredRequest(_message.Message):
     __slots__ = ("study", "task", "settings", "variants", "sae_id")
     STUDY_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -416,7 +416,7 @@ class VariantResult(_message.Message):
     parse_ok: bool
     def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., num_tokens: _Optional[int] = ..., phrases: _Optional[_Iterable[_Union[GroundedPhrase, _Mapping]]] = ..., parse_ok: _Optional[bool] = ...) -> None: ...
 
-class GenerateEvent(_message.Message):
+class GenerateSteeredResponse(_message.Message):
     __slots__ = ("variant_index", "token", "finished")
     VARIANT_INDEX_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -552,7 +552,7 @@ class DicomDecoding(_message.Message):
     description: str
     def __init__(self, modalities: _Optional[_Iterable[str]] = ..., modality_lut: _Optional[bool] = ..., voi_lut: _Optional[bool] = ..., monochrome1_inverted: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
 
-class InfoResponse(_message.Message):
+class GetInfoResponse(_message.Message):
     __slots__ = ("model", "saes", "default_sae_id", "limits", "versions", "dicom")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SAES_FIELD_NUMBER: _ClassVar[int]
@@ -581,6 +581,12 @@ class GetFeatureRequest(_message.Message):
     num_logits: int
     num_nearest: int
     def __init__(self, sae_id: _Optional[str] = ..., feature: _Optional[int] = ..., include_decoder_row: _Optional[bool] = ..., num_logits: _Optional[int] = ..., num_nearest: _Optional[int] = ...) -> None: ...
+
+class GetFeatureResponse(_message.Message):
+    __slots__ = ("feature",)
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    feature: Feature
+    def __init__(self, feature: _Optional[_Union[Feature, _Mapping]] = ...) -> None: ...
 
 class Feature(_message.Message):
     __slots__ = ("feature", "label", "interpretation_score", "decoder_norm", "dashboard", "has_dashboard", "dashboard_note", "promoted_tokens", "suppressed_tokens", "decoder_row", "provenance", "nearest_features")

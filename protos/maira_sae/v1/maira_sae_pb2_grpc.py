@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class MairaSaeStub:
+class MairaSaeServiceStub:
     """MAIRA-2 with its SAEs. Every call but the health and reflection services needs the metadata
     "authorization: Bearer <token>" when the server runs with a token.
     """
@@ -37,38 +37,38 @@ class MairaSaeStub:
             channel: A grpc.Channel.
         """
         self.Encode = channel.unary_unary(
-                '/maira_sae.v1.MairaSae/Encode',
+                '/maira_sae.v1.MairaSaeService/Encode',
                 request_serializer=maira__sae_dot_v1_dot_maira__sae__pb2.EncodeRequest.SerializeToString,
                 response_deserializer=maira__sae_dot_v1_dot_maira__sae__pb2.EncodeResponse.FromString,
                 _registered_method=True)
         self.TopFeatures = channel.unary_unary(
-                '/maira_sae.v1.MairaSae/TopFeatures',
+                '/maira_sae.v1.MairaSaeService/TopFeatures',
                 request_serializer=maira__sae_dot_v1_dot_maira__sae__pb2.TopFeaturesRequest.SerializeToString,
                 response_deserializer=maira__sae_dot_v1_dot_maira__sae__pb2.TopFeaturesResponse.FromString,
                 _registered_method=True)
         self.GenerateSteered = channel.unary_stream(
-                '/maira_sae.v1.MairaSae/GenerateSteered',
-                request_serializer=maira__sae_dot_v1_dot_maira__sae__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=maira__sae_dot_v1_dot_maira__sae__pb2.GenerateEvent.FromString,
+                '/maira_sae.v1.MairaSaeService/GenerateSteered',
+                request_serializer=maira__sae_dot_v1_dot_maira__sae__pb2.GenerateSteeredRequest.SerializeToString,
+                response_deserializer=maira__sae_dot_v1_dot_maira__sae__pb2.GenerateSteeredResponse.FromString,
                 _registered_method=True)
         self.GetInfo = channel.unary_unary(
-                '/maira_sae.v1.MairaSae/GetInfo',
+                '/maira_sae.v1.MairaSaeService/GetInfo',
                 request_serializer=maira__sae_dot_v1_dot_maira__sae__pb2.GetInfoRequest.SerializeToString,
-                response_deserializer=maira__sae_dot_v1_dot_maira__sae__pb2.InfoResponse.FromString,
+                response_deserializer=maira__sae_dot_v1_dot_maira__sae__pb2.GetInfoResponse.FromString,
                 _registered_method=True)
         self.GetFeature = channel.unary_unary(
-                '/maira_sae.v1.MairaSae/GetFeature',
+                '/maira_sae.v1.MairaSaeService/GetFeature',
                 request_serializer=maira__sae_dot_v1_dot_maira__sae__pb2.GetFeatureRequest.SerializeToString,
-                response_deserializer=maira__sae_dot_v1_dot_maira__sae__pb2.Feature.FromString,
+                response_deserializer=maira__sae_dot_v1_dot_maira__sae__pb2.GetFeatureResponse.FromString,
                 _registered_method=True)
         self.SearchFeatures = channel.unary_unary(
-                '/maira_sae.v1.MairaSae/SearchFeatures',
+                '/maira_sae.v1.MairaSaeService/SearchFeatures',
                 request_serializer=maira__sae_dot_v1_dot_maira__sae__pb2.SearchFeaturesRequest.SerializeToString,
                 response_deserializer=maira__sae_dot_v1_dot_maira__sae__pb2.SearchFeaturesResponse.FromString,
                 _registered_method=True)
 
 
-class MairaSaeServicer:
+class MairaSaeServiceServicer:
     """MAIRA-2 with its SAEs. Every call but the health and reflection services needs the metadata
     "authorization: Bearer <token>" when the server runs with a token.
     """
@@ -119,7 +119,7 @@ class MairaSaeServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_MairaSaeServicer_to_server(servicer, server):
+def add_MairaSaeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Encode': grpc.unary_unary_rpc_method_handler(
                     servicer.Encode,
@@ -133,18 +133,18 @@ def add_MairaSaeServicer_to_server(servicer, server):
             ),
             'GenerateSteered': grpc.unary_stream_rpc_method_handler(
                     servicer.GenerateSteered,
-                    request_deserializer=maira__sae_dot_v1_dot_maira__sae__pb2.GenerateRequest.FromString,
-                    response_serializer=maira__sae_dot_v1_dot_maira__sae__pb2.GenerateEvent.SerializeToString,
+                    request_deserializer=maira__sae_dot_v1_dot_maira__sae__pb2.GenerateSteeredRequest.FromString,
+                    response_serializer=maira__sae_dot_v1_dot_maira__sae__pb2.GenerateSteeredResponse.SerializeToString,
             ),
             'GetInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInfo,
                     request_deserializer=maira__sae_dot_v1_dot_maira__sae__pb2.GetInfoRequest.FromString,
-                    response_serializer=maira__sae_dot_v1_dot_maira__sae__pb2.InfoResponse.SerializeToString,
+                    response_serializer=maira__sae_dot_v1_dot_maira__sae__pb2.GetInfoResponse.SerializeToString,
             ),
             'GetFeature': grpc.unary_unary_rpc_method_handler(
                     servicer.GetFeature,
                     request_deserializer=maira__sae_dot_v1_dot_maira__sae__pb2.GetFeatureRequest.FromString,
-                    response_serializer=maira__sae_dot_v1_dot_maira__sae__pb2.Feature.SerializeToString,
+                    response_serializer=maira__sae_dot_v1_dot_maira__sae__pb2.GetFeatureResponse.SerializeToString,
             ),
             'SearchFeatures': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchFeatures,
@@ -153,13 +153,13 @@ def add_MairaSaeServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'maira_sae.v1.MairaSae', rpc_method_handlers)
+            'maira_sae.v1.MairaSaeService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('maira_sae.v1.MairaSae', rpc_method_handlers)
+    server.add_registered_method_handlers('maira_sae.v1.MairaSaeService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class MairaSae:
+class MairaSaeService:
     """MAIRA-2 with its SAEs. Every call but the health and reflection services needs the metadata
     "authorization: Bearer <token>" when the server runs with a token.
     """
@@ -178,7 +178,7 @@ class MairaSae:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/maira_sae.v1.MairaSae/Encode',
+            '/maira_sae.v1.MairaSaeService/Encode',
             maira__sae_dot_v1_dot_maira__sae__pb2.EncodeRequest.SerializeToString,
             maira__sae_dot_v1_dot_maira__sae__pb2.EncodeResponse.FromString,
             options,
@@ -205,7 +205,7 @@ class MairaSae:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/maira_sae.v1.MairaSae/TopFeatures',
+            '/maira_sae.v1.MairaSaeService/TopFeatures',
             maira__sae_dot_v1_dot_maira__sae__pb2.TopFeaturesRequest.SerializeToString,
             maira__sae_dot_v1_dot_maira__sae__pb2.TopFeaturesResponse.FromString,
             options,
@@ -232,9 +232,9 @@ class MairaSae:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/maira_sae.v1.MairaSae/GenerateSteered',
-            maira__sae_dot_v1_dot_maira__sae__pb2.GenerateRequest.SerializeToString,
-            maira__sae_dot_v1_dot_maira__sae__pb2.GenerateEvent.FromString,
+            '/maira_sae.v1.MairaSaeService/GenerateSteered',
+            maira__sae_dot_v1_dot_maira__sae__pb2.GenerateSteeredRequest.SerializeToString,
+            maira__sae_dot_v1_dot_maira__sae__pb2.GenerateSteeredResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -259,9 +259,9 @@ class MairaSae:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/maira_sae.v1.MairaSae/GetInfo',
+            '/maira_sae.v1.MairaSaeService/GetInfo',
             maira__sae_dot_v1_dot_maira__sae__pb2.GetInfoRequest.SerializeToString,
-            maira__sae_dot_v1_dot_maira__sae__pb2.InfoResponse.FromString,
+            maira__sae_dot_v1_dot_maira__sae__pb2.GetInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -286,9 +286,9 @@ class MairaSae:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/maira_sae.v1.MairaSae/GetFeature',
+            '/maira_sae.v1.MairaSaeService/GetFeature',
             maira__sae_dot_v1_dot_maira__sae__pb2.GetFeatureRequest.SerializeToString,
-            maira__sae_dot_v1_dot_maira__sae__pb2.Feature.FromString,
+            maira__sae_dot_v1_dot_maira__sae__pb2.GetFeatureResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -313,7 +313,7 @@ class MairaSae:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/maira_sae.v1.MairaSae/SearchFeatures',
+            '/maira_sae.v1.MairaSaeService/SearchFeatures',
             maira__sae_dot_v1_dot_maira__sae__pb2.SearchFeaturesRequest.SerializeToString,
             maira__sae_dot_v1_dot_maira__sae__pb2.SearchFeaturesResponse.FromString,
             options,

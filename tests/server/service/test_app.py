@@ -39,13 +39,13 @@ def health_status(port: int, service: str = "") -> int:
         return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
 
 
-def long_generation(max_new_tokens: int = 400) -> pb.GenerateRequest:
-    return pb.GenerateRequest(
+def long_generation(max_new_tokens: int = 400) -> pb.GenerateSteeredRequest:
+    return pb.GenerateSteeredRequest(
         study=demo_study(), settings=pb.GenerationSettings(max_new_tokens=max_new_tokens)
     )
 
 
-def wait_for_first_event(stream) -> pb.GenerateEvent:
+def wait_for_first_event(stream) -> pb.GenerateSteeredResponse:
     return next(iter(stream))
 
 
@@ -66,14 +66,14 @@ def test_health_not_serving_while_loading_then_serving_then_draining(demo_checkp
     try:
         wait_until(lambda: server.health_port is not None, 10, 0.01, "the health port")
         assert health_status(server.health_port) == NOT_SERVING
-        assert health_status(server.health_port, "maira_sae.v1.MairaSae") == NOT_SERVING
+        assert health_status(server.health_port, "maira_sae.v1.MairaSaeService") == NOT_SERVING
         release.set()
         ports = starting.result(60)
         assert health_status(ports.health) == SERVING
-        assert health_status(ports.grpc, "maira_sae.v1.MairaSae") == SERVING
+        assert health_status(ports.grpc, "maira_sae.v1.MairaSaeService") == SERVING
 
         with grpc.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
-            stream = pb_grpc.MairaSaeStub(channel).GenerateSteered(long_generation(60))
+            stream = pb_grpc.MairaSaeServiceStub(channel).GenerateSteered(long_generation(60))
             wait_for_first_event(stream)
             stopping = asyncio.run_coroutine_threadsafe(server.stop(grace_s=30), loop)
             wait_until(lambda: health_status(ports.health) == NOT_SERVING, 10, what="NOT_SERVING")
@@ -120,11 +120,11 @@ def test_metrics_endpoint_serves_the_named_metrics_and_they_move(demo_server):
     ):
         assert name in before, name
     with grpc.insecure_channel(demo_server.target) as channel:
-        stub = pb_grpc.MairaSaeStub(channel)
+        stub = pb_grpc.MairaSaeServiceStub(channel)
         stub.Encode(pb.EncodeRequest(study=demo_study()))
         list(stub.GenerateSteered(long_generation(5)))
     after = scrape(demo_server.ports.metrics)
-    labels = {"method": "/maira_sae.v1.MairaSae/Encode", "code": "OK"}
+    labels = {"method": "/maira_sae.v1.MairaSaeService/Encode", "code": "OK"}
     assert metric_value(after, "maira_sae_requests_total", **labels) == (
         metric_value(before, "maira_sae_requests_total", **labels) + 1
     )
@@ -155,7 +155,7 @@ def test_full_queue_is_resource_exhausted_with_retry_info_and_cancel_frees_the_s
     one_slot_server,
 ):
     with grpc.insecure_channel(one_slot_server.target) as channel:
-        stub = pb_grpc.MairaSaeStub(channel)
+        stub = pb_grpc.MairaSaeServiceStub(channel)
         stream = stub.GenerateSteered(long_generation())
         wait_for_first_event(stream)
         with pytest.raises(grpc.RpcError) as error:
@@ -164,7 +164,7 @@ def test_full_queue_is_resource_exhausted_with_retry_info_and_cancel_frees_the_s
         status = rpc_status.from_call(error.value)
         assert status is not None
         retry = error_details_pb2.RetryInfo()
-        assert status.details[0].Unpack(retry)
+        assert any(detail.Unpack(retry) for detail in status.details)
         assert retry.retry_delay.ToNanoseconds() > 0
         trailers = dict(error.value.trailing_metadata())
         assert int(trailers["grpc-retry-pushback-ms"]) > 0
@@ -198,7 +198,7 @@ def test_expired_deadline_is_deadline_exceeded_and_the_model_never_runs(demo_che
 
         engine.analyse = counting_analyse  # type: ignore[method-assign]
         with grpc.insecure_channel(server.target) as channel, ThreadPoolExecutor(1) as pool:
-            stub = pb_grpc.MairaSaeStub(channel)
+            stub = pb_grpc.MairaSaeServiceStub(channel)
             blocker = pool.submit(stub.Encode, pb.EncodeRequest(study=demo_study()))
             while not analysed:
                 time.sleep(0.01)
@@ -215,7 +215,7 @@ def test_expired_deadline_is_deadline_exceeded_and_the_model_never_runs(demo_che
 def test_auth_required_but_health_open(demo_checkpoint):
     config = demo_config(demo_checkpoint, auth=AuthConfig(token="s3cret-token"))
     with running_server(config) as server, grpc.insecure_channel(server.target) as channel:
-        stub = pb_grpc.MairaSaeStub(channel)
+        stub = pb_grpc.MairaSaeServiceStub(channel)
         for metadata in ((), (("authorization", "Bearer wrong"),)):
             with pytest.raises(grpc.RpcError) as error:
                 stub.GetInfo(pb.GetInfoRequest(), metadata=metadata)
@@ -250,8 +250,8 @@ def add(feature: int = 1, value: float = 1.0) -> pb.Intervention:
     return pb.Intervention(feature=feature, mode=pb.STEERING_MODE_ADD, value=value)
 
 
-def generation(*variants: pb.Variant, **settings: float) -> pb.GenerateRequest:
-    return pb.GenerateRequest(
+def generation(*variants: pb.Variant, **settings: float) -> pb.GenerateSteeredRequest:
+    return pb.GenerateSteeredRequest(
         study=demo_study(),
         settings=pb.GenerationSettings(max_new_tokens=2, **settings),
         variants=list(variants),
@@ -293,7 +293,9 @@ LIMIT_CASES = {
     ),
     "max new tokens": (
         "GenerateSteered",
-        pb.GenerateRequest(study=demo_study(), settings=pb.GenerationSettings(max_new_tokens=17)),
+        pb.GenerateSteeredRequest(
+            study=demo_study(), settings=pb.GenerationSettings(max_new_tokens=17)
+        ),
         grpc.StatusCode.OUT_OF_RANGE,
     ),
     "variants": (
@@ -343,7 +345,7 @@ LIMIT_CASES = {
 def test_each_limit_and_bad_input_has_its_status(strict_server, case):
     method, message, code = LIMIT_CASES[case]
     with grpc.insecure_channel(strict_server.target) as channel:
-        stub = pb_grpc.MairaSaeStub(channel)
+        stub = pb_grpc.MairaSaeServiceStub(channel)
         call = getattr(stub, method)
         with pytest.raises(grpc.RpcError) as error:
             result = call(message)
@@ -373,7 +375,7 @@ def test_sigterm_during_a_stream_completes_it_refuses_new_calls_and_exits_zero(
     try:
         grpc_port = _wait_for_serving_port(port_file, process)
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            stub = pb_grpc.MairaSaeStub(channel)
+            stub = pb_grpc.MairaSaeServiceStub(channel)
             stream = stub.GenerateSteered(long_generation(40))
             wait_for_first_event(stream)
             process.send_signal(signal.SIGTERM)

@@ -17,6 +17,7 @@ from maira_sae.server.maira2.tokens import TokenKind
 from maira_sae.server.service import from_proto, to_proto
 from maira_sae.server.service.config import LimitsConfig
 from maira_sae.v1 import maira_sae_pb2 as pb
+from tests.support.field_paths import resolves
 
 LIMITS = LimitsConfig()
 PNG = pb.Image(data=b"\x89PNG-bytes", media_type=pb.MEDIA_TYPE_PNG)
@@ -41,8 +42,8 @@ def study(**fields) -> pb.Study:
     return pb.Study(frontal=PNG, **fields)
 
 
-def generate(**fields) -> pb.GenerateRequest:
-    return pb.GenerateRequest(**{"study": study(), **fields})
+def generate(**fields) -> pb.GenerateSteeredRequest:
+    return pb.GenerateSteeredRequest(**{"study": study(), **fields})
 
 
 def feature_edit(**fields) -> pb.Intervention:
@@ -208,24 +209,26 @@ TOO_LONG = "x" * (LIMITS.max_text_chars + 1)
 
 # (what to convert, error, words the message must hold)
 INVALID_CASES = {
-    "no frontal": (pb.GenerateRequest(), InvalidArgument, "study.frontal is required"),
+    "no frontal": (pb.GenerateSteeredRequest(), InvalidArgument, "study.frontal is required"),
     "empty image": (
-        pb.GenerateRequest(study=pb.Study(frontal=pb.Image())),
+        pb.GenerateSteeredRequest(study=pb.Study(frontal=pb.Image())),
         InvalidArgument,
         "study.frontal.data is empty",
     ),
     "image too big": (
-        pb.GenerateRequest(study=study(lateral=pb.Image(data=b"x" * (LIMITS.max_image_bytes + 1)))),
+        pb.GenerateSteeredRequest(
+            study=study(lateral=pb.Image(data=b"x" * (LIMITS.max_image_bytes + 1)))
+        ),
         OutOfRange,
         f"study.lateral.data is {LIMITS.max_image_bytes + 1} bytes, over limits.max_image_bytes",
     ),
     "unknown media type": (
-        pb.GenerateRequest(study=study(prior=pb.Image(data=b"x", media_type=9))),
+        pb.GenerateSteeredRequest(study=study(prior=pb.Image(data=b"x", media_type=9))),
         InvalidArgument,
         "study.prior.media_type has unknown value 9",
     ),
     "undecodable image": (
-        pb.GenerateRequest(study=pb.Study(frontal=pb.Image(data=b"corrupt"))),
+        pb.GenerateSteeredRequest(study=pb.Study(frontal=pb.Image(data=b"corrupt"))),
         InvalidArgument,
         "study.frontal: not a PNG file",
     ),
@@ -372,7 +375,7 @@ INVALID_CASES = {
     "unknown aggregation": (
         pb.TopFeaturesRequest(study=study(), aggregation=8),
         InvalidArgument,
-        "aggregation has unknown value 8",
+        "aggregation has unknown value 8; known values: AGGREGATION_MAX, AGGREGATION_MEAN",
     ),
     "empty query": (
         pb.SearchFeaturesRequest(query=" "),
@@ -419,7 +422,7 @@ INVALID_CASES = {
 
 def request_from_proto(msg):
     decode = FakeDecoder()
-    if isinstance(msg, pb.GenerateRequest):
+    if isinstance(msg, pb.GenerateSteeredRequest):
         return from_proto.generate_request_from_proto(msg, LIMITS, decode)
     if isinstance(msg, pb.EncodeRequest):
         return from_proto.encode_request_from_proto(msg, LIMITS, decode)
@@ -435,6 +438,28 @@ def test_validation_error(case):
         request_from_proto(msg)
     assert type(info.value) is error
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize("case", list(INVALID_CASES))
+def test_validation_error_names_the_proto_field_path_and_a_reason(case):
+    """The BadRequest field violation a caller gets: a path that resolves in the request's
+    message type (the leaf's name is in the message too), and a stable reason code."""
+    msg = INVALID_CASES[case][0]
+    with pytest.raises((InvalidArgument, OutOfRange)) as info:
+        request_from_proto(msg)
+    error = info.value
+    assert error.reason.isupper() and error.reason.replace("_", "").isalpha()
+    assert error.reason not in {"INVALID_ARGUMENT", "OUT_OF_RANGE"}  # a precise one
+    assert resolves(msg.DESCRIPTOR, error.field), error.field
+    leaf = error.field.rsplit(".", 1)[-1].split("[")[0]
+    assert leaf in str(error)
+
+
+def test_limit_errors_carry_the_limit_in_their_metadata():
+    with pytest.raises(OutOfRange) as info:
+        request_from_proto(pb.TopFeaturesRequest(study=study(), k=1000))
+    assert info.value.reason == "LIMIT_EXCEEDED"
+    assert info.value.metadata == {"limit": "max_top_k", "limitValue": "256", "value": "1000"}
 
 
 def test_cheap_checks_run_before_any_image_is_decoded():

@@ -29,5 +29,8 @@ def test_a_priority_sent_twice_is_invalid():
 def test_the_tokens_a_generation_asks_for_count_its_variants_and_the_default_length():
     variants = [pb.Variant(), pb.Variant(), pb.Variant()]
     settings = pb.GenerationSettings(max_new_tokens=100)
-    assert tokens_to_generate(pb.GenerateRequest(variants=variants, settings=settings), 300) == 300
-    assert tokens_to_generate(pb.GenerateRequest(), 300) == 300  # one baseline, the default
+    assert (
+        tokens_to_generate(pb.GenerateSteeredRequest(variants=variants, settings=settings), 300)
+        == 300
+    )
+    assert tokens_to_generate(pb.GenerateSteeredRequest(), 300) == 300  # one baseline, the default

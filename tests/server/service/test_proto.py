@@ -32,7 +32,7 @@ def test_check_notices_a_changed_proto(tmp_path):
 
 
 def test_service_has_the_six_rpcs():
-    service = pb.DESCRIPTOR.services_by_name["MairaSae"]
+    service = pb.DESCRIPTOR.services_by_name["MairaSaeService"]
     assert pb.DESCRIPTOR.package == "maira_sae.v1"
     streaming = {m.name: (m.client_streaming, m.server_streaming) for m in service.methods}
     assert streaming == {
@@ -43,7 +43,7 @@ def test_service_has_the_six_rpcs():
         "GetFeature": (False, False),
         "SearchFeatures": (False, False),
     }
-    assert service.methods_by_name["GenerateSteered"].output_type.name == "GenerateEvent"
+    assert service.methods_by_name["GenerateSteered"].output_type.name == "GenerateSteeredResponse"
 
 
 def test_every_enum_starts_with_unspecified():

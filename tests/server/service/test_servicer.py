@@ -17,7 +17,7 @@ from maira_sae.server.maira2.synthetic_image import synthetic_chest_image
 from maira_sae.v1 import maira_sae_pb2 as pb
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
 
-SERVICE = "maira_sae.v1.MairaSae"
+SERVICE = "maira_sae.v1.MairaSaeService"
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -34,7 +34,7 @@ def demo_study(**texts: str) -> pb.Study:
 @pytest.fixture(scope="module")
 def stub(demo_server):
     with grpc.insecure_channel(demo_server.target) as channel:
-        yield pb_grpc.MairaSaeStub(channel)
+        yield pb_grpc.MairaSaeServiceStub(channel)
 
 
 def test_get_info_reports_model_saes_and_limits(stub):
@@ -125,7 +125,7 @@ def test_top_features_count_aggregation_counts_tokens(stub):
 
 
 def generate(stub, variants, **settings):
-    request = pb.GenerateRequest(
+    request = pb.GenerateSteeredRequest(
         study=demo_study(),
         settings=pb.GenerationSettings(
             max_new_tokens=settings.pop("max_new_tokens", 8), **settings
@@ -180,7 +180,7 @@ def test_baseline_alone_equals_baseline_beside_steered_variants(stub):
 
 
 def test_grounded_task_returns_parse_result(stub):
-    request = pb.GenerateRequest(
+    request = pb.GenerateSteeredRequest(
         study=demo_study(),
         task=pb.Task(kind=pb.TASK_KIND_PHRASE_GROUNDING, phrase="Left pleural effusion."),
         settings=pb.GenerationSettings(max_new_tokens=6),
@@ -203,7 +203,7 @@ def test_grounded_task_returns_parse_result(stub):
 def test_get_feature_and_search(stub):
     matches = stub.SearchFeatures(pb.SearchFeaturesRequest(query="pacemakers", limit=5)).matches
     assert matches and all("pacemaker" in m.feature.label for m in matches)
-    feature = stub.GetFeature(pb.GetFeatureRequest(feature=matches[0].feature.feature))
+    feature = stub.GetFeature(pb.GetFeatureRequest(feature=matches[0].feature.feature)).feature
     assert feature.label == matches[0].feature.label
     assert feature.decoder_norm == pytest.approx(1.0, abs=1e-4)
     # The random demo ships no dashboard: the reply says so, it is not an error.

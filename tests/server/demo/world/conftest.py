@@ -39,7 +39,7 @@ def world_stub(world_demo: Path):
         running_server(demo_config(checkpoint)) as server,
         grpc.insecure_channel(server.target) as channel,
     ):
-        yield pb_grpc.MairaSaeStub(channel)
+        yield pb_grpc.MairaSaeServiceStub(channel)
 
 
 @pytest.fixture(scope="session")

@@ -50,23 +50,23 @@ def test_get_feature_serves_a_dashboard_written_after_the_start(world_demo, sae_
         running_server(demo_config(checkpoint)) as server,
         grpc.insecure_channel(server.target) as channel,
     ):
-        stub = pb_grpc.MairaSaeStub(channel)
-        before = stub.GetFeature(pb.GetFeatureRequest(feature=FEATURE))
+        stub = pb_grpc.MairaSaeServiceStub(channel)
+        before = stub.GetFeature(pb.GetFeatureRequest(feature=FEATURE)).feature
         assert not before.has_dashboard
         assert "build-dashboard into the SAE folder's dashboard/" in before.dashboard_note
         assert "without a restart" in before.dashboard_note
 
         shutil.copytree(built_dashboard(world_demo), sae_without_dashboard / DEFAULT_FOLDER)
-        after = stub.GetFeature(pb.GetFeatureRequest(feature=FEATURE))
+        after = stub.GetFeature(pb.GetFeatureRequest(feature=FEATURE)).feature
         assert after.has_dashboard and not after.dashboard_note
         assert after.dashboard.num_studies == 100
 
         mark_incomplete(sae_without_dashboard / DEFAULT_FOLDER)  # a rebuild starts
-        during = stub.GetFeature(pb.GetFeatureRequest(feature=FEATURE))
+        during = stub.GetFeature(pb.GetFeatureRequest(feature=FEATURE)).feature
         assert during.dashboard == after.dashboard  # the one built before stays served
 
         shutil.rmtree(sae_without_dashboard / DEFAULT_FOLDER)
-        gone = stub.GetFeature(pb.GetFeatureRequest(feature=FEATURE))
+        gone = stub.GetFeature(pb.GetFeatureRequest(feature=FEATURE)).feature
         assert not gone.has_dashboard and "has no dashboard" in gone.dashboard_note
 
 

@@ -28,7 +28,7 @@ def stub(world_stub):
 
 
 def test_the_pacemaker_features_top_studies_are_mostly_studies_with_a_pacemaker(stub):
-    reply = stub.GetFeature(pb.GetFeatureRequest(feature=PACEMAKER_FEATURE))
+    reply = stub.GetFeature(pb.GetFeatureRequest(feature=PACEMAKER_FEATURE)).feature
     assert reply.has_dashboard and not reply.dashboard_note
     dashboard = reply.dashboard
     assert dashboard.num_studies == DASHBOARD_STUDIES
@@ -55,7 +55,7 @@ def test_the_pacemaker_features_top_studies_are_mostly_studies_with_a_pacemaker(
 def test_logit_effects_and_the_decoder_row(stub, world_demo):
     reply = stub.GetFeature(
         pb.GetFeatureRequest(feature=PACEMAKER_FEATURE, include_decoder_row=True, num_logits=5)
-    )
+    ).feature
     assert len(reply.promoted_tokens) == len(reply.suppressed_tokens) == 5
     promoted = [t.logit for t in reply.promoted_tokens]
     assert promoted == sorted(promoted, reverse=True) and promoted[0] > 0
@@ -64,7 +64,7 @@ def test_logit_effects_and_the_decoder_row(stub, world_demo):
     print("feature 4 suppresses", [t.text for t in reply.suppressed_tokens])
     row = load_sae(world_demo / SAE_FOLDER).W_dec[PACEMAKER_FEATURE].numpy()
     assert np.array_equal(np.asarray(reply.decoder_row, dtype=np.float32), row)
-    assert not stub.GetFeature(pb.GetFeatureRequest(feature=PACEMAKER_FEATURE)).decoder_row
+    assert not stub.GetFeature(pb.GetFeatureRequest(feature=PACEMAKER_FEATURE)).feature.decoder_row
 
 
 def test_num_logits_beyond_the_limit_is_out_of_range(stub):

@@ -53,7 +53,7 @@ def test_the_shipped_labels_are_plain_explanations_with_the_auroc_in_its_own_col
 
 
 def test_get_feature_returns_the_explanation_its_score_and_where_it_came_from(stub, labels):
-    reply = stub.GetFeature(pb.GetFeatureRequest(feature=PACEMAKER_FEATURE))
+    reply = stub.GetFeature(pb.GetFeatureRequest(feature=PACEMAKER_FEATURE)).feature
     assert reply.label == "pacemaker"
     assert reply.interpretation_score == pytest.approx(labels[PACEMAKER_FEATURE].auroc)
     provenance = reply.provenance
@@ -63,12 +63,12 @@ def test_get_feature_returns_the_explanation_its_score_and_where_it_came_from(st
     assert not provenance.explainer_model
     assert not provenance.HasField("auroc") and not provenance.HasField("num_activating")
     unlabelled = next(f for f in range(64) if f not in labels)
-    bare = stub.GetFeature(pb.GetFeatureRequest(feature=unlabelled))
+    bare = stub.GetFeature(pb.GetFeatureRequest(feature=unlabelled)).feature
     assert not bare.HasField("label") and not bare.HasField("provenance")
 
 
 def test_nearest_features_are_the_decoder_rows_of_highest_cosine(stub, world_demo, labels):
-    reply = stub.GetFeature(pb.GetFeatureRequest(feature=PACEMAKER_FEATURE, num_nearest=6))
+    reply = stub.GetFeature(pb.GetFeatureRequest(feature=PACEMAKER_FEATURE, num_nearest=6)).feature
     decoder = load_sae(world_demo / SAE_FOLDER).W_dec.detach().float()
     cosines = torch.nn.functional.cosine_similarity(decoder, decoder[PACEMAKER_FEATURE][None])
     cosines[PACEMAKER_FEATURE] = -2
@@ -82,7 +82,7 @@ def test_nearest_features_are_the_decoder_rows_of_highest_cosine(stub, world_dem
         assert nearest.HasField("label") == (label is not None)
         if label is not None:
             assert nearest.label == label.concept.replace("_", " ")
-    default = stub.GetFeature(pb.GetFeatureRequest(feature=PACEMAKER_FEATURE))
+    default = stub.GetFeature(pb.GetFeatureRequest(feature=PACEMAKER_FEATURE)).feature
     assert len(default.nearest_features) == 10
 
 
