@@ -109,7 +109,7 @@ def test_cutting_the_calls_in_flight_ends_them_unavailable_and_stops_their_rows(
         stream = scheduler.generate(fake_prepared(max_new_tokens=100_000), None)
         await anext(stream)
         engine.gate.clear()  # the analysis queues behind the engine
-        analysis = asyncio.create_task(scheduler.analyse("queued", None))
+        analysis = asyncio.create_task(scheduler.analyse(fake_analysis("queued"), None))
         await asyncio.sleep(0.05)
         assert scheduler.cut_in_flight("the grace ran out") == 2
         with pytest.raises(Unavailable, match="the grace ran out"):
@@ -118,7 +118,7 @@ def test_cutting_the_calls_in_flight_ends_them_unavailable_and_stops_their_rows(
             await analysis
         engine.gate.set()
         with pytest.raises(Unavailable, match="shutting down"):
-            await scheduler.analyse("late", None)
+            await scheduler.analyse(fake_analysis("late"), None)
 
     asyncio.run(scenario())
     asyncio.run(wait_until(lambda: bool(engine.stopped)))
