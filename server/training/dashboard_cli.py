@@ -29,7 +29,11 @@ from pathlib import Path
 from typing import overload
 
 from maira_sae.server.training.cli import shard_spec
-from maira_sae.server.training.model_loading import add_model_loading_arguments, load_model
+from maira_sae.server.training.model_loading import (
+    add_model_loading_arguments,
+    add_sae_run_arguments,
+    load_model,
+)
 
 
 def add_build_dashboard_command(commands: argparse._SubParsersAction) -> None:
@@ -39,13 +43,10 @@ def add_build_dashboard_command(commands: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="MAIRA-2 folder or hub id")
-    parser.add_argument("--sae", required=True, type=Path, help="the SAE folder")
-    parser.add_argument("--studies", required=True, type=Path, help="folder of study folders")
+    add_sae_run_arguments(parser)
     parser.add_argument(
         "--out", type=Path, help="default: the SAE folder's dashboard/ (with --shard: required)"
     )
-    parser.add_argument("--layer", type=int, help="default: the SAE's own config")
     parser.add_argument("--top-k", type=int, default=20, help="top studies kept per feature")
     parser.add_argument(
         "--thumbnails",

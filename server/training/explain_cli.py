@@ -37,7 +37,10 @@ import os
 import sys
 from pathlib import Path
 
-from maira_sae.server.training.model_loading import add_model_loading_arguments
+from maira_sae.server.training.model_loading import (
+    add_model_loading_arguments,
+    add_sae_run_arguments,
+)
 
 
 def add_explain_commands(commands: argparse._SubParsersAction) -> None:
@@ -48,11 +51,8 @@ def add_explain_commands(commands: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="MAIRA-2 folder or hub id")
-    parser.add_argument("--sae", required=True, type=Path, help="the SAE folder")
-    parser.add_argument("--studies", required=True, type=Path, help="folder of study folders")
+    add_sae_run_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="the interpretation file (CSV)")
-    parser.add_argument("--layer", type=int, help="default: the SAE's own config")
     parser.add_argument(
         "--dashboard",
         type=Path,

@@ -4,7 +4,16 @@ loading the model and its processor from them. torch loads only with ``load_mode
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+
+def add_sae_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a run of a model and one SAE over a study folder names (build-dashboard, explain)."""
+    parser.add_argument("--model", required=True, help="MAIRA-2 folder or hub id")
+    parser.add_argument("--sae", required=True, type=Path, help="the SAE folder")
+    parser.add_argument("--studies", required=True, type=Path, help="folder of study folders")
+    parser.add_argument("--layer", type=int, help="default: the SAE's own config")
 
 
 def add_model_loading_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -442,3 +443,42 @@ def length_delimited(field_number: int, payload: bytes) -> bytes:
     """One wire-format length-delimited field: how a string, bytes or message field travels.
     Lets a test send bytes that no protobuf library would serialize, such as invalid UTF-8."""
     return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+
+
+class StreamOnThread:
+    """A GenerateSteered call of ``variants`` x ``tokens`` read to its end on a thread: its
+    events, tokens, finished variants and status code."""
+
+    def __init__(
+        self, stub, variants: int, tokens: int, *, timeout: float = 120, metadata=()
+    ) -> None:
+        request = pb.GenerateSteeredRequest(
+            study=study(SMALL_PNG),
+            settings=pb.GenerationSettings(max_new_tokens=tokens),
+            variants=[pb.Variant() for _ in range(variants)],
+        )
+        self.variants = variants
+        self.call = stub.GenerateSteered(request, timeout=timeout, metadata=metadata)
+        self.events = self.tokens = self.finished = 0
+        self.code: grpc.StatusCode | None = None
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in self.call:
+                self.events += 1
+                kind = event.WhichOneof("event")
+                self.tokens += kind == "token"
+                self.finished += kind == "finished"
+            self.code = grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            self.code = error.code()
+
+    @property
+    def complete(self) -> bool:
+        return self.code is grpc.StatusCode.OK and self.finished == self.variants
+
+    def cancel(self) -> None:
+        self.call.cancel()
+        self.thread.join(30)

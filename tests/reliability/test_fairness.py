@@ -5,7 +5,6 @@ the priority metadata is checked."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -14,7 +13,7 @@ import pytest
 
 from maira_sae.v1 import maira_sae_pb2 as pb
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
-from tests.reliability._support import SMALL_PNG, scrape_metrics, study
+from tests.reliability._support import SMALL_PNG, StreamOnThread, scrape_metrics, study
 from tests.support.waiting import wait_until
 
 PRIORITY = "x-maira-sae-priority"
@@ -41,54 +40,18 @@ def stub(fair_server) -> Iterator[pb_grpc.MairaSaeServiceStub]:
         yield pb_grpc.MairaSaeServiceStub(channel)
 
 
-class Stream:
-    """A GenerateSteered call read to its end on a thread: its tokens, finished variants and
-    status code."""
-
-    def __init__(self, stub, variants: int, tokens: int, metadata=()) -> None:
-        request = pb.GenerateSteeredRequest(
-            study=study(SMALL_PNG),
-            settings=pb.GenerationSettings(max_new_tokens=tokens),
-            variants=[pb.Variant() for _ in range(variants)],
-        )
-        self.variants = variants
-        self.call = stub.GenerateSteered(request, timeout=120, metadata=metadata)
-        self.tokens = self.finished = 0
-        self.code: grpc.StatusCode | None = None
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        try:
-            for event in self.call:
-                kind = event.WhichOneof("event")
-                self.tokens += kind == "token"
-                self.finished += kind == "finished"
-            self.code = grpc.StatusCode.OK
-        except grpc.RpcError as error:
-            self.code = error.code()
-
-    @property
-    def complete(self) -> bool:
-        return self.code is grpc.StatusCode.OK and self.finished == self.variants
-
-    def cancel(self) -> None:
-        self.call.cancel()
-        self.thread.join(30)
-
-
 def waiting_prefill_tokens(server) -> float:
     return scrape_metrics(server.ports.metrics)["maira_sae_waiting_prefill_tokens"]
 
 
 @pytest.mark.slow
 def test_a_short_call_completes_while_long_ones_hold_the_engine(fair_server, stub):
-    first = Stream(stub, variants=2, tokens=1024)  # 2 rows of 1024 tokens: a long call
+    first = StreamOnThread(stub, variants=2, tokens=1024)  # 2 rows of 1024 tokens: a long call
     wait_until(lambda: first.tokens > 0, WITHIN_S, what="the first long call to run")
-    second = Stream(stub, variants=2, tokens=1024)  # 2 more rows: over the 3 long calls get
+    second = StreamOnThread(stub, variants=2, tokens=1024)  # 2 more rows: over the 3 long calls get
     try:
         wait_until(lambda: waiting_prefill_tokens(fair_server) > 0, WITHIN_S, what="a wait")
-        short = Stream(stub, variants=1, tokens=4)
+        short = StreamOnThread(stub, variants=1, tokens=4)
         short.thread.join(WITHIN_S)
         assert short.complete
         assert first.finished == 0 and second.tokens == 0  # the long calls still hold on
@@ -100,14 +63,14 @@ def test_a_short_call_completes_while_long_ones_hold_the_engine(fair_server, stu
 
 @pytest.mark.slow
 def test_batch_marked_calls_yield_to_an_interactive_one(fair_server, stub):
-    long = Stream(stub, variants=3, tokens=1024)  # every row a long call may take
+    long = StreamOnThread(stub, variants=3, tokens=1024)  # every row a long call may take
     wait_until(lambda: long.tokens > 0, WITHIN_S, what="the long call to run")
-    batch = [Stream(stub, variants=1, tokens=4, metadata=BATCH) for _ in range(2)]
+    batch = [StreamOnThread(stub, variants=1, tokens=4, metadata=BATCH) for _ in range(2)]
     try:
         wait_until(
             lambda: waiting_prefill_tokens(fair_server) >= 2 * 1000, WITHIN_S, what="the batch"
         )
-        interactive = Stream(stub, variants=1, tokens=4)
+        interactive = StreamOnThread(stub, variants=1, tokens=4)
         interactive.thread.join(WITHIN_S)
         assert interactive.complete
         assert [call.tokens for call in batch] == [0, 0]  # still waiting their turn
@@ -147,10 +110,12 @@ def four_place_server(demo_checkpoint):
 def test_long_calls_without_deadlines_cannot_take_every_place(four_place_server):
     with grpc.insecure_channel(four_place_server.target) as channel:
         stub = pb_grpc.MairaSaeServiceStub(channel)
-        holders = [Stream(stub, variants=2, tokens=1024) for _ in range(3)]  # no deadline set
+        holders = [
+            StreamOnThread(stub, variants=2, tokens=1024) for _ in range(3)
+        ]  # no deadline set
         try:
             wait_until(lambda: all(h.tokens > 0 for h in holders), WITHIN_S, what="3 long calls")
-            one_more = Stream(stub, variants=2, tokens=1024)
+            one_more = StreamOnThread(stub, variants=2, tokens=1024)
             one_more.thread.join(WITHIN_S)
             assert one_more.code is grpc.StatusCode.RESOURCE_EXHAUSTED
             details = one_more.call.details()

@@ -18,6 +18,7 @@ from maira_sae.v1 import maira_sae_pb2 as pb
 from maira_sae.v1 import maira_sae_pb2_grpc as pb_grpc
 from tests.reliability._support import (
     SMALL_PNG,
+    StreamOnThread,
     noise,
     outcome_of,
     png_bytes,
@@ -51,36 +52,12 @@ def small_queue_stub(small_queue_server) -> Iterator[pb_grpc.MairaSaeServiceStub
         yield pb_grpc.MairaSaeServiceStub(channel)
 
 
-class _Holder:
-    """A long generation, read to its end on a thread, that holds one place in the queue."""
-
-    def __init__(self, stub: pb_grpc.MairaSaeServiceStub) -> None:
-        request = pb.GenerateSteeredRequest(
-            study=study(SMALL_PNG),
-            settings=pb.GenerationSettings(max_new_tokens=1024),
-            variants=[pb.Variant() for _ in range(8)],
-        )
-        self.call = stub.GenerateSteered(request, timeout=300)
-        self.events = 0
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        try:
-            for _ in self.call:
-                self.events += 1
-        except grpc.RpcError:
-            pass
-
-    def cancel(self) -> None:
-        self.call.cancel()
-        self.thread.join(30)
-
-
 @contextmanager
-def holding(stub: pb_grpc.MairaSaeServiceStub, server, count: int) -> Iterator[list[_Holder]]:
+def holding(
+    stub: pb_grpc.MairaSaeServiceStub, server, count: int
+) -> Iterator[list[StreamOnThread]]:
     """``count`` long generations admitted (the queue depth says so) until the block ends."""
-    holders = [_Holder(stub) for _ in range(count)]
+    holders = [StreamOnThread(stub, variants=8, tokens=1024, timeout=300) for _ in range(count)]
     try:
         port = server.ports.metrics
         wait_until(
