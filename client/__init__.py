@@ -44,6 +44,7 @@ from maira_sae.client.requests import (
     Variant,
 )
 from maira_sae.client.results import (
+    Admission,
     Box,
     BoxCoordinates,
     ContextToken,
@@ -82,6 +83,7 @@ from maira_sae.client.study import Study, StudyImage
 from maira_sae.client.sync import Client, GenerationStream
 
 __all__ = [
+    "Admission",
     "Aggregation",
     "AsyncClient",
     "AsyncGenerationStream",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from google.protobuf.message import Message
@@ -24,6 +24,7 @@ from maira_sae.client.requests import (
     Variant,
 )
 from maira_sae.client.results import (
+    Admission,
     Box,
     BoxCoordinates,
     ContextToken,
@@ -408,7 +409,7 @@ def info_result(message: pb.GetInfoResponse) -> ServerInfo:
             for s in message.saes
         ),
         default_sae_id=message.default_sae_id,
-        limits=Limits(**{f.name: getattr(limits, f.name) for f in dataclasses.fields(Limits)}),
+        limits=_copy_fields(Limits, limits),
         versions=Versions(
             maira_sae=versions.maira_sae, torch=versions.torch, transformers=versions.transformers
         ),
@@ -419,7 +420,17 @@ def info_result(message: pb.GetInfoResponse) -> ServerInfo:
             monochrome1_inverted=message.dicom.monochrome1_inverted,
             description=message.dicom.description,
         ),
+        admission=_copy_fields(Admission, message.admission),
     )
+
+
+_Copied = TypeVar("_Copied")
+
+
+def _copy_fields(result_type: type[_Copied], message: Message) -> _Copied:
+    """A result whose fields have the names and meanings of the message's."""
+    fields = dataclasses.fields(result_type)  # type: ignore[arg-type]
+    return result_type(**{field.name: getattr(message, field.name) for field in fields})
 
 
 def _token_logits(messages: Sequence[pb.TokenLogit]) -> tuple[TokenLogit, ...]:

@@ -69,6 +69,16 @@ def _info(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         f"{limits.max_batch_size}, queue {limits.queue_size}",
         file=out,
     )
+    admission = info.admission
+    if admission.long_call_tokens:
+        print(
+            f"admission fair by cost; long calls over {admission.long_call_tokens} tokens hold "
+            f"{admission.long_call_places} of {limits.queue_size} places, "
+            f"{admission.short_call_rows} decode rows kept for short calls; "
+            f"{admission.priority_metadata_key}: batch weighs {admission.batch_weight:g}; "
+            f"a call without a deadline ends after {admission.max_call_seconds:g} s",
+            file=out,
+        )
     print(f"default   {info.default_sae_id or '(none reported)'}\n", file=out)
     table(
         ("sae", "layer", "d_sae", "groups", "labels", "format"),

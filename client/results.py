@@ -272,6 +272,28 @@ class Limits(_Result):
     max_batch_size: int
     queue_size: int
     max_activation_text_tokens: int = 0  # 0 from a server without search by activation
+    max_prompt_tokens: int = 0
+    max_sequence_tokens: int = 0  # prompt + teacher-forced response + max_new_tokens
+    max_token_ranges: int = 0
+    max_image_aspect_ratio: float = 0.0
+    image_memory_bytes: int = 0  # decoded images of all requests being prepared at once
+    max_id_chars: int = 0
+    stream_buffer_events: int = 0  # unsent events before a stream's rows stop
+    max_decode_rows: int = 0
+    max_kv_positions: int = 0
+    prefill_token_budget: int = 0
+
+
+@dataclass(frozen=True)
+class Admission(_Result):
+    """How the server shares its engine between callers (0 and "" from an older server)."""
+
+    long_call_tokens: int = 0  # variants x max_new_tokens above it: a long call
+    long_call_places: int = 0  # queue places long and batch-marked calls may hold together
+    short_call_rows: int = 0  # decode rows long and batch-marked calls may not take
+    batch_weight: float = 0.0  # a batch-marked request's share against an interactive one
+    priority_metadata_key: str = ""  # send it with the value "batch" to mark batch traffic
+    max_call_seconds: float = 0.0  # the longest a call without a deadline may take
 
 
 @dataclass(frozen=True)
@@ -304,6 +326,7 @@ class ServerInfo(_Result):
     limits: Limits
     versions: Versions
     dicom: DicomDecoding
+    admission: Admission = Admission()
 
     def sae(self, sae_id: str = "") -> SaeInfo:
         """The SAE with this id; "" the default one. KeyError names the ids served."""

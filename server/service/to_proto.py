@@ -26,6 +26,7 @@ from maira_sae.server.maira2.tokens import TokenInfo
 from maira_sae.server.service.config import ServerConfig
 from maira_sae.server.service.descriptions import ModelDescription, SaeDescription
 from maira_sae.server.service.from_proto import TOKEN_KINDS_FROM_PROTO
+from maira_sae.server.service.priority import PRIORITY_KEY
 from maira_sae.v1 import maira_sae_pb2 as pb
 
 # Domain value -> proto enum value, for responses.
@@ -237,5 +238,13 @@ def info_to_proto(
             voi_lut=dicom.apply_voi,
             monochrome1_inverted=True,
             description=dicom.describe(),
+        ),
+        admission=pb.Admission(
+            long_call_tokens=batching.long_call_tokens,
+            long_call_places=batching.long_call_places,
+            short_call_rows=batching.short_call_rows,
+            batch_weight=batching.batch_weight,
+            priority_metadata_key=PRIORITY_KEY,
+            max_call_seconds=batching.max_call_s,
         ),
     )

@@ -47,6 +47,9 @@ def test_info_feature_search(cli):
         f"new tokens {limits['max_new_tokens']} (default {limits['default_max_new_tokens']})" in out
     )
     assert f"queue {limits['queue_size']}" in out
+    admission = run_json(cli, "info")["admission"]
+    assert f"hold {admission['long_call_places']} of {limits['queue_size']} places" in out
+    assert "x-maira-sae-priority: batch weighs" in out
 
 
 def test_search_by_activation_and_the_feature_neighbours(cli):

@@ -32,6 +32,9 @@ def test_health_and_info(client):
     assert info.default_sae_id == "demo-ef4-layer15"
     assert info.saes[0].d_sae == sum(info.saes[0].group_sizes)
     assert info.limits.max_top_k > 0
+    assert info.limits.stream_buffer_events > 0 and info.limits.max_decode_rows > 0
+    assert info.admission.priority_metadata_key == "x-maira-sae-priority"
+    assert 0 < info.admission.long_call_places < info.limits.queue_size
     json.dumps(info.to_dict())
 
 

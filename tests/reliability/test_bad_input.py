@@ -539,3 +539,15 @@ def test_get_info_reports_every_new_limit(tight_info):
     assert (limits.max_token_ranges, limits.max_id_chars) == (8, 64)
     assert limits.max_image_aspect_ratio == 4.0
     assert limits.image_memory_bytes > 0 and limits.stream_buffer_events > 0
+
+
+def test_get_info_reports_how_the_engine_is_shared(tight_info):
+    from maira_sae.server.service.config import BatchingConfig
+
+    batching, admission = BatchingConfig(), tight_info.admission
+    assert admission.long_call_tokens == batching.long_call_tokens
+    assert admission.long_call_places == batching.long_call_places < tight_info.limits.queue_size
+    assert admission.short_call_rows == batching.short_call_rows
+    assert admission.batch_weight == pytest.approx(batching.batch_weight)
+    assert admission.max_call_seconds == batching.max_call_s
+    assert admission.priority_metadata_key == "x-maira-sae-priority"

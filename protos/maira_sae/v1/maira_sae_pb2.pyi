@@ -552,21 +552,39 @@ class DicomDecoding(_message.Message):
     description: str
     def __init__(self, modalities: _Optional[_Iterable[str]] = ..., modality_lut: _Optional[bool] = ..., voi_lut: _Optional[bool] = ..., monochrome1_inverted: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
 
+class Admission(_message.Message):
+    __slots__ = ("long_call_tokens", "long_call_places", "short_call_rows", "batch_weight", "priority_metadata_key", "max_call_seconds")
+    LONG_CALL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LONG_CALL_PLACES_FIELD_NUMBER: _ClassVar[int]
+    SHORT_CALL_ROWS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_METADATA_KEY_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    long_call_tokens: int
+    long_call_places: int
+    short_call_rows: int
+    batch_weight: float
+    priority_metadata_key: str
+    max_call_seconds: float
+    def __init__(self, long_call_tokens: _Optional[int] = ..., long_call_places: _Optional[int] = ..., short_call_rows: _Optional[int] = ..., batch_weight: _Optional[float] = ..., priority_metadata_key: _Optional[str] = ..., max_call_seconds: _Optional[float] = ...) -> None: ...
+
 class GetInfoResponse(_message.Message):
-    __slots__ = ("model", "saes", "default_sae_id", "limits", "versions", "dicom")
+    __slots__ = ("model", "saes", "default_sae_id", "limits", "versions", "dicom", "admission")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SAES_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_SAE_ID_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     DICOM_FIELD_NUMBER: _ClassVar[int]
+    ADMISSION_FIELD_NUMBER: _ClassVar[int]
     model: ModelInfo
     saes: _containers.RepeatedCompositeFieldContainer[SaeInfo]
     default_sae_id: str
     limits: Limits
     versions: Versions
     dicom: DicomDecoding
-    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., saes: _Optional[_Iterable[_Union[SaeInfo, _Mapping]]] = ..., default_sae_id: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., versions: _Optional[_Union[Versions, _Mapping]] = ..., dicom: _Optional[_Union[DicomDecoding, _Mapping]] = ...) -> None: ...
+    admission: Admission
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., saes: _Optional[_Iterable[_Union[SaeInfo, _Mapping]]] = ..., default_sae_id: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., versions: _Optional[_Union[Versions, _Mapping]] = ..., dicom: _Optional[_Union[DicomDecoding, _Mapping]] = ..., admission: _Optional[_Union[Admission, _Mapping]] = ...) -> None: ...
 
 class GetFeatureRequest(_message.Message):
     __slots__ = ("sae_id", "feature", "include_decoder_row", "num_logits", "num_nearest")
