@@ -131,6 +131,12 @@ class ResourceExhausted(ServiceError):
         self.retry_after_s = retry_after_s
 
 
+class ServerFull(ResourceExhausted):
+    """The call was turned away before any work was done for it: the server's places or its
+    image-decoding memory are taken. A connection that calls again before this refusal's
+    ``retry_after_s`` has passed may have its next refusal held back until then."""
+
+
 class DeadlineExceeded(ServiceError):
     """The caller's deadline passed before the work could be done."""
 

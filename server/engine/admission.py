@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from maira_sae.server.engine.admission_policy import Priority, is_long_call
 from maira_sae.server.engine.engine_core import SchedulerObserver
-from maira_sae.server.errors import ResourceExhausted, Unavailable
+from maira_sae.server.errors import ServerFull, Unavailable
 
 # The RetryInfo delay of a full lane: about the time a place takes to free up, so that
 # refused callers come back when there is room instead of spending the server on refusals.
@@ -92,14 +92,14 @@ class AdmissionControl:
             )
         lane = self.limits.lane(priority, tokens_to_generate)
         if self.admitted >= self.limits.places:
-            raise ResourceExhausted(
+            raise ServerFull(
                 f"the server's queue is full ({self.limits.places} requests); retry shortly",
                 retry_after_s=self._retry_after_s(lane),
                 reason="QUEUE_FULL",
                 metadata={"limit": "queue_size", "limitValue": self.limits.places},
             )
         if lane is Lane.LONG and self._held[Lane.LONG] >= self.limits.long_places:
-            raise ResourceExhausted(
+            raise ServerFull(
                 f"the server's places for long and batch calls are taken"
                 f" ({self.limits.long_places} of {self.limits.places}; the rest are kept for"
                 " short interactive calls); retry shortly",

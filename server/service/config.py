@@ -344,6 +344,16 @@ class BatchingConfig:
             " it DEADLINE_EXCEEDED naming this setting (a client's own deadline replaces it)"
         ),
     )
+    pace_refusals: bool = field(
+        default=True,
+        metadata=_help(
+            "hold back the refusal (RESOURCE_EXHAUSTED) of a connection that calls again"
+            " before the RetryInfo delay of its previous refusal has passed, until that delay"
+            " ends, so clients that ignore RetryInfo cannot spend the server on refusals"
+            " (connections are told apart by peer address: turn off behind a proxy that pools"
+            " callers on shared connections if their refusals must come at once)"
+        ),
+    )
     prepare_workers: int = field(
         default=2,
         metadata=_help("threads that decode images and tokenise admitted requests"),

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from maira_sae.client.imaging.decode import MediaType
-from maira_sae.server.errors import OutOfRange, ResourceExhausted, limit_metadata
+from maira_sae.server.errors import OutOfRange, ServerFull, limit_metadata
 from maira_sae.server.service.from_proto import DecodeImage, ImageDecoder
 
 # Peak working memory per pixel while one image is decoded and preprocessed (8-bit RGBA:
@@ -57,7 +57,7 @@ class ImageMemoryBudget:
             )
         with self._lock:
             if self._held + nbytes > self.capacity_bytes:
-                raise ResourceExhausted(
+                raise ServerFull(
                     "the server is decoding as many images as its memory budget allows "
                     f"(limits.image_memory_bytes = {self.capacity_bytes}); retry shortly",
                     retry_after_s=RETRY_AFTER_S,

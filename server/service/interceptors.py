@@ -3,7 +3,9 @@
 Order matters and ``build_interceptors`` fixes it, outermost first: the access log sees every
 call (rejected ones too) and its final code; auth rejects before any work; the error mapper sits
 next to the servicer and is the one place where domain errors (``maira_sae.server.errors``)
-become status codes with their google.rpc error details (``status_for``). Each wraps the
+become status codes with their google.rpc error details (``status_for``); it holds back the
+refusal of a connection that calls again before its RetryInfo delay has passed
+(``refusal_pacing``). Each wraps the
 handler's behaviour, for unary and server-streaming methods; streaming behaviours must be async
 generators.
 
@@ -33,6 +35,7 @@ from grpc_status import rpc_status
 from maira_sae.server import errors
 from maira_sae.server.service.config import ServerConfig
 from maira_sae.server.service.metrics import Metrics
+from maira_sae.server.service.refusal_pacing import RefusalPacer
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("maira_sae.access")
@@ -45,6 +48,11 @@ ERROR_DOMAIN = "maira-sae.v1"  # google.rpc.ErrorInfo.domain of every error this
 DEADLINE_SLACK_S = 0.1
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# Seconds the call's refusal was held back by refusal pacing (set by the error mapper, read by
+# the access log around it: the same task).
+_refusal_held_s: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "refusal_held_s", default=0.0
+)
 
 UnaryBehaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
@@ -173,6 +181,7 @@ class _CallRecord:
 
     def __enter__(self) -> _CallRecord:
         self.token = _request_id.set(self.request_id)
+        _refusal_held_s.set(0.0)
         self.start = time.perf_counter()
         self.finished = False
         self.metrics.request_started(self.method)
@@ -202,19 +211,19 @@ class _CallRecord:
         self.finished = True
         duration = time.perf_counter() - self.start
         self.metrics.request_finished(self.method, code, duration)
-        access_log.info(
-            json.dumps(
-                {
-                    "request_id": self.request_id,
-                    "method": self.method,
-                    "code": code,
-                    "duration_ms": round(duration * 1000, 3),
-                    "request_bytes": self.request_bytes,
-                    "response_bytes": self.response_bytes,
-                    "response_messages": self.messages,
-                }
-            )
-        )
+        line: dict[str, object] = {
+            "request_id": self.request_id,
+            "method": self.method,
+            "code": code,
+            "duration_ms": round(duration * 1000, 3),
+            "request_bytes": self.request_bytes,
+            "response_bytes": self.response_bytes,
+            "response_messages": self.messages,
+        }
+        held_s = _refusal_held_s.get()
+        if held_s:  # of duration_ms, the time a refusal was held back (refusal pacing)
+            line["held_ms"] = round(held_s * 1000, 3)
+        access_log.info(json.dumps(line))
 
     def _code(self, exc_type: type[BaseException] | None) -> str:
         code = self.context.code()  # set by abort() or set_code()
@@ -354,6 +363,7 @@ def _bounded(message: str) -> str:
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+    """Ends the call with ``error``'s status (INTERNAL, logged, for a non-domain error)."""
     if isinstance(error, errors.ServiceError):
         status = status_for(error, current_request_id())
     else:
@@ -392,7 +402,24 @@ async def _abort_with(
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns domain errors into their status codes and anything else into INTERNAL with the
-    request id, logging the traceback here and sending none to the caller."""
+    request id, logging the traceback here and sending none to the caller. With a ``pacer``,
+    a ``ServerFull`` refusal waits first until its connection's previous refusal delay has
+    passed (counted in ``metrics``)."""
+
+    def __init__(self, metrics: Metrics, pacer: RefusalPacer | None = None) -> None:
+        self._metrics = metrics
+        self._pacer = pacer
+
+    async def _fail(self, context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+        if self._pacer is not None and isinstance(error, errors.ServerFull):
+            time_left_s = context.time_remaining()
+            if time_left_s is not None:
+                time_left_s -= DEADLINE_SLACK_S
+            held_s = await self._pacer.pace(context.peer(), error.retry_after_s, time_left_s)
+            if held_s:
+                _refusal_held_s.set(held_s)
+                self._metrics.refusal_held(held_s)
+        await _abort(context, error, method)
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -410,7 +437,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 except grpc.aio.AbortError:
                     raise
                 except Exception as err:
-                    await _abort(context, err, method)
+                    await self._fail(context, err, method)
 
             return run
 
@@ -424,7 +451,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 except grpc.aio.AbortError:
                     raise
                 except Exception as err:
-                    await _abort(context, err, method)
+                    await self._fail(context, err, method)
 
             return run
 
@@ -453,4 +480,5 @@ def build_interceptors(config: ServerConfig, metrics: Metrics) -> list[grpc.aio.
     """The server's interceptors in order, outermost first. Reads the auth token now."""
     token = config.auth.load_token()
     auth = [BearerTokenInterceptor(token)] if token is not None else []
-    return [AccessLogInterceptor(metrics), *auth, ErrorMappingInterceptor()]
+    pacer = RefusalPacer() if config.batching.pace_refusals else None
+    return [AccessLogInterceptor(metrics), *auth, ErrorMappingInterceptor(metrics, pacer)]

@@ -82,6 +82,17 @@ class Metrics:
             " that running and waiting generations may still generate (the autoscaler's input).",
             registry=r,
         )
+        self._refusals_held = Counter(
+            f"{PREFIX}_refusals_held",
+            "Refusals (RESOURCE_EXHAUSTED before any work) held back because their connection"
+            " called again before the RetryInfo delay of its previous refusal had passed.",
+            registry=r,
+        )
+        self._refusal_hold = Counter(
+            f"{PREFIX}_refusal_hold_seconds",
+            "Seconds refusals were held back, in all (refusal pacing).",
+            registry=r,
+        )
         self._busy_ratio = BusyRatio(BUSY_RATIO_WINDOW_S)
         Gauge(
             f"{PREFIX}_engine_busy_ratio",
@@ -156,6 +167,10 @@ class Metrics:
         self._inflight.labels(method=method).dec()
         self._requests.labels(method=method, code=code).inc()
         self._request_duration.labels(method=method).observe(duration_s)
+
+    def refusal_held(self, seconds: float) -> None:
+        self._refusals_held.inc()
+        self._refusal_hold.inc(seconds)
 
     # Scheduler and engine: the scheduler's SchedulerObserver methods, by name.
 

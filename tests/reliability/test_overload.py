@@ -1,12 +1,15 @@
-"""Overload and departed callers on a real server: admission before any preparation, the shared
-image memory budget, deadline expiry counted as such, cancelled streams that log no error, an
-unread stream that cannot grow the server's memory, and the token limit's default."""
+"""Overload and departed callers on a real server: admission before any preparation, refusals
+paced for callers that ignore RetryInfo, the shared image memory budget, deadline expiry
+counted as such, cancelled streams that log no error, an unread stream that cannot grow the
+server's memory, and the token limit's default."""
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -91,6 +94,40 @@ def test_a_full_server_refuses_before_looking_at_the_request(small_queue_stub, s
     assert outcome_of(lambda: small_queue_stub.Encode(junk, timeout=30)).code == (
         Code.INVALID_ARGUMENT
     )
+
+
+def test_a_connection_that_ignores_retry_info_is_refused_at_the_pace_it_was_told(
+    small_queue_server, caplog
+):
+    """A caller that calls again at once after a refusal waits out the delay it was told before
+    its next refusal; one that waited the delay is refused at once (refusal pacing)."""
+    caplog.set_level(logging.INFO, logger="maira_sae.access")
+    held_count = lambda: scrape_metrics(metrics_port).get(  # noqa: E731
+        "maira_sae_refusals_held_total", 0.0
+    )
+    metrics_port = small_queue_server.ports.metrics
+    request = pb.EncodeRequest(study=study(SMALL_PNG))
+    # A connection of its own: the pace is kept per connection.
+    with grpc.insecure_channel(small_queue_server.target) as channel:
+        stub = pb_grpc.MairaSaeServiceStub(channel)
+        with holding(stub, small_queue_server, QUEUE_SIZE):
+            before = held_count()
+            first = outcome_of(lambda: stub.Encode(request, timeout=30))
+            assert held_count() == before, "a first refusal is not held"
+            started = time.monotonic()
+            second = outcome_of(lambda: stub.Encode(request, timeout=30))  # at once: too soon
+            second_s = time.monotonic() - started
+            assert held_count() == before + 1
+            time.sleep(second.retry_delay_s)  # honours the delay it was told
+            third = outcome_of(lambda: stub.Encode(request, timeout=30))
+            assert held_count() == before + 1, "a caller that kept the pace is not held"
+    for outcome in (first, second, third):
+        assert outcome.code == Code.RESOURCE_EXHAUSTED, (outcome.code, outcome.details)
+    assert second_s >= 0.9 * first.retry_delay_s, (second_s, first.retry_delay_s)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "maira_sae.access"]
+    refused = [line for line in lines if line["method"] == ENCODE]
+    held = [line["held_ms"] for line in refused if "held_ms" in line]
+    assert len(held) == 1 and held[0] >= 900 * first.retry_delay_s, refused
 
 
 def test_deadline_expiry_is_deadline_exceeded_in_metrics_and_access_log(
@@ -238,8 +275,6 @@ def test_a_study_that_can_never_fit_the_budget_is_out_of_range(budget_server):
 
 
 def test_token_limits_default_to_the_models_context_length(demo_server, demo_checkpoint):
-    import json
-
     config = json.loads((demo_checkpoint.model_dir / "config.json").read_text())
     context = config["text_config"]["max_position_embeddings"]
     with grpc.insecure_channel(demo_server.target) as channel:
