@@ -76,7 +76,8 @@ def _info(client: Client, args: argparse.Namespace, out: TextIO) -> None:
             f"{admission.long_call_places} of {limits.queue_size} places, "
             f"{admission.short_call_rows} decode rows kept for short calls; "
             f"{admission.priority_metadata_key}: batch weighs {admission.batch_weight:g}; "
-            f"a call without a deadline ends after {admission.max_call_seconds:g} s",
+            f"a call without a deadline ends after {admission.max_call_seconds:g} s"
+            + ("; refusals paced per connection" if admission.refusals_paced else ""),
             file=out,
         )
     print(f"default   {info.default_sae_id or '(none reported)'}\n", file=out)

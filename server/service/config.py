@@ -347,11 +347,10 @@ class BatchingConfig:
     pace_refusals: bool = field(
         default=True,
         metadata=_help(
-            "hold back the refusal (RESOURCE_EXHAUSTED) of a connection that calls again"
-            " before the RetryInfo delay of its previous refusal has passed, until that delay"
-            " ends, so clients that ignore RetryInfo cannot spend the server on refusals"
-            " (connections are told apart by peer address: turn off behind a proxy that pools"
-            " callers on shared connections if their refusals must come at once)"
+            "refuse (RESOURCE_EXHAUSTED) a connection at once at most once per RetryInfo delay"
+            " for each call open on it, as callers that wait the delay are; hold a refusal past"
+            " that rate back until the rate allows it (never past the call's deadline), so"
+            " clients that ignore RetryInfo cannot spend the server on refusals"
         ),
     )
     prepare_workers: int = field(

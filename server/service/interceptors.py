@@ -1,13 +1,13 @@
-"""grpc.aio server interceptors: access log and metrics, bearer-token auth, error mapping.
+"""grpc.aio server interceptors: access log and metrics, bearer-token auth, error mapping,
+refusal pacing.
 
 Order matters and ``build_interceptors`` fixes it, outermost first: the access log sees every
-call (rejected ones too) and its final code; auth rejects before any work; the error mapper sits
-next to the servicer and is the one place where domain errors (``maira_sae.server.errors``)
-become status codes with their google.rpc error details (``status_for``); it holds back the
-refusal of a connection that calls again before its RetryInfo delay has passed
-(``refusal_pacing``). Each wraps the
-handler's behaviour, for unary and server-streaming methods; streaming behaviours must be async
-generators.
+call (rejected ones too) and its final code; auth rejects before any work; the error mapper is
+the one place where domain errors (``maira_sae.server.errors``) become status codes with their
+google.rpc error details (``status_for``); refusal pacing, next to the servicer, holds back a
+refusal that comes sooner than its connection's RetryInfo delays allow (``refusal_pacing``).
+Each wraps the handler's behaviour, for unary and server-streaming methods; streaming
+behaviours must be async generators.
 
 Nothing here reads request content: logs and metrics hold ids, method names, codes, sizes and
 timings only. The bearer token is never logged.
@@ -48,8 +48,8 @@ ERROR_DOMAIN = "maira-sae.v1"  # google.rpc.ErrorInfo.domain of every error this
 DEADLINE_SLACK_S = 0.1
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-# Seconds the call's refusal was held back by refusal pacing (set by the error mapper, read by
-# the access log around it: the same task).
+# Seconds the call's refusal was held back by refusal pacing (set by the pacing interceptor,
+# read by the access log around it: the same task).
 _refusal_held_s: contextvars.ContextVar[float] = contextvars.ContextVar(
     "refusal_held_s", default=0.0
 )
@@ -402,24 +402,7 @@ async def _abort_with(
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns domain errors into their status codes and anything else into INTERNAL with the
-    request id, logging the traceback here and sending none to the caller. With a ``pacer``,
-    a ``ServerFull`` refusal waits first until its connection's previous refusal delay has
-    passed (counted in ``metrics``)."""
-
-    def __init__(self, metrics: Metrics, pacer: RefusalPacer | None = None) -> None:
-        self._metrics = metrics
-        self._pacer = pacer
-
-    async def _fail(self, context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
-        if self._pacer is not None and isinstance(error, errors.ServerFull):
-            time_left_s = context.time_remaining()
-            if time_left_s is not None:
-                time_left_s -= DEADLINE_SLACK_S
-            held_s = await self._pacer.pace(context.peer(), error.retry_after_s, time_left_s)
-            if held_s:
-                _refusal_held_s.set(held_s)
-                self._metrics.refusal_held(held_s)
-        await _abort(context, error, method)
+    request id, logging the traceback here and sending none to the caller."""
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -437,7 +420,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 except grpc.aio.AbortError:
                     raise
                 except Exception as err:
-                    await self._fail(context, err, method)
+                    await _abort(context, err, method)
 
             return run
 
@@ -451,7 +434,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 except grpc.aio.AbortError:
                     raise
                 except Exception as err:
-                    await self._fail(context, err, method)
+                    await _abort(context, err, method)
 
             return run
 
@@ -476,9 +459,77 @@ def _request_parser(deserializer: Callable[[bytes], Any] | None) -> Callable[[An
     return parse
 
 
+# -------------------------------------------------------------------------------------------
+# Refusal pacing
+
+
+class RefusalPacingInterceptor(grpc.aio.ServerInterceptor):
+    """Counts each connection's open calls and holds a ``ServerFull`` refusal back until the
+    connection may be refused again (``RefusalPacer``); the error mapper around it then sends
+    the refusal."""
+
+    def __init__(self, pacer: RefusalPacer, metrics: Metrics) -> None:
+        self._pacer = pacer
+        self._metrics = metrics
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(OPEN_METHOD_PREFIXES):
+            return handler
+
+        def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
+            async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                peer = self._open(context)
+                try:
+                    return await behaviour(request, context)
+                except errors.ServerFull as refusal:
+                    await self._hold(context, peer, refusal)
+                    raise
+
+            return run
+
+        def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
+            async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                peer = self._open(context)
+                try:
+                    responses = behaviour(request, context)
+                    async with contextlib.aclosing(responses):
+                        async for response in responses:
+                            yield response
+                except errors.ServerFull as refusal:
+                    await self._hold(context, peer, refusal)
+                    raise
+
+            return run
+
+        return _wrap(handler, unary, stream)
+
+    def _open(self, context: grpc.aio.ServicerContext) -> str:
+        """Counts the call open on its connection until it ends, however it ends."""
+        peer = context.peer()
+        self._pacer.call_opened(peer)
+        context.add_done_callback(lambda _: self._pacer.call_closed(peer))
+        return peer
+
+    async def _hold(
+        self, context: grpc.aio.ServicerContext, peer: str, refusal: errors.ServerFull
+    ) -> None:
+        time_left_s = context.time_remaining()
+        if time_left_s is not None:
+            time_left_s -= DEADLINE_SLACK_S
+        held_s = await self._pacer.pace(peer, refusal.retry_after_s, time_left_s)
+        if held_s:
+            _refusal_held_s.set(held_s)
+            self._metrics.refusal_held(held_s)
+
+
 def build_interceptors(config: ServerConfig, metrics: Metrics) -> list[grpc.aio.ServerInterceptor]:
     """The server's interceptors in order, outermost first. Reads the auth token now."""
     token = config.auth.load_token()
     auth = [BearerTokenInterceptor(token)] if token is not None else []
-    pacer = RefusalPacer() if config.batching.pace_refusals else None
-    return [AccessLogInterceptor(metrics), *auth, ErrorMappingInterceptor(metrics, pacer)]
+    interceptors = [AccessLogInterceptor(metrics), *auth, ErrorMappingInterceptor()]
+    if config.batching.pace_refusals:
+        interceptors.append(RefusalPacingInterceptor(RefusalPacer(), metrics))
+    return interceptors

@@ -2,16 +2,17 @@
 
 A full server refuses a call at once (RESOURCE_EXHAUSTED with a RetryInfo delay). A client
 that ignores the delay and calls again at once spends the server's event loop on refusals
-(about a millisecond each), hundreds a second, and starves the calls it is serving. So when a
-connection is refused again before the delay it was last given has passed, that refusal is
-held back until the delay ends (never past the call's own deadline): the connection is
-answered no faster than it was asked to call. A client that honours RetryInfo is never held,
-and a call the server can admit is never delayed: only refusals are held, and a held call
-stays refused.
+(about a millisecond each), hundreds a second, and starves the calls it is serving. A caller
+that honours the delay is refused at most once per delay for each call it has open; so a
+connection is refused at once up to that rate, ``open calls / delay``, and a refusal past it
+is held back until the rate allows it (never past the call's own deadline). Callers that keep
+the pace are never held, however many share a connection (gRPC shares one connection between
+the channels of a process, and a proxy pools its callers'); a call the server can admit is
+never delayed; a held call stays refused.
 
-Connections are told apart by their peer address (``context.peer()``): behind a proxy that
-pools many callers on one connection they share one pace (``batching.pace_refusals`` turns
-this off).
+The rate is kept per connection as a generic cell rate algorithm (the virtual-scheduling
+form): each refusal moves the connection's theoretical arrival time on by ``delay / open
+calls``, and a refusal is answered when that time is at most one delay ahead.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ MAX_PEERS = 4096  # connections remembered; the least recently refused is forgot
 
 
 class RefusalPacer:
-    """When each recently refused connection may be refused again without waiting."""
+    """Open calls and the refusal schedule of each connection (by peer address), on the event
+    loop only."""
 
     def __init__(
         self,
@@ -36,24 +38,37 @@ class RefusalPacer:
         self._max_peers = max_peers
         self._clock = clock
         self._sleep = sleep
-        self._not_before: OrderedDict[str, float] = OrderedDict()
+        self._open_calls: dict[str, int] = {}
+        self._next_refusal_at: OrderedDict[str, float] = OrderedDict()
+
+    def call_opened(self, peer: str) -> None:
+        self._open_calls[peer] = self._open_calls.get(peer, 0) + 1
+
+    def call_closed(self, peer: str) -> None:
+        left = self._open_calls.get(peer, 1) - 1
+        if left > 0:
+            self._open_calls[peer] = left
+        else:
+            self._open_calls.pop(peer, None)
 
     async def pace(self, peer: str, retry_after_s: float, time_left_s: float | None) -> float:
-        """Waits until ``peer``'s previous refusal delay has passed (at most ``time_left_s``,
-        the time the call has before its deadline), records this refusal's delay, and
-        returns the seconds waited (0 for a connection that kept its pace)."""
-        wait_s = self._not_before.get(peer, 0.0) - self._clock()
+        """Waits until ``peer`` may be refused again (at most ``time_left_s``, the time the
+        call has before its deadline) and returns the seconds waited: 0 for a connection that
+        kept the pace its refusals' delays set."""
+        now = self._clock()
+        interval = retry_after_s / max(1, self._open_calls.get(peer, 0))
+        due = max(self._next_refusal_at.get(peer, now), now)
+        self._remember(peer, due + interval)  # before waiting: calls waiting together queue
+        wait_s = due + interval - retry_after_s - now
         if time_left_s is not None:
             wait_s = min(wait_s, time_left_s)
-        if wait_s > 0:
-            await self._sleep(wait_s)
-        else:
-            wait_s = 0.0
-        self._remember(peer, self._clock() + retry_after_s)
+        if wait_s <= 0:
+            return 0.0
+        await self._sleep(wait_s)
         return wait_s
 
-    def _remember(self, peer: str, not_before: float) -> None:
-        self._not_before[peer] = max(not_before, self._not_before.get(peer, 0.0))
-        self._not_before.move_to_end(peer)
-        while len(self._not_before) > self._max_peers:
-            self._not_before.popitem(last=False)
+    def _remember(self, peer: str, next_refusal_at: float) -> None:
+        self._next_refusal_at[peer] = next_refusal_at
+        self._next_refusal_at.move_to_end(peer)
+        while len(self._next_refusal_at) > self._max_peers:
+            self._next_refusal_at.popitem(last=False)

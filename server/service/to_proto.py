@@ -246,5 +246,6 @@ def info_to_proto(
             batch_weight=batching.batch_weight,
             priority_metadata_key=PRIORITY_KEY,
             max_call_seconds=batching.max_call_s,
+            refusals_paced=batching.pace_refusals,
         ),
     )

@@ -50,6 +50,7 @@ def test_info_feature_search(cli):
     admission = run_json(cli, "info")["admission"]
     assert f"hold {admission['long_call_places']} of {limits['queue_size']} places" in out
     assert "x-maira-sae-priority: batch weighs" in out
+    assert admission["refusals_paced"] is True and "refusals paced per connection" in out
 
 
 def test_search_by_activation_and_the_feature_neighbours(cli):

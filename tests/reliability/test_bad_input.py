@@ -551,3 +551,4 @@ def test_get_info_reports_how_the_engine_is_shared(tight_info):
     assert admission.batch_weight == pytest.approx(batching.batch_weight)
     assert admission.max_call_seconds == batching.max_call_s
     assert admission.priority_metadata_key == "x-maira-sae-priority"
+    assert admission.refusals_paced is batching.pace_refusals is True

@@ -96,8 +96,8 @@ def test_a_full_server_refuses_before_looking_at_the_request(small_queue_stub, s
     )
 
 
-def test_a_connection_that_ignores_retry_info_is_refused_at_the_pace_it_was_told(
-    small_queue_server, caplog
+def test_a_caller_that_ignores_retry_info_is_refused_at_the_pace_it_was_told(
+    small_queue_stub, small_queue_server, caplog
 ):
     """A caller that calls again at once after a refusal waits out the delay it was told before
     its next refusal; one that waited the delay is refused at once (refusal pacing)."""
@@ -107,10 +107,12 @@ def test_a_connection_that_ignores_retry_info_is_refused_at_the_pace_it_was_told
     )
     metrics_port = small_queue_server.ports.metrics
     request = pb.EncodeRequest(study=study(SMALL_PNG))
-    # A connection of its own: the pace is kept per connection.
-    with grpc.insecure_channel(small_queue_server.target) as channel:
+    # A connection of its own (the pace is kept per connection, for each call open on it):
+    # the holders' calls are open on the module's.
+    own_connection = (("grpc.use_local_subchannel_pool", 1),)
+    with grpc.insecure_channel(small_queue_server.target, options=own_connection) as channel:
         stub = pb_grpc.MairaSaeServiceStub(channel)
-        with holding(stub, small_queue_server, QUEUE_SIZE):
+        with holding(small_queue_stub, small_queue_server, QUEUE_SIZE):
             before = held_count()
             first = outcome_of(lambda: stub.Encode(request, timeout=30))
             assert held_count() == before, "a first refusal is not held"

@@ -553,20 +553,22 @@ class DicomDecoding(_message.Message):
     def __init__(self, modalities: _Optional[_Iterable[str]] = ..., modality_lut: _Optional[bool] = ..., voi_lut: _Optional[bool] = ..., monochrome1_inverted: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
 
 class Admission(_message.Message):
-    __slots__ = ("long_call_tokens", "long_call_places", "short_call_rows", "batch_weight", "priority_metadata_key", "max_call_seconds")
+    __slots__ = ("long_call_tokens", "long_call_places", "short_call_rows", "batch_weight", "priority_metadata_key", "max_call_seconds", "refusals_paced")
     LONG_CALL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LONG_CALL_PLACES_FIELD_NUMBER: _ClassVar[int]
     SHORT_CALL_ROWS_FIELD_NUMBER: _ClassVar[int]
     BATCH_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_METADATA_KEY_FIELD_NUMBER: _ClassVar[int]
     MAX_CALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REFUSALS_PACED_FIELD_NUMBER: _ClassVar[int]
     long_call_tokens: int
     long_call_places: int
     short_call_rows: int
     batch_weight: float
     priority_metadata_key: str
     max_call_seconds: float
-    def __init__(self, long_call_tokens: _Optional[int] = ..., long_call_places: _Optional[int] = ..., short_call_rows: _Optional[int] = ..., batch_weight: _Optional[float] = ..., priority_metadata_key: _Optional[str] = ..., max_call_seconds: _Optional[float] = ...) -> None: ...
+    refusals_paced: bool
+    def __init__(self, long_call_tokens: _Optional[int] = ..., long_call_places: _Optional[int] = ..., short_call_rows: _Optional[int] = ..., batch_weight: _Optional[float] = ..., priority_metadata_key: _Optional[str] = ..., max_call_seconds: _Optional[float] = ..., refusals_paced: _Optional[bool] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
     __slots__ = ("model", "saes", "default_sae_id", "limits", "versions", "dicom", "admission")
