@@ -294,7 +294,7 @@ class Admission(_Result):
     batch_weight: float = 0.0  # a batch-marked request's share against an interactive one
     priority_metadata_key: str = ""  # send it with the value "batch" to mark batch traffic
     max_call_seconds: float = 0.0  # the longest a call without a deadline may take
-    refusals_paced: bool = False  # refusals past one per delay per open call are held back
+    refusals_paced: bool = False  # refusals that come too soon are held back (README)
 
 
 @dataclass(frozen=True)

@@ -347,9 +347,9 @@ class BatchingConfig:
     pace_refusals: bool = field(
         default=True,
         metadata=_help(
-            "refuse (RESOURCE_EXHAUSTED) a connection at once at most once per RetryInfo delay"
-            " for each call open on it, as callers that wait the delay are; hold a refusal past"
-            " that rate back until the rate allows it (never past the call's deadline), so"
+            "refuse (RESOURCE_EXHAUSTED) a connection at once only for a retry that waited its"
+            " RetryInfo delay, or up to once per delay for each call open on it; hold any other"
+            " refusal back until that rate allows it (never past the call's deadline), so"
             " clients that ignore RetryInfo cannot spend the server on refusals"
         ),
     )

@@ -107,7 +107,8 @@ async def run_load(
     on_refusal: OnRefusal = OnRefusal.WAIT,
 ) -> list[CallRecord]:
     """``clients`` loops start calls for ``duration_s``; calls in flight at the end finish and
-    are recorded. One channel per client, as separate callers would have."""
+    are recorded. One channel per client, as separate callers would have (gRPC shares one
+    connection between the channels of a process to the same target)."""
     records: list[CallRecord] = []
     start = time.monotonic()
     end = start + duration_s

@@ -1,6 +1,7 @@
-"""Refusal pacing on a fake clock: a connection is refused at once up to one refusal per
-RetryInfo delay for each call it has open; a refusal past that rate waits until the rate allows
-it, never past its deadline; other connections keep their own pace."""
+"""Refusal pacing on a fake clock: a connection is refused at once for a retry that waited its
+delay, and up to one refusal per RetryInfo delay for each call it has open; a refusal past that
+waits until the rate allows it, never past its deadline; other connections keep their own
+pace."""
 
 from __future__ import annotations
 
@@ -72,10 +73,21 @@ def test_callers_sharing_a_connection_that_ignore_the_delay_are_held_to_its_rate
     """32 callers coming back at once: the connection is refused 32 times a delay, spread out."""
     pacer = pacer_with_open_calls(fake, {PEER: 32})
     assert [pace(pacer, PEER, 0.2) for _ in range(32)] == [0.0] * 32
-    held = [pace(pacer, PEER, 0.2) for _ in range(64)]
-    assert all(seconds > 0 for seconds in held)
-    assert fake.now == pytest.approx(100.0 + 64 * 0.2 / 32)  # one each 6.25 ms
-    assert held == [pytest.approx(0.2 / 32)] * 64
+    held = [pace(pacer, PEER, 0.2) for _ in range(16)]
+    assert held == [pytest.approx(0.2 / 32)] * 16  # one each 6.25 ms
+    assert fake.now == pytest.approx(100.1)
+
+
+def test_a_retry_that_waited_is_answered_at_once_though_others_used_the_rate_up(fake):
+    pacer = pacer_with_open_calls(fake, {PEER: 1})
+    assert pace(pacer, PEER, 1.0) == 0.0  # caller A, told at 100.0 to come back at 101.0
+    assert pace(pacer, PEER, 1.0) == pytest.approx(1.0)  # B, at once: held to 101.0
+    assert pace(pacer, PEER, 1.0) == 0.0  # A's retry at 101.0: its delay has passed
+    assert pace(pacer, PEER, 1.0) == pytest.approx(1.0)  # C, at once: the rate is used up
+    fake.now = 102.9  # B's retry, told at 101.0, 0.9 s late: within its grace (to 103.0)
+    assert pace(pacer, PEER, 1.0) == 0.0  # (the rate alone would hold it to 103.0)
+    fake.now = 110.0
+    assert pace(pacer, PEER, 1.0) == 0.0  # long after: the rate has room again
 
 
 def test_other_connections_keep_their_own_pace(fake):
