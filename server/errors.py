@@ -133,8 +133,8 @@ class ResourceExhausted(ServiceError):
 
 class ServerFull(ResourceExhausted):
     """The call was turned away before any work was done for it: the server's places or its
-    image-decoding memory are taken. A connection that calls again before this refusal's
-    ``retry_after_s`` has passed may have its next refusal held back until then."""
+    image-decoding memory are taken. Refusal pacing may hold it back from a connection that
+    calls again sooner than its refusals' delays allow (``server/service/refusal_pacing.py``)."""
 
 
 class DeadlineExceeded(ServiceError):

@@ -84,8 +84,9 @@ class Metrics:
         )
         self._refusals_held = Counter(
             f"{PREFIX}_refusals_held",
-            "Refusals (RESOURCE_EXHAUSTED before any work) held back because their connection"
-            " called again before the RetryInfo delay of its previous refusal had passed.",
+            "Refusals (RESOURCE_EXHAUSTED before any work) held back by refusal pacing: not a"
+            " retry that waited its RetryInfo delay, and past its connection's rate of one"
+            " refusal per delay per open call.",
             registry=r,
         )
         self._refusal_hold = Counter(
