@@ -1,13 +1,12 @@
-"""grpc.aio server interceptors: access log and metrics, bearer-token auth, error mapping,
-refusal pacing.
+"""grpc.aio server interceptors: access log and metrics, bearer-token auth, error mapping.
 
 Order matters and ``build_interceptors`` fixes it, outermost first: the access log sees every
-call (rejected ones too) and its final code; auth rejects before any work; the error mapper is
-the one place where domain errors (``maira_sae.server.errors``) become status codes with their
-google.rpc error details (``status_for``); refusal pacing, next to the servicer, holds back a
-refusal that comes sooner than its connection's RetryInfo delays allow (``refusal_pacing``).
-Each wraps the handler's behaviour, for unary and server-streaming methods; streaming
-behaviours must be async generators.
+call (rejected ones too) and its final code; auth rejects before any work; the error mapper
+sits next to the servicer and is the one place where domain errors
+(``maira_sae.server.errors``) become status codes with their google.rpc error details
+(``error_status``), and where a refusal that comes sooner than its connection's RetryInfo
+delays allow is held back (``refusal_pacing``). Each wraps the handler's behaviour, for unary
+and server-streaming methods; streaming behaviours must be async generators.
 
 Nothing here reads request content: logs and metrics hold ids, method names, codes, sizes and
 timings only. The bearer token is never logged.
@@ -27,13 +26,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2
-from google.protobuf.message import DecodeError, Message
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.protobuf.message import DecodeError
 
 from maira_sae.server import errors
 from maira_sae.server.service.config import ServerConfig
+from maira_sae.server.service.error_status import error_info, rich_status, status_for
 from maira_sae.server.service.metrics import Metrics
 from maira_sae.server.service.refusal_pacing import RefusalPacer
 
@@ -43,13 +40,11 @@ access_log = logging.getLogger("maira_sae.access")
 REQUEST_ID_KEY = "x-request-id"
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-MAX_STATUS_MESSAGE_CHARS = 1024
-ERROR_DOMAIN = "maira-sae.v1"  # google.rpc.ErrorInfo.domain of every error this server sends
 DEADLINE_SLACK_S = 0.1
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-# Seconds the call's refusal was held back by refusal pacing (set by the pacing interceptor,
-# read by the access log around it: the same task).
+# Seconds the call's refusal was held back by refusal pacing (set by the error mapper, read by
+# the access log around it: the same task).
 _refusal_held_s: contextvars.ContextVar[float] = contextvars.ContextVar(
     "refusal_held_s", default=0.0
 )
@@ -57,18 +52,6 @@ _refusal_held_s: contextvars.ContextVar[float] = contextvars.ContextVar(
 UnaryBehaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
-
-# Most specific first: a subclass of one of these maps like its base.
-STATUS_OF_ERROR: dict[type[errors.ServiceError], grpc.StatusCode] = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.Cancelled: grpc.StatusCode.CANCELLED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-}
 
 
 def current_request_id() -> str:
@@ -274,10 +257,10 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         message, reason = rejection
 
         async def abort(context: grpc.aio.ServicerContext) -> None:
-            status = _rich_status(
+            status = rich_status(
                 grpc.StatusCode.UNAUTHENTICATED,
                 message,
-                [_error_info(reason)],
+                [error_info(reason)],
                 current_request_id(),  # set by the access log around this call
             )
             await _abort_with(context, status)
@@ -303,65 +286,6 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 # Error mapping
 
 
-def status_for(error: errors.ServiceError, request_id: str) -> grpc.Status:
-    """The rich status of a domain error, in ``grpc-status-details-bin``: its code and message,
-    an ErrorInfo (reason, domain, metadata) and a RequestInfo always; a BadRequest field
-    violation for InvalidArgument and OutOfRange, a ResourceInfo for NotFound, a
-    PreconditionFailure for FailedPrecondition and a RetryInfo for ResourceExhausted."""
-    code = next(
-        (status for kind, status in STATUS_OF_ERROR.items() if isinstance(error, kind)),
-        grpc.StatusCode.INTERNAL,
-    )
-    message = _bounded(str(error))
-    details: list[Message] = [_error_info(error.reason, error.metadata)]
-    if isinstance(error, errors.FieldError):
-        violation = error_details_pb2.BadRequest.FieldViolation(
-            field=error.field, description=message, reason=error.reason
-        )
-        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
-    elif isinstance(error, errors.NotFound):
-        details.append(
-            error_details_pb2.ResourceInfo(
-                resource_type=error.resource_type,
-                resource_name=error.resource_name,
-                description=message,
-            )
-        )
-    elif isinstance(error, errors.FailedPrecondition):
-        violation = error_details_pb2.PreconditionFailure.Violation(
-            type=error.precondition, subject=error.subject, description=message
-        )
-        details.append(error_details_pb2.PreconditionFailure(violations=[violation]))
-    elif isinstance(error, errors.ResourceExhausted):
-        delay = duration_pb2.Duration()
-        delay.FromNanoseconds(round(error.retry_after_s * 1e9))
-        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
-    return _rich_status(code, message, details, request_id)
-
-
-def _error_info(reason: str, metadata: dict[str, str] | None = None) -> Message:
-    """The ErrorInfo every error carries: the stable reason under this server's domain."""
-    return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
-
-
-def _rich_status(
-    code: grpc.StatusCode, message: str, details: list[Message], request_id: str
-) -> grpc.Status:
-    """``code`` and ``message`` with ``details`` and a RequestInfo as a google.rpc.Status."""
-    status = status_pb2.Status(code=code.value[0], message=message)
-    for detail in [*details, error_details_pb2.RequestInfo(request_id=request_id)]:
-        status.details.add().Pack(detail)
-    return rpc_status.to_status(status)
-
-
-def _bounded(message: str) -> str:
-    """A status message short enough for the trailer whatever a caller sent (messages quote
-    input through ``errors.echo``; this is the backstop)."""
-    if len(message) <= MAX_STATUS_MESSAGE_CHARS:
-        return message
-    return message[: MAX_STATUS_MESSAGE_CHARS - 30] + f"... ({len(message)} characters)"
-
-
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
     """Ends the call with ``error``'s status (INTERNAL, logged, for a non-domain error)."""
     if isinstance(error, errors.ServiceError):
@@ -373,10 +297,10 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: st
             current_request_id(),
             exc_info=error,
         )
-        status = _rich_status(
+        status = rich_status(
             grpc.StatusCode.INTERNAL,
             f"internal error (request id {current_request_id()})",
-            [_error_info("INTERNAL_ERROR")],
+            [error_info("INTERNAL_ERROR")],
             current_request_id(),
         )
     pushback: tuple[tuple[str, str], ...] = ()
@@ -402,7 +326,13 @@ async def _abort_with(
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns domain errors into their status codes and anything else into INTERNAL with the
-    request id, logging the traceback here and sending none to the caller."""
+    request id, logging the traceback here and sending none to the caller. With a ``pacer``
+    (refusal pacing), each call counts as open on its connection until it ends, and a
+    ``ServerFull`` refusal waits as long as the pacer says before it is sent."""
+
+    def __init__(self, metrics: Metrics, pacer: RefusalPacer | None = None) -> None:
+        self._metrics = metrics
+        self._pacer = pacer
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -415,17 +345,19 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
         def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
             async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                self._track(context)
                 try:
                     return await behaviour(parse(request), context)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as err:
-                    await _abort(context, err, method)
+                    await self._fail(context, err, method)
 
             return run
 
         def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
             async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                self._track(context)
                 try:
                     responses = behaviour(parse(request), context)
                     async with contextlib.aclosing(responses):
@@ -434,13 +366,31 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 except grpc.aio.AbortError:
                     raise
                 except Exception as err:
-                    await _abort(context, err, method)
+                    await self._fail(context, err, method)
 
             return run
 
         # Raw bytes in, parsed inside the behaviour: a message grpc cannot parse (e.g. invalid
         # UTF-8 in a string field) becomes INVALID_ARGUMENT here instead of grpc's UNKNOWN.
         return _wrap(handler, unary, stream, request_deserializer=bytes)
+
+    def _track(self, context: grpc.aio.ServicerContext) -> None:
+        """Counts the call open on its connection until it ends, however it ends."""
+        if self._pacer is not None:
+            pacer, peer = self._pacer, context.peer()
+            pacer.call_opened(peer)
+            context.add_done_callback(lambda _: pacer.call_closed(peer))
+
+    async def _fail(self, context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+        if self._pacer is not None and isinstance(error, errors.ServerFull):
+            time_left_s = context.time_remaining()
+            if time_left_s is not None:
+                time_left_s -= DEADLINE_SLACK_S
+            held_s = await self._pacer.pace(context.peer(), error.retry_after_s, time_left_s)
+            if held_s:
+                _refusal_held_s.set(held_s)
+                self._metrics.refusal_held(held_s)
+        await _abort(context, error, method)
 
 
 def _request_parser(deserializer: Callable[[bytes], Any] | None) -> Callable[[Any], Any]:
@@ -459,77 +409,9 @@ def _request_parser(deserializer: Callable[[bytes], Any] | None) -> Callable[[An
     return parse
 
 
-# -------------------------------------------------------------------------------------------
-# Refusal pacing
-
-
-class RefusalPacingInterceptor(grpc.aio.ServerInterceptor):
-    """Counts each connection's open calls and holds a ``ServerFull`` refusal back until the
-    connection may be refused again (``RefusalPacer``); the error mapper around it then sends
-    the refusal."""
-
-    def __init__(self, pacer: RefusalPacer, metrics: Metrics) -> None:
-        self._pacer = pacer
-        self._metrics = metrics
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(OPEN_METHOD_PREFIXES):
-            return handler
-
-        def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
-            async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                peer = self._open(context)
-                try:
-                    return await behaviour(request, context)
-                except errors.ServerFull as refusal:
-                    await self._hold(context, peer, refusal)
-                    raise
-
-            return run
-
-        def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
-            async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                peer = self._open(context)
-                try:
-                    responses = behaviour(request, context)
-                    async with contextlib.aclosing(responses):
-                        async for response in responses:
-                            yield response
-                except errors.ServerFull as refusal:
-                    await self._hold(context, peer, refusal)
-                    raise
-
-            return run
-
-        return _wrap(handler, unary, stream)
-
-    def _open(self, context: grpc.aio.ServicerContext) -> str:
-        """Counts the call open on its connection until it ends, however it ends."""
-        peer = context.peer()
-        self._pacer.call_opened(peer)
-        context.add_done_callback(lambda _: self._pacer.call_closed(peer))
-        return peer
-
-    async def _hold(
-        self, context: grpc.aio.ServicerContext, peer: str, refusal: errors.ServerFull
-    ) -> None:
-        time_left_s = context.time_remaining()
-        if time_left_s is not None:
-            time_left_s -= DEADLINE_SLACK_S
-        held_s = await self._pacer.pace(peer, refusal.retry_after_s, time_left_s)
-        if held_s:
-            _refusal_held_s.set(held_s)
-            self._metrics.refusal_held(held_s)
-
-
 def build_interceptors(config: ServerConfig, metrics: Metrics) -> list[grpc.aio.ServerInterceptor]:
     """The server's interceptors in order, outermost first. Reads the auth token now."""
     token = config.auth.load_token()
     auth = [BearerTokenInterceptor(token)] if token is not None else []
-    interceptors = [AccessLogInterceptor(metrics), *auth, ErrorMappingInterceptor()]
-    if config.batching.pace_refusals:
-        interceptors.append(RefusalPacingInterceptor(RefusalPacer(), metrics))
-    return interceptors
+    pacer = RefusalPacer() if config.batching.pace_refusals else None
+    return [AccessLogInterceptor(metrics), *auth, ErrorMappingInterceptor(metrics, pacer)]

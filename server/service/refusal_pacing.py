@@ -89,18 +89,24 @@ class RefusalPacer:
         connection = self._connection(peer, now)
         wait_s = 0.0
         if not connection.claim_retry(now):
-            interval = retry_after_s / max(1, self._open_calls.get(peer, 0))
-            due = max(connection.next_refusal_at, now)
-            connection.next_refusal_at = due + interval  # now: calls held together queue
-            wait_s = due + interval - retry_after_s - now
-            if time_left_s is not None:
-                wait_s = min(wait_s, time_left_s)
-        if wait_s > 0:
+            wait_s = self._rate_wait_s(connection, peer, now, retry_after_s)
+        if time_left_s is not None:
+            wait_s = min(wait_s, time_left_s)
+        wait_s = max(wait_s, 0.0)
+        if wait_s:
             await self._sleep(wait_s)
-        else:
-            wait_s = 0.0
         connection.owe_retry(self._clock(), retry_after_s)
         return wait_s
+
+    def _rate_wait_s(
+        self, connection: _Connection, peer: str, now: float, retry_after_s: float
+    ) -> float:
+        """How long a refusal waits for the rate of one per delay per open call; it takes its
+        turn now, so refusals held together are answered one interval apart."""
+        interval = retry_after_s / max(1, self._open_calls.get(peer, 0))
+        due = max(connection.next_refusal_at, now)
+        connection.next_refusal_at = due + interval
+        return due + interval - retry_after_s - now
 
     def _connection(self, peer: str, now: float) -> _Connection:
         connection = self._connections.get(peer)

@@ -18,7 +18,7 @@ from grpc_status import rpc_status
 from maira_sae.client import errors as client_errors
 from maira_sae.client.errors import error_from_rpc
 from maira_sae.server import errors
-from maira_sae.server.service.config import AuthConfig, ServerConfig
+from maira_sae.server.service.config import AuthConfig, BatchingConfig, ServerConfig
 from maira_sae.server.service.interceptors import build_interceptors, current_request_id
 from maira_sae.server.service.metrics import Metrics
 from maira_sae.v1 import maira_sae_pb2 as pb
@@ -53,6 +53,7 @@ RAISED: dict[str, Exception] = {
     "unavailable": errors.Unavailable("draining", reason="SHUTTING_DOWN"),
     "bug": RuntimeError("secret internals: patient text"),
 }
+SERVER_FULL = errors.ServerFull("queue full", retry_after_s=0.3, reason="QUEUE_FULL")
 REASONS = {
     "invalid": "FIELD_REQUIRED",
     "not-found": "SAE_NOT_FOUND",
@@ -81,6 +82,8 @@ class Servicer(pb_grpc.MairaSaeServiceServicer):
     async def Encode(self, request, context):  # noqa: N802 - generated service names
         if request.sae_id in RAISED:
             raise RAISED[request.sae_id]
+        if request.sae_id == "full":
+            raise SERVER_FULL
         return pb.EncodeResponse(sae_id=current_request_id(), total_tokens=7)
 
     async def GenerateSteered(self, request, context):  # noqa: N802
@@ -125,6 +128,27 @@ async def call_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call
     return info.value
+
+
+@pytest.mark.parametrize("paced", [True, False])
+def test_a_refusal_that_comes_too_soon_is_held_unless_pacing_is_off(paced):
+    metrics = Metrics()
+    config = ServerConfig(batching=BatchingConfig(pace_refusals=paced))
+    refused_after_s: list[float] = []
+
+    async def check(channel):
+        stub = pb_grpc.MairaSaeServiceStub(channel)
+        for _ in range(2):  # the second at once, before the first's delay has passed
+            started = asyncio.get_running_loop().time()
+            err = await call_error(stub.Encode(pb.EncodeRequest(sae_id="full")))
+            refused_after_s.append(asyncio.get_running_loop().time() - started)
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    run(check, config, metrics)
+    held = metrics.registry.get_sample_value("maira_sae_refusals_held_total")
+    assert held == (1.0 if paced else 0.0)
+    if paced:
+        assert refused_after_s[1] >= 0.9 * SERVER_FULL.retry_after_s, refused_after_s
 
 
 @pytest.mark.parametrize("case", sorted(RAISED))
